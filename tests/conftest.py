@@ -1,0 +1,45 @@
+"""Shared test fixtures.
+
+ACPICA (iasl, acpiexec) is the outside judge of our tables and AML. Locally a
+missing ACPICA skips those tests; in CI (CI=true) it fails them, so the judge
+can never silently go away.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+VECTORS = SHARED / "vectors"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; skip without it, or fail when CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is required in CI (apt-get install acpica-tools)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+@pytest.fixture
+def iasl() -> str:
+    return require_tool("iasl")
+
+
+@pytest.fixture
+def acpiexec() -> str:
+    return require_tool("acpiexec")
+
+
+@pytest.fixture
+def vectors() -> Path:
+    if not VECTORS.is_dir():
+        pytest.fail(f"shared vectors missing at {VECTORS}")
+    return VECTORS
