@@ -26,7 +26,9 @@ class AmlError(AcpiError):
     block when known; ``opcode`` the opcode value when known.
     """
 
-    def __init__(self, message: str, *, offset: int | None = None, opcode: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, offset: int | None = None, opcode: int | None = None
+    ) -> None:
         self.offset = offset
         self.opcode = opcode
         self.reason = message
