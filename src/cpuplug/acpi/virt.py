@@ -1,0 +1,256 @@
+"""This machine: the arm64 ``virt``-like memory map, its topology, and its ACPI table set.
+
+Everything here is the shared description of the machine that both sides rely on
+(SPEC §1, §2): the VMM maps its devices at these addresses and writes
+:func:`build_machine_tables` into guest RAM; the guest finds the same addresses by
+reading those tables. Keeping the numbers in one module is what stops the two
+sides from drifting apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from cpuplug.errors import UsageError
+
+# --------------------------------------------------------------------------
+# Memory map (SPEC §1)
+
+GICD_BASE = 0x0800_0000
+"""GICv3 distributor."""
+GICD_SIZE = 0x1_0000
+
+GICR_FRAME_SIZE = 0x2_0000
+"""One redistributor = RD_base + SGI_base frames, 64 KiB each."""
+GICR_REGION1_BASE = 0x080A_0000
+GICR_REGION1_SIZE = 0xF6_0000
+GICR_REGION1_FRAMES = GICR_REGION1_SIZE // GICR_FRAME_SIZE  # 123
+GICR_REGION2_BASE = 0x40_0000_0000
+GICR_REGION2_SIZE = 0x400_0000  # 64 MiB = 512 frames
+GICR_REGION2_FRAMES = GICR_REGION2_SIZE // GICR_FRAME_SIZE
+
+UART_BASE = 0x0900_0000
+"""PL011 console."""
+UART_SIZE = 0x1000
+UART_SPI = 1
+UART_GSI = 32 + UART_SPI
+"""The UART interrupt as virt wires it (SPI 1 = INTID 33); named by SPCR."""
+
+GED_BASE = 0x0908_0000
+"""Generic Event Device event selector (SPEC §4)."""
+GED_SIZE = 4
+GED_SPI = 9
+GED_GSI = 32 + GED_SPI  # 41, edge-triggered
+
+CPUHP_BASE = 0x090C_0000
+"""CPU hotplug register block (SPEC §3)."""
+CPUHP_SIZE = 12
+
+AGENT_CHANNEL_BASE = 0x0A00_0000
+"""The agent channel device (virtio-vsock's role); described in the DSDT."""
+AGENT_CHANNEL_SIZE = 0x1000
+
+RAM_BASE = 0x4000_0000
+DEFAULT_RAM_SIZE = 256 * 1024 * 1024
+
+ACPI_REGION_SIZE = 2 * 1024 * 1024
+"""The slice at the top of RAM where the VMM places the ACPI tables by default."""
+
+# Generic timer PPIs as virt wires them (PPI n = INTID 16 + n).
+TIMER_SECURE_EL1_GSI = 29
+TIMER_NONSECURE_EL1_GSI = 30
+TIMER_VIRTUAL_GSI = 27
+TIMER_NONSECURE_EL2_GSI = 26
+
+MAX_CPUS = 512
+"""The architectural ceiling this machine supports (two GICR regions' worth)."""
+
+HotplugMode = Literal["acpi", "online-offline"]
+MODES: tuple[HotplugMode, ...] = ("acpi", "online-offline")
+
+
+class MachineConfigError(UsageError):
+    """A topology or machine option that this machine cannot have."""
+
+
+def mpidr(index: int) -> int:
+    """The MPIDR affinity of vCPU ``index``: Aff1 = index // 16, Aff0 = index % 16.
+
+    GICv3 on virt groups 16 CPUs per Aff1 cluster because a GICv3 target list
+    addresses at most 16 CPUs per cluster in an SGI.
+    """
+    if not 0 <= index < MAX_CPUS:
+        raise MachineConfigError(f"vCPU index {index} out of range 0..{MAX_CPUS - 1}")
+    return ((index // 16) << 8) | (index % 16)
+
+
+def cpu_index_of_mpidr(value: int) -> int | None:
+    """The vCPU index with this MPIDR, or ``None`` when no vCPU of this machine has it."""
+    aff0 = value & 0xFF
+    aff1 = (value >> 8) & 0xFF
+    if value & ~0xFFFF or aff0 >= 16:
+        return None
+    index = aff1 * 16 + aff0
+    return index if index < MAX_CPUS else None
+
+
+def gicr_frame_address(index: int) -> int:
+    """Guest-physical base of vCPU ``index``'s redistributor frame pair."""
+    if not 0 <= index < MAX_CPUS:
+        raise MachineConfigError(f"vCPU index {index} out of range 0..{MAX_CPUS - 1}")
+    if index < GICR_REGION1_FRAMES:
+        return GICR_REGION1_BASE + index * GICR_FRAME_SIZE
+    return GICR_REGION2_BASE + (index - GICR_REGION1_FRAMES) * GICR_FRAME_SIZE
+
+
+def gicr_regions(maxcpus: int) -> list[tuple[int, int]]:
+    """``(base, length)`` of each redistributor region holding ``maxcpus`` frames.
+
+    The lengths cover exactly the frames that exist (one per possible vCPU), so
+    a guest scanning a region never walks past the last real frame.
+    """
+    if not 1 <= maxcpus <= MAX_CPUS:
+        raise MachineConfigError(f"maxcpus must be in 1..{MAX_CPUS}, got {maxcpus}")
+    first = min(maxcpus, GICR_REGION1_FRAMES)
+    regions = [(GICR_REGION1_BASE, first * GICR_FRAME_SIZE)]
+    if maxcpus > GICR_REGION1_FRAMES:
+        regions.append((GICR_REGION2_BASE, (maxcpus - first) * GICR_FRAME_SIZE))
+    return regions
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """The machine's shape: how many vCPUs are plugged at boot, how many may ever be.
+
+    ``cpus`` vCPUs (indices 0..cpus-1) are plugged at boot; ``maxcpus`` is the
+    number of *possible* vCPUs, fixed for the machine's life (SPEC §1).
+    """
+
+    cpus: int = 1
+    maxcpus: int = 1
+    mode: HotplugMode = "acpi"
+    ram_size: int = DEFAULT_RAM_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("cpus", "maxcpus", "ram_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise MachineConfigError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= self.maxcpus <= MAX_CPUS:
+            raise MachineConfigError(f"maxcpus must be in 1..{MAX_CPUS}, got {self.maxcpus}")
+        if not 1 <= self.cpus <= self.maxcpus:
+            raise MachineConfigError(
+                f"cpus must be in 1..maxcpus ({self.maxcpus}), got {self.cpus}"
+            )
+        if self.mode not in MODES:
+            raise MachineConfigError(
+                f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"
+            )
+        if self.ram_size < ACPI_REGION_SIZE or self.ram_size % 0x1000:
+            raise MachineConfigError(
+                f"ram_size must be a multiple of 4 KiB and at least {ACPI_REGION_SIZE:#x},"
+                f" got {self.ram_size:#x}"
+            )
+
+    @classmethod
+    def from_smp(
+        cls, smp: str, mode: str = "acpi", ram_size: int = DEFAULT_RAM_SIZE
+    ) -> MachineConfig:
+        """Parse a QEMU-style ``-smp`` value: ``"2"``, ``"cpus=2,maxcpus=8"``, ``"cores=8"``.
+
+        As in QEMU: a bare leading number is ``cpus``; a missing ``maxcpus`` is
+        sockets*clusters*cores*threads when any of those is given, else ``cpus``;
+        a missing ``cpus`` is ``maxcpus``. This machine's vCPU index is its
+        core-id, so only sockets = clusters = threads = 1 is accepted.
+        """
+        values = parse_smp(smp)
+        if mode not in MODES:
+            raise MachineConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        checked: HotplugMode = "acpi" if mode == "acpi" else "online-offline"
+        return cls(cpus=values.cpus, maxcpus=values.maxcpus, mode=checked, ram_size=ram_size)
+
+    @property
+    def possible(self) -> range:
+        """Indices of every possible vCPU."""
+        return range(self.maxcpus)
+
+    @property
+    def boot_cpus(self) -> range:
+        """Indices of the vCPUs plugged at boot."""
+        return range(self.cpus)
+
+    def default_tables_base(self) -> int:
+        """Where the VMM puts the ACPI tables unless told otherwise: the top 2 MiB of RAM."""
+        return RAM_BASE + self.ram_size - ACPI_REGION_SIZE
+
+
+@dataclass(frozen=True)
+class SmpValues:
+    """The result of :func:`parse_smp`, before it becomes a :class:`MachineConfig`."""
+
+    cpus: int
+    maxcpus: int
+    sockets: int = 1
+    clusters: int = 1
+    cores: int = 1
+    threads: int = 1
+
+
+_SMP_KEYS = ("cpus", "maxcpus", "sockets", "clusters", "cores", "threads")
+_NUMBER = re.compile(r"[0-9]+")
+
+
+def parse_smp(text: str) -> SmpValues:
+    """Parse and check a QEMU-style ``-smp`` string; any fault is one clear message."""
+    given: dict[str, int] = {}
+    parts = text.strip().split(",")
+    if not text.strip():
+        raise MachineConfigError("--smp: empty value")
+    for position, part in enumerate(parts):
+        part = part.strip()
+        if position == 0 and _NUMBER.fullmatch(part):
+            key, raw = "cpus", part
+        elif "=" in part:
+            key, raw = (s.strip() for s in part.split("=", 1))
+        else:
+            raise MachineConfigError(f"--smp: cannot parse {part!r} (expected KEY=NUMBER)")
+        if key not in _SMP_KEYS:
+            raise MachineConfigError(
+                f"--smp: unknown key {key!r} (known: {', '.join(_SMP_KEYS)})"
+            )
+        if key in given:
+            raise MachineConfigError(f"--smp: {key} given twice")
+        if not _NUMBER.fullmatch(raw):
+            raise MachineConfigError(f"--smp: {key}={raw!r} is not a non-negative integer")
+        given[key] = int(raw)
+    for key in ("sockets", "clusters", "threads"):
+        if given.get(key, 1) != 1:
+            raise MachineConfigError(
+                f"--smp: {key}={given[key]} unsupported (vCPU index = core-id; use cores)"
+            )
+    topology_given = any(k in given for k in ("sockets", "clusters", "cores", "threads"))
+    if "maxcpus" in given:
+        maxcpus = given["maxcpus"]
+    elif "cores" in given:
+        maxcpus = given["cores"]
+    elif "cpus" in given:
+        maxcpus = given["cpus"]
+    elif topology_given:
+        maxcpus = 1
+    else:  # pragma: no cover - parts always yields at least one key
+        raise MachineConfigError("--smp: give cpus or maxcpus")
+    cpus = given.get("cpus", maxcpus)
+    if "cores" in given and given["cores"] != maxcpus:
+        raise MachineConfigError(
+            f"--smp: cores={given['cores']} must equal maxcpus={maxcpus} "
+            "(sockets=clusters=threads=1)"
+        )
+    if cpus == 0 or maxcpus == 0:
+        raise MachineConfigError("--smp: cpus and maxcpus must be at least 1")
+    if maxcpus > MAX_CPUS:
+        raise MachineConfigError(f"--smp: maxcpus={maxcpus} exceeds this machine's {MAX_CPUS}")
+    if cpus > maxcpus:
+        raise MachineConfigError(f"--smp: cpus={cpus} exceeds maxcpus={maxcpus}")
+    return SmpValues(cpus=cpus, maxcpus=maxcpus, cores=maxcpus)
