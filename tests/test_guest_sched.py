@@ -1,0 +1,230 @@
+"""The guest scheduler on CPUs played by plain threads (no VMM needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from tests.guest_fakes import FakeCpus, StubBandwidth, StubGroup
+
+from cpuplug.guest.sched import Completion, Request, SchedError, Sleep, TaskBody, WaitFor
+
+
+@pytest.fixture
+def cpus() -> Iterator[FakeCpus]:
+    fc = FakeCpus(2)
+    yield fc
+    for t in fc.sched.tasks():
+        t.kill()
+    fc.close()
+
+
+def spin(slices: int, seen: list[int] | None = None) -> TaskBody:
+    from cpuplug.guest.sched import current_task
+
+    for _ in range(slices):
+        task = current_task()
+        if seen is not None and task is not None and task.cpu is not None:
+            seen.append(task.cpu)
+        yield None
+    return 7
+
+
+def forever(stop: threading.Event) -> TaskBody:
+    while not stop.is_set():
+        hashlib.sha256(b"x" * 65536).digest()
+        yield None
+    return 0
+
+
+def test_task_runs_and_returns_exit_code(cpus: FakeCpus) -> None:
+    task = cpus.sched.spawn(spin(5), name="spin")
+    assert task.wait(10)
+    assert task.exit_code == 7
+    assert task.cpu in (0, 1)
+
+
+def test_spawn_rejects_non_generator(cpus: FakeCpus) -> None:
+    with pytest.raises(SchedError):
+        cpus.sched.spawn(lambda: 3, name="bad")  # type: ignore[arg-type,return-value]
+
+
+def test_crashing_task_exits_1_and_cpu_survives(cpus: FakeCpus) -> None:
+    def boom() -> TaskBody:
+        yield None
+        raise ValueError("boom")
+
+    t = cpus.sched.spawn(boom, name="boom")
+    assert t.wait(10)
+    assert t.exit_code == 1
+    assert isinstance(t.error, ValueError)
+    ok = cpus.sched.spawn(spin(2), name="after")
+    assert ok.wait(10) and ok.exit_code == 7
+
+
+def test_sleep_blocks_without_cpu(cpus: FakeCpus) -> None:
+    def sleeper() -> TaskBody:
+        yield Sleep(0.2)
+        return 0
+
+    before = time.monotonic()
+    t = cpus.sched.spawn(sleeper, name="sleeper")
+    assert t.wait(10)
+    assert time.monotonic() - before >= 0.2
+    assert t.cpu_time < 0.1  # it did not spin while sleeping
+
+
+def test_waitfor_completion_set_from_another_thread(cpus: FakeCpus) -> None:
+    c = Completion()
+
+    def waiter() -> TaskBody:
+        yield WaitFor(c, timeout=30)
+        return 0 if c.is_set() else 1
+
+    t = cpus.sched.spawn(waiter, name="waiter")
+    assert not t.wait(0.1)
+    assert t.state == "blocked"
+    threading.Timer(0.01, c.set).start()
+    assert t.wait(10)
+    assert t.exit_code == 0
+
+
+def test_waitfor_timeout(cpus: FakeCpus) -> None:
+    c = Completion()
+
+    def waiter() -> TaskBody:
+        yield WaitFor(c, timeout=0.05)
+        return 0 if c.is_set() else 3
+
+    t = cpus.sched.spawn(waiter, name="waiter")
+    assert t.wait(10) and t.exit_code == 3
+
+
+def test_kill_blocked_and_running(cpus: FakeCpus) -> None:
+    c = Completion()
+
+    def blocked() -> Iterator[Request]:
+        yield WaitFor(c)
+
+    t1 = cpus.sched.spawn(blocked(), name="b")  # type: ignore[arg-type]
+    stop = threading.Event()
+    t2 = cpus.sched.spawn(forever(stop), name="f")
+    t1.kill()
+    t2.kill(9)
+    assert t1.wait(10) and t2.wait(10)
+    assert (t1.exit_code, t2.exit_code) == (137, 9)
+    assert cpus.sched.tasks() == []
+
+
+def test_cpuset_pins_tasks(cpus: FakeCpus) -> None:
+    group = StubGroup("pinned", cpus=frozenset({1}))
+    seen: list[int] = []
+    t = cpus.sched.spawn(spin(50, seen), group, name="pinned")
+    assert t.wait(10)
+    assert seen and set(seen) == {1}
+    assert cpus.sched.effective_cpus(group) == frozenset({1})
+
+
+def test_cpuset_of_offline_cpus_falls_back_to_online(cpus: FakeCpus) -> None:
+    group = StubGroup("gone", cpus=frozenset({5}))
+    assert cpus.sched.effective_cpus(group) == frozenset({0, 1})
+    t = cpus.sched.spawn(spin(3), group, name="fallback")
+    assert t.wait(10) and t.exit_code == 7
+
+
+def test_offline_migrates_running_tasks() -> None:
+    fc = FakeCpus(2)
+    try:
+        stop = threading.Event()
+        group = StubGroup("g", cpus=frozenset({1}))
+        t = fc.sched.spawn(forever(stop), group, name="busy")
+        deadline = time.monotonic() + 10
+        while t.cpu_time_by_cpu.get(1, 0) == 0 and time.monotonic() < deadline:
+            t.wait(0.01)
+        assert t.cpu_time_by_cpu.get(1, 0) > 0
+        fc.offline(1)
+        before = t.cpu_time_by_cpu.get(0, 0.0)
+        while t.cpu_time_by_cpu.get(0, 0.0) == before and time.monotonic() < deadline:
+            t.wait(0.01)
+        assert t.cpu_time_by_cpu.get(0, 0.0) > before  # it moved to CPU 0 and kept running
+        assert t.state in ("runnable", "running")
+        stop.set()
+        assert t.wait(10)
+    finally:
+        fc.close()
+
+
+def test_new_cpu_adds_capacity_at_once() -> None:
+    fc = FakeCpus(1)
+    try:
+        stop = threading.Event()
+        tasks = [fc.sched.spawn(forever(stop), name=f"w{i}") for i in range(3)]
+        fc.online(1)
+        deadline = time.monotonic() + 10
+        while fc.sched.busy_time.get(1, 0.0) == 0.0 and time.monotonic() < deadline:
+            tasks[0].wait(0.01)
+        assert fc.sched.busy_time.get(1, 0.0) > 0
+        stop.set()
+        for t in tasks:
+            assert t.wait(10)
+    finally:
+        fc.close()
+
+
+def test_gil_releasing_work_runs_in_parallel(cpus: FakeCpus) -> None:
+    """Two slices overlap in time on the two CPUs (hashlib releases the GIL)."""
+    spans: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+    buf = b"y" * (1 << 22)
+
+    def hasher() -> TaskBody:
+        from cpuplug.guest.sched import current_task
+
+        for _ in range(10):
+            a = time.monotonic()
+            hashlib.sha256(buf).digest()
+            b = time.monotonic()
+            task = current_task()
+            assert task is not None and task.cpu is not None
+            with lock:
+                spans.append((task.cpu, a, b))
+            yield None
+        return 0
+
+    ts = [cpus.sched.spawn(hasher, name=f"h{i}") for i in range(2)]
+    for t in ts:
+        assert t.wait(30)
+    overlap = any(
+        c1 != c2 and a1 < b2 and a2 < b1
+        for (c1, a1, b1) in spans
+        for (c2, a2, b2) in spans
+    )
+    assert overlap
+
+
+def test_bandwidth_throttles_group(cpus: FakeCpus) -> None:
+    """quota 10 ms per 50 ms period: a spinning task gets about a fifth of one CPU."""
+    bw = StubBandwidth(quota=0.01, period=0.05)
+    group = StubGroup("limited", bandwidth=bw)
+    free = StubGroup("free")
+    stop = threading.Event()
+
+    def busy() -> TaskBody:
+        while not stop.is_set():
+            t_end = time.monotonic() + 0.002
+            while time.monotonic() < t_end:
+                pass
+            yield None
+        return 0
+
+    limited = cpus.sched.spawn(busy, group, name="limited")
+    unlimited = cpus.sched.spawn(busy, free, name="unlimited")
+    stop.wait(0.6)
+    stop.set()
+    assert limited.wait(10) and unlimited.wait(10)
+    assert bw.throttled_periods > 0
+    assert limited.cpu_time < unlimited.cpu_time / 2
+    assert bw.usage == pytest.approx(limited.cpu_time)
