@@ -1,0 +1,172 @@
+"""The runtime's configuration: a TOML file with Kata's key names (SPEC §8).
+
+Keys are read either at the top level of the file or from the sections a Kata
+``configuration-qemu.toml`` puts them in (``[hypervisor.qemu]`` for the sizing
+keys, ``[runtime]`` for ``static_sandbox_resource_mgmt``), so a real Kata config
+works unchanged.  Unknown keys inside those Kata sections are ignored (a Kata
+file has dozens); an unknown *top-level* key is an error, because there it is
+almost certainly a typo.
+
+Normalisation follows Kata's ``defaultVCPUs``/``defaultMaxVCPUs`` (reference/kata.md
+§2.4): ``default_vcpus`` 0 → 1, < 0 or > host CPUs → host CPUs;
+``default_maxvcpus`` 0 → host CPUs (SPEC §8), capped at the machine's 512.
+Command-line flags override the file (:meth:`RuntimeConfig.with_overrides`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from cpuplug.acpi.virt import MAX_CPUS
+from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.runtime.sizing import exact
+
+HotplugMode = Literal["acpi", "online-offline"]
+HOTPLUG_MODES: tuple[HotplugMode, ...] = ("acpi", "online-offline")
+
+_KEYS = {
+    "default_vcpus",
+    "default_maxvcpus",
+    "static_sandbox_resource_mgmt",
+    "hotplug_mode",
+    "remove_timeout",
+}
+_KATA_SECTIONS = (("hypervisor", "qemu"), ("hypervisor", "cpuplug"), ("runtime",))
+
+
+class ConfigError(UsageError):
+    """The configuration file is unreadable or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Resolved settings (after defaults, file and flags)."""
+
+    default_vcpus: Fraction = Fraction(1)
+    default_maxvcpus: int = 0
+    static_sandbox_resource_mgmt: bool = False
+    hotplug_mode: HotplugMode = "acpi"
+    remove_timeout: float = 10.0
+
+    def max_vcpus(self, host_cpus: int | None = None) -> int:
+        """The effective ``maxcpus``: 0 means the host's CPU count (SPEC §8), capped at 512.
+
+        Unlike Kata we do not lower an explicit value to the host CPU count: SPEC
+        §8 only maps 0, and a sandbox may sensibly have more vCPU slots than the
+        host has cores (they cost no thread until plugged).
+        """
+        if self.default_maxvcpus > 0:
+            return min(self.default_maxvcpus, MAX_CPUS)
+        host = host_cpus if host_cpus is not None else (os.cpu_count() or 1)
+        return min(max(host, 1), MAX_CPUS)
+
+    def effective_default_vcpus(self, max_vcpus: int) -> Fraction:
+        """``default_vcpus`` after Kata's rules: 0 → 1, < 0 → all, never above max."""
+        v = self.default_vcpus
+        if v == 0:
+            v = Fraction(1)
+        if v < 0 or v > max_vcpus:
+            v = Fraction(max_vcpus)
+        return v
+
+    def with_overrides(self, **flags: Any) -> RuntimeConfig:
+        """A copy with every non-None flag applied (flags win over the file)."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        unknown = set(given) - _KEYS
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return _validated(replace(self, **given))
+
+
+def _validated(cfg: RuntimeConfig) -> RuntimeConfig:
+    if cfg.hotplug_mode not in HOTPLUG_MODES:
+        raise ConfigError(
+            f"hotplug_mode must be one of {', '.join(HOTPLUG_MODES)}, got {cfg.hotplug_mode!r}"
+        )
+    if not 0 <= cfg.default_maxvcpus <= MAX_CPUS:
+        raise ConfigError(f"default_maxvcpus must be in 0..{MAX_CPUS}, got {cfg.default_maxvcpus}")
+    if not cfg.remove_timeout > 0:
+        raise ConfigError(f"remove_timeout must be > 0 seconds, got {cfg.remove_timeout}")
+    return cfg
+
+
+def default_config_path() -> Path:
+    """``$CPUPLUG_CONFIG``, else ``/etc/cpuplug/config.toml`` for root, else XDG config."""
+    env = os.environ.get("CPUPLUG_CONFIG")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/etc/cpuplug/config.toml")
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "cpuplug" / "config.toml"
+
+
+def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
+    """Parse TOML text into a :class:`RuntimeConfig` (defaults for missing keys)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, val in doc.items():
+        if isinstance(val, dict):
+            continue
+        if key not in _KEYS:
+            raise ConfigError(f"{source}: unknown key {key!r}")
+        values[key] = val
+    for path in _KATA_SECTIONS:
+        section: Any = doc
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            for key in _KEYS & section.keys():
+                values.setdefault(key, section[key])
+    return _from_values(values, source)
+
+
+def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
+    cfg = RuntimeConfig()
+    kw: dict[str, Any] = {}
+    for key, val in values.items():
+        if key == "default_vcpus":
+            if isinstance(val, bool) or not isinstance(val, int | float):
+                raise ConfigError(f"{source}: default_vcpus must be a number, got {val!r}")
+            kw[key] = exact(val)
+        elif key == "default_maxvcpus":
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise ConfigError(f"{source}: default_maxvcpus must be an integer, got {val!r}")
+            kw[key] = val
+        elif key == "static_sandbox_resource_mgmt":
+            if not isinstance(val, bool):
+                raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")
+            kw[key] = val
+        elif key == "hotplug_mode":
+            kw[key] = cast(HotplugMode, str(val))
+        elif key == "remove_timeout":
+            if isinstance(val, bool) or not isinstance(val, int | float):
+                raise ConfigError(f"{source}: remove_timeout must be seconds, got {val!r}")
+            kw[key] = float(val)
+    try:
+        return _validated(replace(cfg, **kw))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None) -> RuntimeConfig:
+    """Load ``path`` (must exist), or the default path if it exists, else defaults."""
+    explicit = path is not None
+    p = Path(path) if path is not None else default_config_path()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {p} does not exist") from None
+        return RuntimeConfig()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CpuplugError(f"cannot read config file {p}: {exc}") from None
+    return parse_config(text, str(p))
