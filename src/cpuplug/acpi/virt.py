@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cpuplug.acpi import tables
 from cpuplug.errors import UsageError
 
 # --------------------------------------------------------------------------
@@ -145,9 +146,7 @@ class MachineConfig:
                 f"cpus must be in 1..maxcpus ({self.maxcpus}), got {self.cpus}"
             )
         if self.mode not in MODES:
-            raise MachineConfigError(
-                f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"
-            )
+            raise MachineConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.ram_size < ACPI_REGION_SIZE or self.ram_size % 0x1000:
             raise MachineConfigError(
                 f"ram_size must be a multiple of 4 KiB and at least {ACPI_REGION_SIZE:#x},"
@@ -217,9 +216,7 @@ def parse_smp(text: str) -> SmpValues:
         else:
             raise MachineConfigError(f"--smp: cannot parse {part!r} (expected KEY=NUMBER)")
         if key not in _SMP_KEYS:
-            raise MachineConfigError(
-                f"--smp: unknown key {key!r} (known: {', '.join(_SMP_KEYS)})"
-            )
+            raise MachineConfigError(f"--smp: unknown key {key!r} (known: {', '.join(_SMP_KEYS)})")
         if key in given:
             raise MachineConfigError(f"--smp: {key} given twice")
         if not _NUMBER.fullmatch(raw):
@@ -254,3 +251,163 @@ def parse_smp(text: str) -> SmpValues:
     if cpus > maxcpus:
         raise MachineConfigError(f"--smp: cpus={cpus} exceeds maxcpus={maxcpus}")
     return SmpValues(cpus=cpus, maxcpus=maxcpus, cores=maxcpus)
+
+
+# --------------------------------------------------------------------------
+# The table set (SPEC §2)
+
+TABLE_ALIGN = 16
+"""Every table starts on a 16-byte boundary (the RSDP must; the rest follow suit)."""
+
+TABLE_ORDER = ("RSDP", "XSDT", "FACP", "APIC", "GTDT", "SPCR", "DSDT")
+"""Layout order in guest memory; also the file names ``cpuplug acpi tables`` writes."""
+
+
+@dataclass(frozen=True)
+class MachineTables:
+    """This machine's ACPI tables, laid out for one guest-physical base address.
+
+    ``image`` is what the VMM copies to ``base_address``; ``blobs`` holds each
+    table's bytes by signature (``"RSDP"`` for the RSDP) and ``addresses`` where
+    each one sits. The addresses inside RSDP/XSDT/FADT point into ``image``.
+    """
+
+    config: MachineConfig
+    base_address: int
+    blobs: dict[str, bytes]
+    addresses: dict[str, int]
+    image: bytes
+
+    @property
+    def rsdp_address(self) -> int:
+        return self.addresses["RSDP"]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(blob) for name, blob in self.blobs.items()}
+
+
+def gicc_flags(config: MachineConfig, index: int) -> int:
+    """MADT GICC flags of vCPU ``index`` (SPEC §2).
+
+    ACPI mode: only the boot vCPU is Enabled; every other possible vCPU is
+    Online Capable with Enabled clear - cold-plugged ones too, since a vCPU
+    marked Enabled in the MADT can never be removed. online/offline mode: all
+    Enabled, none Online Capable (the two bits are exclusive in ACPI 6.5).
+    """
+    if config.mode == "online-offline" or index == 0:
+        return tables.GICC_ENABLED
+    return tables.GICC_ONLINE_CAPABLE
+
+
+def build_madt(config: MachineConfig) -> tables.Madt:
+    """GICD, one GICC per possible vCPU in index order, one GICR per redistributor region."""
+    entries: list[tables.AnyMadtEntry] = [tables.Gicd(base_address=GICD_BASE, version=3)]
+    for i in config.possible:
+        entries.append(
+            tables.Gicc(
+                uid=i,
+                mpidr=mpidr(i),
+                flags=gicc_flags(config, i),
+                cpu_interface_number=i,
+            )
+        )
+    for base, length in gicr_regions(config.maxcpus):
+        entries.append(tables.Gicr(base_address=base, region_length=length))
+    return tables.Madt(entries=tuple(entries))
+
+
+def build_gtdt() -> tables.Gtdt:
+    """The architected timer's PPIs as virt wires them; level-triggered, active high."""
+    return tables.Gtdt(
+        secure_el1_gsiv=TIMER_SECURE_EL1_GSI,
+        nonsecure_el1_gsiv=TIMER_NONSECURE_EL1_GSI,
+        nonsecure_el1_flags=tables.GTDT_TIMER_ALWAYS_ON,
+        virtual_timer_gsiv=TIMER_VIRTUAL_GSI,
+        nonsecure_el2_gsiv=TIMER_NONSECURE_EL2_GSI,
+    )
+
+
+def build_spcr() -> tables.Spcr:
+    """The PL011 console, so the guest finds it from tables instead of a command line."""
+    return tables.Spcr(
+        base_address=tables.GenericAddress(
+            space_id=tables.SPACE_SYSTEM_MEMORY,
+            bit_width=32,
+            bit_offset=0,
+            access_size=tables.ACCESS_DWORD,
+            address=UART_BASE,
+        ),
+        interface_type=tables.SPCR_INTERFACE_PL011,
+        interrupt_type=tables.SPCR_INTERRUPT_GIC,
+        interrupt=UART_GSI,
+    )
+
+
+def _align(value: int) -> int:
+    return (value + TABLE_ALIGN - 1) // TABLE_ALIGN * TABLE_ALIGN
+
+
+def build_machine_tables(
+    config: MachineConfig, base_address: int | None = None, *, dsdt: bytes | None = None
+) -> MachineTables:
+    """Build and lay out RSDP, XSDT, FADT, MADT, GTDT, SPCR and DSDT at ``base_address``.
+
+    ``base_address`` defaults to :meth:`MachineConfig.default_tables_base`; it must
+    be 16-byte aligned and the whole image must fit in RAM. ``dsdt`` replaces the
+    machine's DSDT (a whole table), for tests that exercise layout alone.
+    """
+    base = config.default_tables_base() if base_address is None else base_address
+    if base % TABLE_ALIGN:
+        raise MachineConfigError(f"ACPI tables base {base:#x} is not {TABLE_ALIGN}-byte aligned")
+    if dsdt is None:
+        # Imported here, not at module top: the DSDT builder itself needs this
+        # module's MachineConfig and addresses.
+        import importlib
+
+        built = importlib.import_module("cpuplug.acpi.dsdt").build_dsdt(config)
+        if not isinstance(built, bytes):
+            raise TypeError("cpuplug.acpi.dsdt.build_dsdt must return bytes")
+        dsdt = built
+    tables.Sdt.parse(dsdt)  # a bad DSDT fails here, not in the guest
+    fixed: dict[str, bytes] = {
+        "APIC": build_madt(config).build(),
+        "GTDT": build_gtdt().build(),
+        "SPCR": build_spcr().build(),
+        "DSDT": dsdt,
+    }
+    xsdt_entries = ("FACP", "APIC", "GTDT", "SPCR")
+    sizes = {
+        "RSDP": tables.Rsdp.LAYOUT.size,
+        "XSDT": tables.HEADER_SIZE + 8 * len(xsdt_entries),
+        "FACP": tables.Fadt.SIZE,
+        **{name: len(blob) for name, blob in fixed.items()},
+    }
+    addresses: dict[str, int] = {}
+    cursor = base
+    for name in TABLE_ORDER:
+        addresses[name] = cursor
+        cursor = _align(cursor + sizes[name])
+    end = addresses[TABLE_ORDER[-1]] + sizes[TABLE_ORDER[-1]]
+    ram_end = RAM_BASE + config.ram_size
+    if base < RAM_BASE or end > ram_end:
+        raise MachineConfigError(
+            f"ACPI tables [{base:#x}, {end:#x}) do not fit in RAM [{RAM_BASE:#x}, {ram_end:#x})"
+        )
+    blobs = dict(fixed)
+    blobs["FACP"] = tables.Fadt(x_dsdt=addresses["DSDT"]).build()
+    blobs["XSDT"] = tables.Xsdt(entries=tuple(addresses[n] for n in xsdt_entries)).build()
+    blobs["RSDP"] = tables.Rsdp(xsdt_address=addresses["XSDT"]).build()
+    image = bytearray(end - base)
+    for name in TABLE_ORDER:
+        blob = blobs[name]
+        assert len(blob) == sizes[name], name
+        offset = addresses[name] - base
+        image[offset : offset + len(blob)] = blob
+    return MachineTables(
+        config=config,
+        base_address=base,
+        blobs={name: blobs[name] for name in TABLE_ORDER},
+        addresses=addresses,
+        image=bytes(image),
+    )
