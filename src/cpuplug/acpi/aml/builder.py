@@ -7,7 +7,7 @@ Build a table the way its ASL reads::
         Name("_HID", String("CPAG0001")),
         Name("_CRS", ResourceTemplate(Memory32Fixed(0x0A00_0000, 0x1000))),
     ))
-    block = DefinitionBlock("DSDT", 2, "CPPLUG", "CPUPLUG", 1, (dev,))
+    block = DefinitionBlock("DSDT", (dev,), revision=2, ids=TableIds(oem_id="CPPLUG"))
     table_bytes = block.encode()
 
 Every node class of :mod:`cpuplug.acpi.aml.nodes` is re-exported here (that module
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cpuplug.acpi.aml import nodes as _nodes
 from cpuplug.acpi.aml.nodes import *  # noqa: F403 - this module is the public face of the nodes
@@ -48,11 +48,11 @@ from cpuplug.acpi.aml.resources import (
     encode_resources,
 )
 from cpuplug.acpi.errors import AmlError
+from cpuplug.acpi.tables import Sdt, TableIds
 
 __all__ = [
     *_nodes.__all__,
     "IO",
-    "HEADER_SIZE",
     "DefinitionBlock",
     "EisaId",
     "EndTag",
@@ -67,8 +67,8 @@ __all__ = [
     "RawDescriptor",
     "ResourceTemplate",
     "Zero",
+    "TableIds",
     "field_layout",
-    "table_checksum",
 ]
 
 Zero = Integer(0)
@@ -165,58 +165,29 @@ def field_layout(
 
 # --------------------------------------------------------------------------- tables
 
-HEADER_SIZE = 36
-
-
-def table_checksum(data: bytes) -> int:
-    """The byte that makes ``data`` (with that byte zero) sum to zero mod 256."""
-    return (-sum(data)) & 0xFF
-
 
 @dataclass(frozen=True, slots=True)
 class DefinitionBlock:
-    """A DSDT/SSDT: the 36-byte ACPI header around an AML term list.
+    """A DSDT/SSDT: an AML term list inside the ACPI table header.
 
-    ``encode`` fills the length and checksum; ``revision`` 1 means 32-bit integers
+    The header itself is :class:`cpuplug.acpi.tables.Sdt`'s (one writer of
+    headers and checksums in the project); ``revision`` 1 means 32-bit integers
     for the interpreter, 2 and up 64-bit (ACPI 6.5 §5.2.11.1).
     """
 
     signature: str
-    revision: int
-    oem_id: str
-    oem_table_id: str
-    oem_revision: int
     body: tuple[Node, ...]
-    creator_id: str = "CPPL"
-    creator_revision: int = 1
+    revision: int = 2
+    ids: TableIds = field(default_factory=TableIds)
 
     def __post_init__(self) -> None:
         if not isinstance(self.body, tuple):
             object.__setattr__(self, "body", tuple(self.body))
-        for attr, size in (("signature", 4), ("oem_id", 6), ("oem_table_id", 8), ("creator_id", 4)):
-            text = getattr(self, attr)
-            if len(text) > size or not text.isascii():
-                raise AmlError(f"table {attr} {text!r} is not up to {size} ASCII characters")
-        if len(self.signature) != 4:
-            raise AmlError(f"table signature {self.signature!r} is not 4 characters")
-        for attr, bits in (("revision", 8), ("oem_revision", 32), ("creator_revision", 32)):
-            value = getattr(self, attr)
-            if not isinstance(value, int) or not 0 <= value < 1 << bits:
-                raise AmlError(f"table {attr} {value!r} does not fit in {bits} bits")
+
+    def aml(self) -> bytes:
+        """The AML after the header."""
+        return b"".join(n.encode() for n in self.body)
 
     def encode(self) -> bytes:
-        aml = b"".join(n.encode() for n in self.body)
-        header = struct.pack(
-            "<4sIBB6s8sI4sI",
-            self.signature.encode("ascii"),
-            HEADER_SIZE + len(aml),
-            self.revision,
-            0,
-            self.oem_id.encode("ascii").ljust(6, b" "),
-            self.oem_table_id.encode("ascii").ljust(8, b" "),
-            self.oem_revision,
-            self.creator_id.encode("ascii").ljust(4, b" "),
-            self.creator_revision,
-        )
-        raw = header + aml
-        return raw[:9] + bytes((table_checksum(raw),)) + raw[10:]
+        """The whole table, length and checksum filled in."""
+        return Sdt(self.signature, self.aml(), revision=self.revision, ids=self.ids).build()

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from cpuplug.acpi.aml import nodes as n
 from cpuplug.acpi.aml import opcodes as op
-from cpuplug.acpi.aml.builder import HEADER_SIZE, DefinitionBlock
-from cpuplug.acpi.errors import AmlError, TableError
+from cpuplug.acpi.aml.builder import DefinitionBlock
+from cpuplug.acpi.errors import AmlError
+from cpuplug.acpi.tables import HEADER_SIZE, Sdt
 
 __all__ = [
     "MAX_DEPTH",
@@ -520,66 +520,14 @@ def decode_definition_block(
     return list(parser.term_list(len(data), ()))
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
-    signature: str
-    length: int
-    revision: int
-    oem_id: str
-    oem_table_id: str
-    oem_revision: int
-    creator_id: str
-    creator_revision: int
-
-
-def _parse_header(data: bytes) -> _Header:
-    sig = data[:4].decode("latin-1") if len(data) >= 4 else "????"
-    if len(data) < HEADER_SIZE:
-        raise TableError(sig, len(data), f"table shorter than its {HEADER_SIZE}-byte header")
-    fields = struct.unpack_from("<4sIBB6s8sI4sI", data)
-    length = fields[1]
-    if length < HEADER_SIZE or length > len(data):
-        raise TableError(sig, 4, f"length field {length} does not fit the {len(data)} bytes given")
-    if sum(data[:length]) & 0xFF:
-        raise TableError(sig, 9, "checksum mismatch")
-
-    def text(raw: bytes) -> str:
-        return raw.decode("latin-1").rstrip(" ")
-
-    return _Header(
-        signature=fields[0].decode("latin-1"),
-        length=length,
-        revision=fields[2],
-        oem_id=text(fields[4]),
-        oem_table_id=text(fields[5]),
-        oem_revision=fields[6],
-        creator_id=text(fields[7]),
-        creator_revision=fields[8],
-    )
-
-
 def decode_table(data: bytes, *, known_methods: Mapping[str, int] | None = None) -> DefinitionBlock:
     """Decode a whole DSDT/SSDT (header + AML).
 
     A bad header (short, wrong length, bad checksum) raises
-    :class:`~cpuplug.acpi.errors.TableError`; bad AML raises
-    :class:`~cpuplug.acpi.errors.AmlError` with offsets from the table start.
-    ``decode_table(t).encode() == t`` for canonical tables.
+    :class:`~cpuplug.acpi.errors.TableError` (from :class:`cpuplug.acpi.tables.Sdt`);
+    bad AML raises :class:`~cpuplug.acpi.errors.AmlError` with offsets from the
+    table start. ``decode_table(t).encode() == t`` for canonical tables.
     """
-    header = _parse_header(bytes(data))
-    body = decode_definition_block(
-        bytes(data[HEADER_SIZE : header.length]), known_methods=known_methods, base=HEADER_SIZE
-    )
-    try:
-        return DefinitionBlock(
-            header.signature,
-            header.revision,
-            header.oem_id,
-            header.oem_table_id,
-            header.oem_revision,
-            tuple(body),
-            header.creator_id,
-            header.creator_revision,
-        )
-    except AmlError as exc:
-        raise TableError(header.signature, 0, exc.reason) from None
+    sdt = Sdt.parse(bytes(data))
+    body = decode_definition_block(sdt.body, known_methods=known_methods, base=HEADER_SIZE)
+    return DefinitionBlock(sdt.signature, tuple(body), sdt.revision, sdt.ids)
