@@ -831,11 +831,15 @@ class ConcatenateResTemplate(_Binary):
 
 
 @dataclass(frozen=True, slots=True)
-class Index(_Binary):
+class Index(Op):
     """``Index(source, index, target)``: a reference to an element of a
     Package/Buffer/String; usable as a target itself (``Index(P, 2) = 5``)."""
 
+    source: Node
+    index: Node
+    target: Node | None = None
     OPCODE = op.INDEX_OP
+    KINDS = "TTt"
 
 
 @dataclass(frozen=True, slots=True)
