@@ -1,0 +1,445 @@
+"""This machine's DSDT (SPEC §2): CPU hotplug AML, the GED, power button, UART, agent channel.
+
+The CPU hotplug part is QEMU's ``build_cpus_aml`` (hw/acpi/cpu.c, the "batched
+CNEW scan" generation; reference/qemu.md §2.2) written with our builder, with one
+arm64 change the reverted QEMU 9.2 series also made: flag bit 5 ``CPRS``
+("present") and a ``CSTA`` that answers 0x0D for a present-but-disabled vCPU,
+because an arm64 guest must never see a possible vCPU's Present bit change.
+:func:`cpus_device` keeps QEMU's exact shape as a parameter (``present_bit=False``,
+any resource path, any CPU count) so the tests can hold our methods byte for byte
+against the AML in QEMU's real x86 DSDT.
+
+Names are written the way QEMU writes them: the register fields and the mutex by
+absolute path (``\\_SB.PRES.CSEL``), a vCPU from the container's methods by its
+bare NameSeg (found by the ACPI search rules, as iasl leaves it).
+
+The AML does not depend on the hotplug mode; the MADT is what differs (§2, §9).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cpuplug.acpi import virt
+from cpuplug.acpi.aml.builder import (
+    Acquire,
+    And,
+    Arg,
+    Break,
+    Debug,
+    DefinitionBlock,
+    DerefOf,
+    Device,
+    EisaId,
+    Field,
+    If,
+    Increment,
+    Index,
+    Integer,
+    Interrupt,
+    LAnd,
+    LEqual,
+    LLess,
+    Local,
+    Memory32Fixed,
+    Method,
+    MethodCall,
+    Mutex,
+    Name,
+    NamedField,
+    NameRef,
+    Node,
+    Notify,
+    Offset,
+    One,
+    OperationRegion,
+    Package,
+    Release,
+    ReservedField,
+    ResourceTemplate,
+    Return,
+    Scope,
+    Store,
+    String,
+    TableIds,
+    While,
+    Zero,
+    field_layout,
+)
+from cpuplug.acpi.aml.opcodes import ACCESS_TYPES, REGION_SPACES, UPDATE_RULES
+from cpuplug.acpi.errors import AmlError
+
+__all__ = [
+    "CPU_SCAN_METHOD",
+    "CPU_STATUS_METHOD",
+    "DSDT_IDS",
+    "GED_EVENT_CPU_HOTPLUG",
+    "GED_EVENT_POWER_DOWN",
+    "build_dsdt",
+    "cpu_device_name",
+    "cpus_device",
+    "dsdt_block",
+    "ged_device",
+    "pres_device",
+]
+
+DSDT_IDS = TableIds(oem_id="CPPLUG", oem_table_id="CPUPLUG", oem_revision=1)
+DSDT_REVISION = 2  # 64-bit integers
+
+CPUS_PATH = "\\_SB.CPUS"
+PRES_PATH = "\\_SB.PRES"
+CPU_SCAN_METHOD = CPUS_PATH + ".CSCN"
+CPU_STATUS_METHOD = CPUS_PATH + ".CSTA"
+PWRB_PATH = "\\_SB.PWRB"
+
+GED_EVENT_POWER_DOWN = 0x2
+GED_EVENT_CPU_HOTPLUG = 0x8
+
+CNEW_SIZE = 255
+"""QEMU's batch: an ACPI 1.0 Package(255) of vCPUs found with a pending insert."""
+
+# CSTA answers (ACPI _STA bits: present 0, enabled 1, shown in UI 2, functioning 3)
+STA_ENABLED = 0x0F
+STA_PRESENT_DISABLED = 0x0D
+
+_SYSTEM_MEMORY = REGION_SPACES["SystemMemory"]
+
+
+class _Config(Protocol):
+    """What :func:`build_dsdt` needs of a machine (``virt.MachineConfig`` has it)."""
+
+    @property
+    def maxcpus(self) -> int: ...
+
+    @property
+    def mode(self) -> str: ...
+
+
+def cpu_device_name(index: int) -> str:
+    """``C`` + three upper-case **hex** digits: C000 ... C009, C00A, ... C1FF."""
+    if not 0 <= index <= 0xFFF:
+        raise AmlError(f"vCPU index {index} has no 3-hex-digit device name")
+    return f"C{index:03X}"
+
+
+def _int(value: int) -> Integer:
+    return Integer(value)
+
+
+def pres_device(
+    *,
+    path: str = PRES_PATH,
+    base: int = virt.CPUHP_BASE,
+    length: int = virt.CPUHP_SIZE,
+    present_bit: bool = True,
+) -> Device:
+    """``\\_SB.PRES``: the register block of SPEC §3 as fields, and the lock CPLK."""
+    flags = [("CPEN", 1), ("CINS", 1), ("CRMV", 1), ("CEJ0", 1), ("CEJF", 1)]
+    if present_bit:
+        flags.append(("CPRS", 1))
+    return Device(
+        path,
+        (
+            Name("_HID", EisaId("PNP0A06")),
+            Name("_UID", String("CPU Hotplug resources")),
+            Mutex("CPLK", 0),
+            Name("_CRS", ResourceTemplate(Memory32Fixed(base, length))),
+            OperationRegion("PRST", _SYSTEM_MEMORY, _int(base), _int(length)),
+            Field(
+                "PRST",
+                field_layout([Offset(4), *flags, Offset(5), ("CCMD", 8)]),
+                ACCESS_TYPES["ByteAcc"],
+                False,
+                UPDATE_RULES["WriteAsZeros"],
+            ),
+            Field(
+                "PRST",
+                (NamedField("CSEL", 32), ReservedField(32), NamedField("CDAT", 32)),
+                ACCESS_TYPES["DWordAcc"],
+                False,
+                UPDATE_RULES["Preserve"],
+            ),
+        ),
+    )
+
+
+def cpus_device(
+    count: int,
+    *,
+    res: str = PRES_PATH,
+    present_bit: bool = True,
+    boot_cpu: int = 0,
+    path: str = CPUS_PATH,
+) -> Device:
+    """``\\_SB.CPUS``: the processor container, its five methods and ``count`` vCPUs.
+
+    ``res`` is the path of the register device; ``present_bit`` selects our CSTA
+    (0x0F / 0x0D / 0) over upstream QEMU's (0x0F / 0).
+    """
+    if not 1 <= count <= 0x1000:
+        raise AmlError(f"cannot describe {count} vCPUs")
+
+    def reg(field: str) -> NameRef:
+        return NameRef(f"{res}.{field}")
+
+    lock = reg("CPLK")
+    acquire = Acquire(lock, 0xFFFF)
+    release = Release(lock)
+
+    ctfy = Method(
+        "CTFY",
+        2,
+        False,
+        0,
+        tuple(
+            If(LEqual(Arg(0), _int(i)), (Notify(NameRef(cpu_device_name(i)), Arg(1)),))
+            for i in range(count)
+        ),
+    )
+
+    status: list[Node] = [Store(Zero, Local(0))]
+    if present_bit:
+        status.append(
+            If(
+                LEqual(reg("CPEN"), One),
+                (Store(_int(STA_ENABLED), Local(0)),),
+                (
+                    If(
+                        LEqual(reg("CPRS"), One),
+                        (Store(_int(STA_PRESENT_DISABLED), Local(0)),),
+                    ),
+                ),
+            )
+        )
+    else:
+        status.append(If(LEqual(reg("CPEN"), One), (Store(_int(STA_ENABLED), Local(0)),)))
+    csta = Method(
+        "CSTA",
+        1,
+        True,
+        0,
+        (acquire, Store(Arg(0), reg("CSEL")), *status, release, Return(Local(0))),
+    )
+
+    cej0 = Method(
+        "CEJ0",
+        1,
+        True,
+        0,
+        (acquire, Store(Arg(0), reg("CSEL")), Store(One, reg("CEJ0")), release),
+    )
+
+    cscn = Method("CSCN", 0, True, 0, (acquire, *_scan_body(count, reg), release))
+
+    cost = Method(
+        "COST",
+        4,
+        True,
+        0,
+        (
+            acquire,
+            Store(Arg(0), reg("CSEL")),
+            Store(One, reg("CCMD")),
+            Store(Arg(1), reg("CDAT")),
+            Store(_int(2), reg("CCMD")),
+            Store(Arg(2), reg("CDAT")),
+            release,
+        ),
+    )
+
+    cpus = tuple(_cpu_device(i, boot=i == boot_cpu) for i in range(count))
+    return Device(
+        path,
+        (
+            Name("_HID", String("ACPI0010")),
+            Name("_CID", EisaId("PNP0A05")),
+            ctfy,
+            csta,
+            cej0,
+            cscn,
+            cost,
+            *cpus,
+        ),
+    )
+
+
+def _scan_body(count: int, reg: _RegFn) -> tuple[Node, ...]:
+    """QEMU's CSCN loop (since 5.2): queue inserts in CNEW, notify removes at once.
+
+    Locals: 0 has_event, 1 num_added, 2 queue index, 3 uid, 4 has_job.
+    """
+    cnew = NameRef("CNEW")
+    has_event, num_added, idx, uid, has_job = (Local(i) for i in range(5))
+    inner = While(
+        LAnd(LEqual(has_event, One), LLess(uid, _int(count))),
+        (
+            Store(Zero, has_event),
+            Store(uid, reg("CSEL")),
+            Store(Zero, reg("CCMD")),  # command 0: next vCPU with an event, from uid
+            If(LLess(reg("CDAT"), uid), (Break(),)),  # wrapped around: scan done
+            If(LEqual(num_added, _int(CNEW_SIZE)), (Store(One, has_job), Break())),
+            Store(reg("CDAT"), uid),
+            If(
+                LEqual(reg("CINS"), One),
+                (Store(uid, Index(cnew, num_added)), Increment(num_added), Store(One, has_event)),
+                (
+                    If(
+                        LEqual(reg("CRMV"), One),
+                        (
+                            MethodCall("CTFY", (uid, _int(3))),
+                            Store(One, reg("CRMV")),
+                            Store(One, has_event),
+                        ),
+                    ),
+                ),
+            ),
+            Increment(uid),
+        ),
+    )
+    notify_added = While(
+        LLess(idx, num_added),
+        (
+            Store(DerefOf(Index(cnew, idx)), uid),
+            MethodCall("CTFY", (uid, One)),
+            Store(uid, Debug()),
+            Store(uid, reg("CSEL")),
+            Store(One, reg("CINS")),  # clear the insert event
+            Increment(idx),
+        ),
+    )
+    return (
+        Name("CNEW", Package((), CNEW_SIZE)),
+        Store(Zero, uid),
+        Store(One, has_job),
+        While(
+            LEqual(has_job, One),
+            (
+                Store(Zero, has_job),
+                Store(One, has_event),
+                Store(Zero, num_added),
+                inner,
+                Store(Zero, idx),
+                notify_added,
+            ),
+        ),
+    )
+
+
+class _RegFn(Protocol):
+    def __call__(self, field: str, /) -> NameRef: ...
+
+
+def _cpu_device(index: int, *, boot: bool) -> Device:
+    uid = _int(index)
+    body: list[Node] = [
+        Name("_HID", String("ACPI0007")),
+        Name("_UID", uid),
+        Method("_STA", 0, True, 0, (Return(MethodCall("CSTA", (uid,))),)),
+    ]
+    if not boot:  # the boot vCPU cannot be ejected (QEMU omits its _EJ0 too)
+        body.append(Method("_EJ0", 1, False, 0, (MethodCall("CEJ0", (uid,)),)))
+    body.append(Method("_OST", 3, True, 0, (MethodCall("COST", (uid, Arg(0), Arg(1), Arg(2))),)))
+    return Device(cpu_device_name(index), tuple(body))
+
+
+def ged_device(
+    *,
+    base: int = virt.GED_BASE,
+    gsi: int = virt.GED_GSI,
+    cpu_scan: str | None = CPU_SCAN_METHOD,
+    power_button: str | None = PWRB_PATH,
+) -> Device:
+    """``\\_SB.GED`` (ACPI0013): the event selector and ``_EVT``, as QEMU's build_ged_aml.
+
+    ``_EVT`` reads ESEL once (the read clears it, SPEC §4) and tests each event bit
+    in QEMU's order (power-down, then CPU hotplug); the CPU bit runs the scan.
+    """
+    events: list[Node] = []
+    sel = Local(0)
+    if power_button is not None:
+        bit = _int(GED_EVENT_POWER_DOWN)
+        events.append(If(LEqual(And(sel, bit), bit), (Notify(NameRef(power_button), _int(0x80)),)))
+    if cpu_scan is not None:
+        bit = _int(GED_EVENT_CPU_HOTPLUG)
+        events.append(If(LEqual(And(sel, bit), bit), (MethodCall(cpu_scan, ()),)))
+    return Device(
+        "GED",
+        (
+            Name("_HID", String("ACPI0013")),
+            Name("_UID", String("GED")),
+            Name(
+                "_CRS",
+                ResourceTemplate(Interrupt((gsi,), consumer=True, edge=True)),
+            ),
+            OperationRegion("EREG", _SYSTEM_MEMORY, _int(base), _int(virt.GED_SIZE)),
+            Field(
+                "EREG",
+                (NamedField("ESEL", 32),),
+                ACCESS_TYPES["DWordAcc"],
+                False,
+                UPDATE_RULES["WriteAsZeros"],
+            ),
+            Method("_EVT", 1, True, 0, (Store(NameRef("ESEL"), sel), *events)),
+        ),
+    )
+
+
+def _uart_device() -> Device:
+    """The PL011 console as QEMU virt describes it (``COM0``, ARMH0011)."""
+    return Device(
+        "COM0",
+        (
+            Name("_HID", String("ARMH0011")),
+            Name("_UID", Zero),
+            Name(
+                "_CRS",
+                ResourceTemplate(
+                    Memory32Fixed(virt.UART_BASE, virt.UART_SIZE),
+                    Interrupt((virt.UART_GSI,), consumer=True),
+                ),
+            ),
+        ),
+    )
+
+
+def _agent_device() -> Device:
+    """The agent channel (virtio-vsock's role): the guest finds it by ``_HID``."""
+    return Device(
+        "AGNT",
+        (
+            Name("_HID", String("CPAG0001")),
+            Name("_UID", Zero),
+            Name(
+                "_CRS",
+                ResourceTemplate(Memory32Fixed(virt.AGENT_CHANNEL_BASE, virt.AGENT_CHANNEL_SIZE)),
+            ),
+        ),
+    )
+
+
+def _power_button() -> Device:
+    return Device("PWRB", (Name("_HID", String("PNP0C0C")), Name("_UID", Zero)))
+
+
+def dsdt_block(config: _Config) -> DefinitionBlock:
+    """The DSDT as a node tree (what :func:`build_dsdt` encodes)."""
+    maxcpus = config.maxcpus
+    if not isinstance(maxcpus, int) or not 1 <= maxcpus <= virt.MAX_CPUS:
+        raise AmlError(f"maxcpus must be in 1..{virt.MAX_CPUS}, got {maxcpus!r}")
+    scope = Scope(
+        "\\_SB",
+        (
+            _uart_device(),
+            _agent_device(),
+            _power_button(),
+            pres_device(path="PRES"),
+            cpus_device(maxcpus, path="CPUS"),
+            ged_device(),
+        ),
+    )
+    return DefinitionBlock("DSDT", (scope,), DSDT_REVISION, DSDT_IDS)
+
+
+def build_dsdt(config: _Config) -> bytes:
+    """The whole DSDT table (header, AML, checksum) for this machine (SPEC §2)."""
+    return dsdt_block(config).encode()
