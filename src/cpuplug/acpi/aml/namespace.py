@@ -1,0 +1,146 @@
+"""The ACPI namespace: a tree of 4-character names (ACPI 6.5 §5.3).
+
+Paths are handled in their text form, ``\\_SB_.CPUS.CSCN``, ``^^PCI0.PRES`` or
+``CSCN``; each segment is padded with ``_`` to four characters on the way in, and
+trailing ``_`` are trimmed on the way out (``\\_SB.CPUS.C002``) as ACPICA prints
+them, which is the form Notify callbacks receive.
+
+Lookup follows §5.3.1: a single bare NameSeg is searched in the current scope and
+then in each parent up to the root; a multi-segment or prefixed path is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from cpuplug.acpi.aml.nodes import split_name
+from cpuplug.acpi.errors import AmlError
+
+
+class Node:
+    """One name in the namespace, the object attached to it, and its children.
+
+    A node created by a running method (``Name(CNEW, ...)`` inside CSCN) belongs to
+    that invocation's private scope node, whose ``parent`` is the method's parent but
+    which is not linked into it: other threads never see it and it disappears with
+    the invocation (ACPI 6.5 §5.5.2.5).
+    """
+
+    __slots__ = ("children", "name", "obj", "parent")
+
+    def __init__(self, name: str, parent: Node | None, obj: Any = None) -> None:
+        self.name = name
+        self.parent = parent
+        self.obj: Any = obj
+        self.children: dict[str, Node] = {}
+
+    def segments(self) -> list[str]:
+        segs: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            segs.append(node.name)
+            node = node.parent
+        segs.reverse()
+        return segs
+
+    @property
+    def path(self) -> str:
+        """Absolute path with trailing underscores trimmed: ``\\_SB.CPUS.C002``."""
+        return "\\" + ".".join(_trim(s) for s in self.segments())
+
+    @property
+    def full_path(self) -> str:
+        """Absolute path with 4-character segments: ``\\_SB_.CPUS.C002``."""
+        return "\\" + ".".join(self.segments())
+
+    def __repr__(self) -> str:
+        return f"Node({self.path})"
+
+
+def _trim(seg: str) -> str:
+    trimmed = seg.rstrip("_")
+    return trimmed if trimmed else "_"
+
+
+def parse_path(path: str) -> tuple[bool, int, tuple[str, ...]]:
+    """Split a text path into (absolute, number of ``^``, padded segments)."""
+    prefix, segs = split_name(path)
+    return prefix == "\\", prefix.count("^"), segs
+
+
+class Namespace:
+    """The tree, rooted at ``\\``, with the scopes ACPI predefines."""
+
+    PREDEFINED_SCOPES = ("_GPE", "_PR_", "_SB_", "_SI_", "_TZ_")
+
+    def __init__(self) -> None:
+        from cpuplug.acpi.aml.objects import Container
+
+        self.root = Node("\\", None, Container("Scope"))
+        for name in self.PREDEFINED_SCOPES:
+            self.root.children[name] = Node(name, self.root, Container("Scope"))
+
+    def lookup(self, path: str, scope: Node | None = None) -> Node | None:
+        """The node ``path`` names, searched from ``scope`` (default root); None if absent."""
+        absolute, ups, segs = parse_path(path)
+        if absolute or scope is None:
+            start: Node | None = self.root
+        else:
+            start = scope
+            for _ in range(ups):
+                start = start.parent if start is not None else None
+                if start is None:
+                    return None
+        assert start is not None
+        if not segs:
+            return start
+        if not absolute and ups == 0 and len(segs) == 1:
+            node: Node | None = start
+            seg = segs[0]
+            while node is not None:
+                found = node.children.get(seg)
+                if found is not None:
+                    return found
+                node = node.parent
+            return None
+        cur: Node | None = start
+        for seg in segs:
+            assert cur is not None
+            cur = cur.children.get(seg)
+            if cur is None:
+                return None
+        return cur
+
+    def resolve(self, path: str, scope: Node | None = None) -> Node:
+        node = self.lookup(path, scope)
+        if node is None:
+            where = f" from {scope.path}" if scope is not None else ""
+            raise AmlError(f"undefined name {path}{where}")
+        return node
+
+    def parent_and_name(self, path: str, scope: Node) -> tuple[Node, str]:
+        """Where a new object named ``path`` goes: its parent node and its segment."""
+        absolute, ups, segs = parse_path(path)
+        if not segs:
+            raise AmlError(f"cannot create an object named {path!r}")
+        parent: Node | None = self.root if absolute else scope
+        for _ in range(ups):
+            parent = parent.parent if parent is not None else None
+            if parent is None:
+                raise AmlError(f"name {path} goes above the root from {scope.path}")
+        for seg in segs[:-1]:
+            assert parent is not None
+            parent = parent.children.get(seg)
+            if parent is None:
+                raise AmlError(f"scope of {path} does not exist (from {scope.path})")
+        assert parent is not None
+        return parent, segs[-1]
+
+    def walk(self, start: Node | None = None) -> Iterator[Node]:
+        """Every node below ``start`` (default root), depth first, in creation order."""
+        stack = [start or self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(list(node.children.values())))
