@@ -188,6 +188,8 @@ def test_uart_console_registers() -> None:
         uart.write(0x0, 4, 0x100 | ch)
     assert b"".join(got) == b"0123456789"
     assert uart.output() == b"23456789"  # bounded transcript
+    uart.write(0, 1, 0xFF)
+    assert uart.text() == "3456789\ufffd"
 
 
 def test_uart_sink_failure_is_contained() -> None:

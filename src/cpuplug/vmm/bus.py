@@ -329,3 +329,7 @@ class Pl011Uart:
         """The console transcript so far (its last ``keep`` bytes)."""
         with self._lock:
             return bytes(self._transcript)
+
+    def text(self) -> str:
+        """:meth:`output` decoded as UTF-8 (undecodable bytes replaced), for logs and tests."""
+        return self.output().decode("utf-8", errors="replace")
