@@ -1,0 +1,7 @@
+"""``python -m cpuplug.vmm ARGS`` is ``cpuplug vmm ARGS``."""
+
+import sys
+
+from cpuplug.cli import main
+
+sys.exit(main(["vmm", *sys.argv[1:]]))
