@@ -363,12 +363,9 @@ def build_machine_tables(
     if dsdt is None:
         # Imported here, not at module top: the DSDT builder itself needs this
         # module's MachineConfig and addresses.
-        import importlib
+        from cpuplug.acpi.dsdt import build_dsdt
 
-        built = importlib.import_module("cpuplug.acpi.dsdt").build_dsdt(config)
-        if not isinstance(built, bytes):
-            raise TypeError("cpuplug.acpi.dsdt.build_dsdt must return bytes")
-        dsdt = built
+        dsdt = build_dsdt(config)
     tables.Sdt.parse(dsdt)  # a bad DSDT fails here, not in the guest
     fixed: dict[str, bytes] = {
         "APIC": build_madt(config).build(),
