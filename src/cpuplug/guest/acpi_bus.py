@@ -1,0 +1,517 @@
+"""The ACPI bus: namespace scan, processor devices, the GED driver, Notify → hotplug.
+
+What Linux does across ``drivers/acpi/{scan,bus,osl,evged,acpi_processor}.c``
+(reference/linux.md §1.3, §2, §3), as three execution contexts:
+
+* **The GED interrupt.** The vCPU that takes INTID 41 only wakes the GED's IRQ
+  thread (``irq/41-ACPI:Ged``; Linux's ``request_threaded_irq`` with no primary
+  handler) and goes back to its tasks. No AML runs on a vCPU: the eject path's
+  ``_EJ0`` makes the VMM end a vCPU thread, and a vCPU busy in AML when that
+  happens could hold what the worker needs.
+* **The IRQ thread** evaluates ``_EVT(GSI)`` (or ``_Exx``). The AML's Notify
+  calls land in :meth:`AcpiBus._notify`, which only queues: hotplug types (0, 1,
+  3) for a known device go to the worker; for an unknown object
+  ``_OST(type, 1)`` is sent at once, right after the method returns.
+* **The hotplug worker** (``kacpi_hotplug``): one thread, FIFO, one event at a
+  time, holding the CPU hotplug lock for the whole event, as Linux's ordered
+  workqueue + ``lock_device_hotplug``. Device Check rescans the parent and
+  registers every processor whose ``_STA`` turned Enabled, then ``_OST(1, 0|1)``.
+  Eject: ``_OST(3, 0x84)``, offline, ``_EJ0``, re-read ``_STA``, unregister,
+  ``_OST(3, 0|0x82|…)``.
+
+The thread count is fixed (two), whatever the number of vCPUs.
+
+Where this model knowingly does better than Linux 6.11-7.0 (each has a test):
+
+* ``_STA`` after ``_EJ0`` with Present clear: Linux's ``arch_unregister_cpu``
+  returns early and leaks ``cpuN`` ("Changing CPU present bit is not
+  supported"); here the warning is printed and the CPU is unregistered anyway
+  (the proposed 2026 fix).
+* Eject of a processor without ``_EJ0``: Linux offlines the CPU first and only
+  then fails with -ENODEV; here ``_OST(3, 0x80)`` (not supported) is sent and
+  nothing is offlined.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cpuplug.acpi.errors import AcpiError
+from cpuplug.acpi.interp import Interpreter
+from cpuplug.agent_protocol import EventName
+from cpuplug.guest.boot import FirmwareTables
+from cpuplug.guest.cpu import CpuHotplugError, CpuManager
+from cpuplug.guest.klog import KernelLog, Uevents
+from cpuplug.hw import PhysicalAddressSpace
+
+# _STA bits (ACPI 6.5 §6.3.7)
+STA_PRESENT = 0x01
+STA_ENABLED = 0x02
+STA_FUNCTIONING = 0x08
+STA_DEFAULT = 0x0F
+
+# Notify values (ACPI 6.5 §5.6.6)
+NOTIFY_BUS_CHECK = 0x00
+NOTIFY_DEVICE_CHECK = 0x01
+NOTIFY_EJECT_REQUEST = 0x03
+NOTIFY_POWER_BUTTON = 0x80
+
+# _OST source event codes and status codes (include/linux/acpi.h)
+OST_EC_OSPM_EJECT = 0x103
+OST_SC_SUCCESS = 0x00
+OST_SC_NON_SPECIFIC_FAILURE = 0x01
+OST_SC_EJECT_NOT_SUPPORTED = 0x80
+OST_SC_DEVICE_BUSY = 0x82
+OST_SC_EJECT_IN_PROGRESS = 0x84
+
+HID_PROCESSOR = "ACPI0007"
+HID_GED = "ACPI0013"
+HID_POWER_BUTTON = "PNP0C0C"
+
+
+class MmioRegion:
+    """SystemMemory operation regions → real guest-physical loads and stores."""
+
+    def __init__(self, memory: PhysicalAddressSpace) -> None:
+        self._memory = memory
+
+    def read(self, addr: int, width_bits: int) -> int:
+        return self._memory.load(addr, width_bits // 8)
+
+    def write(self, addr: int, width_bits: int, value: int) -> None:
+        self._memory.store(addr, width_bits // 8, value)
+
+
+@dataclass
+class AcpiDevice:
+    """A namespace Device the scan found present (Linux's ``struct acpi_device``)."""
+
+    path: str
+    hid: str | None
+    uid: int | str | None
+    cpu: int | None = None  # logical CPU, for processors that map to one
+    attached: bool = False  # a scan handler claimed it (processor: cpuN registered)
+
+    @property
+    def parent(self) -> str:
+        return self.path.rsplit(".", 1)[0] if "." in self.path else "\\"
+
+
+@dataclass(frozen=True)
+class GedLine:
+    gsi: int
+    edge: bool
+    method: str
+
+
+def parse_interrupts(crs: bytes) -> list[tuple[int, bool]]:
+    """(GSI, edge-triggered) of every interrupt in a resource template.
+
+    Handles the Extended Interrupt descriptor (large, 0x89) that arm64 tables
+    use, and the legacy IRQ descriptor (small, type 4).
+    """
+    out: list[tuple[int, bool]] = []
+    i = 0
+    while i < len(crs):
+        tag = crs[i]
+        if tag & 0x80:
+            if i + 3 > len(crs):
+                break
+            (length,) = struct.unpack_from("<H", crs, i + 1)
+            body = crs[i + 3 : i + 3 + length]
+            if tag == 0x89 and len(body) >= 2:
+                flags, count = body[0], body[1]
+                for k in range(count):
+                    at = 2 + 4 * k
+                    if at + 4 <= len(body):
+                        out.append((struct.unpack_from("<I", body, at)[0], bool(flags & 0x2)))
+            i += 3 + length
+        else:
+            kind, length = (tag >> 3) & 0xF, tag & 0x7
+            if kind == 0xF:  # end tag
+                break
+            if kind == 0x4 and length >= 2:
+                mask = crs[i + 1] | (crs[i + 2] << 8)
+                edge = length < 3 or bool(crs[i + 3] & 0x1)
+                out.extend((irq, edge) for irq in range(16) if mask & (1 << irq))
+            i += 1 + length
+    return out
+
+
+class AcpiBus:
+    """The ACPI namespace of this guest and the drivers bound to it."""
+
+    def __init__(
+        self,
+        memory: PhysicalAddressSpace,
+        log: KernelLog,
+        events: Uevents,
+        cpus: CpuManager,
+        power_off: Callable[[], None],
+    ) -> None:
+        self._memory = memory
+        self.log = log
+        self.events = events
+        self.cpus = cpus
+        self._power_off = power_off
+        self.interp = Interpreter()
+        self.interp.map_region("SystemMemory", MmioRegion(memory))
+        self.interp.on_notify(self._notify)
+        self.devices: dict[str, AcpiDevice] = {}
+        self.ged_lines: list[GedLine] = []
+        self._uids: dict[tuple[str, object], str] = {}
+        self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._irq_lock = threading.Condition()
+        self._irq_pending: set[int] = set()
+        self._immediate_ost: list[tuple[str, int]] = []
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._irq_failed_once = False
+        self.worker_busy = threading.Event()
+
+    # ---------------------------------------------------------------- loading
+
+    def load(self, tables: FirmwareTables) -> None:
+        """Load the DSDT and SSDTs into the interpreter (ACPICA's table load)."""
+        self.interp.load(tables.dsdt.build())
+        for ssdt in tables.ssdts:
+            self.interp.load(ssdt.build())
+
+    # ---------------------------------------------------------------- helpers
+
+    def _value(self, path: str) -> Any:
+        return self.interp.evaluate(path)
+
+    def _try_value(self, path: str) -> Any:
+        if not self.interp.exists(path):
+            return None
+        try:
+            return self.interp.evaluate(path)
+        except AcpiError as exc:
+            self.log.warn(f"ACPI: {path}: evaluation failed: {exc}")
+            return None
+
+    def sta(self, path: str) -> int:
+        """``_STA`` of a device; 0x0F when it has none. Raises AcpiError when it fails.
+
+        Enabled without Present is a firmware bug: Enabled and Functioning are
+        dropped, as ``acpi_bus_get_status`` does.
+        """
+        if not self.interp.exists(path + "._STA"):
+            return STA_DEFAULT
+        value = self.interp.evaluate(path + "._STA")
+        if not isinstance(value, int):
+            raise AcpiError(f"{path}._STA returned {type(value).__name__}")
+        if value & STA_ENABLED and not value & STA_PRESENT:
+            value &= ~(STA_ENABLED | STA_FUNCTIONING)
+        return value
+
+    @staticmethod
+    def _hid_text(value: Any) -> str | None:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int):  # EisaId: compressed 3 letters + 4 hex digits
+            v = int.from_bytes(value.to_bytes(4, "little"), "big")
+            letters = "".join(chr(((v >> s) & 0x1F) + 0x40) for s in (26, 21, 16))
+            return f"{letters}{v & 0xFFFF:04X}"
+        return None
+
+    def ost(self, path: str, source: int, status: int) -> None:
+        """Evaluate ``_OST(source, status, <empty buffer>)`` if the device has one."""
+        if not self.interp.exists(path + "._OST"):
+            return
+        try:
+            self.interp.evaluate(path + "._OST", source, status, b"")
+        except AcpiError as exc:
+            self.log.warn(f"ACPI: {path}: _OST failed: {exc}")
+            return
+        dev = self.devices.get(path)
+        cpu = dev.cpu if dev is not None and dev.cpu is not None else -1
+        self.events.emit(EventName.OST_SENT, cpu=cpu, source=source, status=status)
+
+    # ------------------------------------------------------------------- scan
+
+    def scan(self, root: str = "\\") -> None:
+        """``acpi_bus_scan``: enumerate present devices below ``root``; attach processors.
+
+        Call with the CPU hotplug lock held.
+        """
+        prefix = "" if root == "\\" else root + "."
+        for path, kind in list(self.interp.walk()):
+            if kind not in ("Device", "Processor") or not (root == "\\" or path.startswith(prefix)):
+                continue
+            try:
+                sta = self.sta(path)
+            except AcpiError as exc:
+                self.log.warn(f"ACPI: {path}: _STA failed: {exc}")
+                continue
+            if not sta & (STA_PRESENT | STA_FUNCTIONING):
+                continue
+            dev = self.devices.get(path)
+            if dev is None:
+                dev = self._new_device(path, kind)
+                if dev is None:
+                    continue
+            if dev.hid == HID_PROCESSOR and not dev.attached:
+                self._processor_add(dev, sta)
+
+    def _new_device(self, path: str, kind: str) -> AcpiDevice | None:
+        if kind == "Processor":
+            hid: str | None = HID_PROCESSOR
+        else:
+            hid = self._hid_text(self._try_value(path + "._HID"))
+        uid_raw = self._try_value(path + "._UID")
+        uid: int | str | None = uid_raw if isinstance(uid_raw, int | str) else None
+        dev = AcpiDevice(path, hid, uid)
+        if hid == HID_PROCESSOR:
+            key = (HID_PROCESSOR, uid)
+            if key in self._uids and self._uids[key] != path:
+                self.log.err(f"ACPI: {path}: Failed to get unique processor _UID ({uid})")
+                return None
+            self._uids[key] = path
+            dev.cpu = self._map_cpu(uid)
+        self.devices[path] = dev
+        return dev
+
+    def _map_cpu(self, uid: int | str | None) -> int | None:
+        """``_UID`` → the GICC with that uid → its MPIDR → the logical CPU with that MPIDR."""
+        if isinstance(uid, str):
+            try:
+                uid = int(uid, 0)
+            except ValueError:
+                return None
+        if uid is None:
+            return None
+        for slot in self.cpus.slots():
+            if slot.uid == uid:
+                return self.cpus.logical_of_mpidr(slot.mpidr)
+        return None
+
+    def _processor_add(self, dev: AcpiDevice, sta: int) -> None:
+        """``acpi_processor_add``: -ENODEV unless Enabled; else register the CPU (once)."""
+        if not sta & STA_ENABLED:
+            return
+        if dev.cpu is None:
+            self.log.err(f"ACPI: {dev.path}: Unable to map CPU to valid ID")
+            raise CpuHotplugError(errno.ENODEV, f"{dev.path} maps to no possible CPU")
+        self.cpus.register(dev.cpu, dev.path)
+        dev.attached = True
+
+    # ------------------------------------------------------------- GED driver
+
+    def probe_ged(self) -> list[GedLine]:
+        """Bind ``acpi-ged`` to every ACPI0013 device; returns the lines it handles."""
+        lines: list[GedLine] = []
+        for path, dev in list(self.devices.items()):
+            if dev.hid != HID_GED:
+                continue
+            crs = self._try_value(path + "._CRS")
+            if not isinstance(crs, bytes):
+                self.log.err(f"ACPI: {path}: no _CRS; GED not bound")
+                continue
+            for gsi, edge in parse_interrupts(crs):
+                method = None
+                if gsi <= 255:
+                    candidate = f"{path}._{'E' if edge else 'L'}{gsi:02X}"
+                    if self.interp.exists(candidate):
+                        method = candidate
+                if method is None and self.interp.exists(path + "._EVT"):
+                    method = path + "._EVT"
+                if method is None:
+                    self.log.err(f"acpi-ged {path}: cannot locate _EVT method")
+                    continue
+                line = GedLine(gsi, edge, method)
+                self.ged_lines.append(line)
+                self.cpus.irq_handlers[gsi] = self._ged_interrupt
+                lines.append(line)
+        return lines
+
+    def _ged_interrupt(self, intid: int) -> None:
+        """Hard-IRQ part, on the vCPU that took the interrupt: wake the IRQ thread."""
+        with self._irq_lock:
+            self._irq_pending.add(intid)
+            self._irq_lock.notify_all()
+
+    def _irq_thread(self) -> None:
+        while True:
+            with self._irq_lock:
+                self._irq_lock.wait_for(lambda: self._irq_pending or self._stopping)
+                if self._stopping:
+                    return
+                pending = sorted(self._irq_pending)
+                self._irq_pending.clear()
+            for gsi in pending:
+                for line in self.ged_lines:
+                    if line.gsi == gsi:
+                        self._run_ged_method(line)
+
+    def _run_ged_method(self, line: GedLine) -> None:
+        try:
+            if line.method.endswith("._EVT"):
+                self.interp.evaluate(line.method, line.gsi)
+            else:
+                self.interp.evaluate(line.method)
+        except AcpiError as exc:
+            if not self._irq_failed_once:
+                self._irq_failed_once = True
+                self.log.err(f"ACPI: {line.method}: IRQ method execution failed: {exc}")
+        with self._irq_lock:
+            immediate, self._immediate_ost = self._immediate_ost, []
+        for path, value in immediate:
+            self.ost(path, value, OST_SC_NON_SPECIFIC_FAILURE)
+
+    # ---------------------------------------------------------------- Notify
+
+    def _notify(self, path: str, value: int) -> None:
+        """``acpi_bus_notify``: runs right after the AML method that issued the Notify."""
+        dev = self.devices.get(path)
+        if value in (NOTIFY_BUS_CHECK, NOTIFY_DEVICE_CHECK, NOTIFY_EJECT_REQUEST):
+            if dev is None:
+                with self._irq_lock:
+                    self._immediate_ost.append((path, value))
+                if threading.current_thread() not in self._threads:
+                    self._flush_immediate()
+                return
+            self.queue_work(lambda: self._hotplug_event(dev, value))
+        elif value == NOTIFY_POWER_BUTTON and dev is not None and dev.hid == HID_POWER_BUTTON:
+            self.queue_work(self._power_button)
+        else:
+            self.log.printk(f"ACPI: {path}: Unsupported event type 0x{value:x}", 7)
+
+    def _flush_immediate(self) -> None:
+        with self._irq_lock:
+            immediate, self._immediate_ost = self._immediate_ost, []
+        for path, value in immediate:
+            self.ost(path, value, OST_SC_NON_SPECIFIC_FAILURE)
+
+    def queue_work(self, fn: Callable[[], None]) -> None:
+        """Append to ``kacpi_hotplug`` (ordered: one item at a time, FIFO)."""
+        self._work.put(fn)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            self.worker_busy.set()
+            try:
+                item()
+            except CpuHotplugError as exc:
+                self.log.warn(f"ACPI: hotplug work failed: {exc}")
+            finally:
+                if self._work.empty():
+                    self.worker_busy.clear()
+
+    def _hotplug_event(self, dev: AcpiDevice, value: int) -> None:
+        if value == NOTIFY_EJECT_REQUEST:
+            self._eject(dev)
+            return
+        try:
+            with self.cpus.hotplug_locked():
+                self._device_check(dev, bus_check=value == NOTIFY_BUS_CHECK)
+            status = OST_SC_SUCCESS
+        except (AcpiError, CpuHotplugError) as exc:
+            self.log.warn(f"ACPI: {dev.path}: device check failed: {exc}")
+            status = OST_SC_NON_SPECIFIC_FAILURE
+        self.ost(dev.path, value, status)
+
+    def _device_check(self, dev: AcpiDevice, *, bus_check: bool) -> None:
+        """``acpi_scan_device_check`` / ``acpi_scan_bus_check``."""
+        sta = self.sta(dev.path)
+        if dev.attached and not sta & STA_ENABLED:
+            # acpi_scan_check_subtree: a surprise "removal" by Device Check only drops
+            # the binding; the processor driver has no .detach, so cpuN stays.
+            dev.attached = False
+            self.log.warn(f"ACPI: {dev.path}: no longer enabled; use an eject request to remove")
+            return
+        if not sta & (STA_PRESENT | STA_FUNCTIONING):
+            return
+        if dev.attached and not bus_check:
+            self.log.printk(f"ACPI: {dev.path}: Already enumerated", 7)
+            return
+        self.scan(dev.path if bus_check else dev.parent)
+
+    def _eject(self, dev: AcpiDevice) -> None:
+        """``acpi_scan_hot_remove`` for a processor (Notify 3), final ``_OST`` included."""
+        path = dev.path
+        if not self.interp.exists(path + "._EJ0"):
+            self.ost(path, NOTIFY_EJECT_REQUEST, OST_SC_EJECT_NOT_SUPPORTED)
+            return
+        self.ost(path, NOTIFY_EJECT_REQUEST, OST_SC_EJECT_IN_PROGRESS)
+        status = OST_SC_SUCCESS
+        try:
+            with self.cpus.hotplug_locked():
+                status = self._eject_locked(dev)
+        except CpuHotplugError as exc:
+            self.log.warn(f"ACPI: {path}: eject failed: {exc}")
+            status = OST_SC_NON_SPECIFIC_FAILURE
+        self.ost(path, NOTIFY_EJECT_REQUEST, status)
+
+    def _eject_locked(self, dev: AcpiDevice) -> int:
+        path = dev.path
+        if dev.cpu is not None and self.cpus.is_online(dev.cpu):
+            try:
+                self.cpus.cpu_down_locked(dev.cpu)
+            except CpuHotplugError as exc:
+                self.log.warn(f"ACPI: {path}: Offline failed.")
+                if exc.errno == errno.EBUSY:
+                    return OST_SC_DEVICE_BUSY
+                return OST_SC_NON_SPECIFIC_FAILURE
+        try:
+            self.interp.evaluate(path + "._EJ0", 1)
+        except AcpiError as exc:
+            self.log.warn(f"ACPI: {path}: _EJ0 failed: {exc}")
+            return OST_SC_NON_SPECIFIC_FAILURE
+        try:
+            sta = self.sta(path)
+        except AcpiError as exc:
+            self.log.warn(f"ACPI: {path}: Status check after eject failed ({exc})")
+            return OST_SC_SUCCESS
+        if sta & STA_ENABLED:
+            self.log.warn(f"ACPI: {path}: Eject incomplete - status 0x{sta:x}")
+            if dev.cpu is not None:
+                self.events.emit(EventName.EJECT_INCOMPLETE, cpu=dev.cpu)
+            return OST_SC_SUCCESS
+        # acpi_processor_post_eject → arch_unregister_cpu
+        if not sta & STA_PRESENT:
+            self.log.warn("Changing CPU present bit is not supported")
+        dev.attached = False
+        if dev.cpu is not None:
+            self.cpus.unregister(dev.cpu)
+        return OST_SC_SUCCESS
+
+    def _power_button(self) -> None:
+        self.log.info("ACPI: button: power button pressed; powering off")
+        self._power_off()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start_threads(self) -> None:
+        """Start ``irq/N-ACPI:Ged`` and ``kacpi_hotplug`` (two threads, whatever the CPUs)."""
+        gsis = ",".join(str(line.gsi) for line in self.ged_lines) or "none"
+        irq = threading.Thread(target=self._irq_thread, name=f"irq/{gsis}-ACPI:Ged", daemon=True)
+        worker = threading.Thread(target=self._worker, name="kacpi_hotplug", daemon=True)
+        self._threads = [irq, worker]
+        irq.start()
+        worker.start()
+
+    def stop_threads(self, timeout: float = 5.0) -> None:
+        with self._irq_lock:
+            self._stopping = True
+            self._irq_lock.notify_all()
+        self._work.put(None)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until the worker queue is drained (for tests and benchmarks)."""
+        done = threading.Event()
+        self.queue_work(done.set)
+        return done.wait(timeout)
