@@ -1,139 +1,175 @@
-"""Test doubles for the guest: CPUs driven by plain threads, and a stand-in cgroup.
+"""A fake guest kernel for userland and agent tests: vfs + cgroups + a scheduler on threads.
 
-``FakeCpus`` runs :meth:`Scheduler.run_cpu` on ordinary threads with a port whose
-``idle`` waits on a condition that ``kick`` notifies, so scheduler tests need no
-VMM. ``StubGroup``/``StubBandwidth`` are a minimal cgroup for the scheduler
-contract (the real one is ``cpuplug.guest.cgroup``).
+It stands in for ``cpuplug.guest.kernel`` (no VMM, no ACPI): N "CPUs" are plain
+threads serving the real :class:`~cpuplug.guest.sched.Scheduler`, and the CPU
+files under ``/sys/devices/system/cpu`` behave like the real ones (``cpuN/online``
+present only while registered, EPERM for a CPU the host has not enabled).
 """
 
 from __future__ import annotations
 
+import errno
 import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from cpuplug.guest.sched import Bandwidth, Scheduler
+from cpuplug.agent_protocol import format_cpu_list
+from cpuplug.guest.cgroup import CgroupTree
+from cpuplug.guest.klog import KernelEvent
+from cpuplug.guest.sched import Scheduler
+from cpuplug.guest.vfs import GuestOSError, Vfs
+
+CPU_DIR = "/sys/devices/system/cpu"
 
 
 class _Port:
-    def __init__(self, owner: FakeCpus, cpu: int) -> None:
-        self.owner = owner
-        self.cpu = cpu
-        self.stop = False
-        self.kicked = False
-        self.cond = threading.Condition()
+    def __init__(self, kernel: FakeKernel, cpu: int) -> None:
+        self._kernel = kernel
+        self._cpu = cpu
+        self.kicked = threading.Event()
 
     def stop_requested(self) -> bool:
-        return self.stop
+        return self._kernel.stopping or self._cpu not in self._kernel.online_set
 
     def idle(self, timeout: float) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.kicked or self.stop, timeout)
-            self.kicked = False
+        self.kicked.wait(timeout)
+        self.kicked.clear()
 
     def poll_interrupts(self) -> None:
         pass
 
-    def kick(self) -> None:
-        with self.cond:
-            self.kicked = True
-            self.cond.notify_all()
+
+@dataclass
+class Emitted:
+    name: str
+    data: dict[str, int]
 
 
-class FakeCpus:
-    """N CPUs as threads; ``offline(n)``/``online(n)`` stop or start one."""
+class FakeKernel:
+    """``vfs``, ``cgroups``, ``scheduler``, ``events`` like the real kernel object."""
 
-    def __init__(self, n: int) -> None:
-        self.online_set: set[int] = set()
-        self.lock = threading.Lock()
-        self.sched = Scheduler(self.online_mask, self.kick)
-        self.ports: dict[int, _Port] = {}
-        self.threads: dict[int, threading.Thread] = {}
-        for cpu in range(n):
-            self.online(cpu)
+    def __init__(self, possible: int = 4, online: int = 1, enabled: int | None = None) -> None:
+        self.possible_set = frozenset(range(possible))
+        self.online_set = frozenset(range(online))
+        self.enabled_set = frozenset(range(enabled if enabled is not None else online))
+        self.allowed = set(self.enabled_set)  # CPUs the "host" lets CPU_ON start
+        self.stopping = False
+        self.vfs = Vfs()
+        self._lock = threading.Lock()
+        self._ports: dict[int, _Port] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self.scheduler = Scheduler(online=lambda: self.online_set, kick=self._kick)
+        self.cgroups = CgroupTree(
+            self.vfs,
+            online=lambda: self.online_set,
+            possible=lambda: self.possible_set,
+            scheduler=self.scheduler,
+        )
+        self._subs: list[Callable[[KernelEvent], None]] = []
+        self.online_writes: list[int] = []
+        self.machine = None
+        for name, fn in (
+            ("possible", lambda: self.possible_set),
+            ("present", lambda: self.possible_set),
+            ("online", lambda: self.online_set),
+            ("offline", lambda: self.possible_set - self.online_set),
+            ("enabled", lambda: self.enabled_set),
+        ):
+            self.vfs.register(f"{CPU_DIR}/{name}", lambda fn=fn: format_cpu_list(fn()) + "\n")
+        self.vfs.register("/proc/sys/kernel/osrelease", lambda: "6.11.0-fake\n")
+        for cpu in sorted(self.enabled_set):
+            self._register_cpu(cpu)
+        for cpu in sorted(self.online_set):
+            self._start_cpu(cpu)
 
-    def online_mask(self) -> frozenset[int]:
-        with self.lock:
-            return frozenset(self.online_set)
+    # ---------------------------------------------------------------- events
 
-    def kick(self, cpu: int) -> None:
-        port = self.ports.get(cpu)
-        if port is not None:
-            port.kick()
+    class _Events:
+        def __init__(self, kernel: FakeKernel) -> None:
+            self._k = kernel
 
-    def online(self, cpu: int) -> None:
+        def subscribe(self, cb: Callable[[KernelEvent], None]) -> Callable[[], None]:
+            with self._k._lock:
+                self._k._subs.append(cb)
+
+            def unsub() -> None:
+                with self._k._lock:
+                    if cb in self._k._subs:
+                        self._k._subs.remove(cb)
+
+            return unsub
+
+    @property
+    def events(self) -> FakeKernel._Events:
+        return FakeKernel._Events(self)
+
+    def emit(self, name: str, **data: int) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for cb in subs:
+            cb(KernelEvent(name, dict(data), 0.0))
+
+    # ---------------------------------------------------------------- CPUs
+
+    def _register_cpu(self, cpu: int) -> None:
+        self.vfs.register(
+            f"{CPU_DIR}/cpu{cpu}/online",
+            lambda: ("1" if cpu in self.online_set else "0") + "\n",
+            lambda data: self._write_online(cpu, data),
+        )
+
+    def hot_add(self, cpu: int) -> None:
+        """The host plugged ``cpu`` and the ACPI scan registered it (still offline)."""
+        self.allowed.add(cpu)
+        self.enabled_set = self.enabled_set | {cpu}
+        self._register_cpu(cpu)
+        self.emit("CpuRegistered", cpu=cpu)
+
+    def _write_online(self, cpu: int, data: str) -> None:
+        value = data.strip()
+        if value not in ("0", "1"):
+            raise GuestOSError(errno.EINVAL)
+        self.online_writes.append(cpu)
+        if value == "1":
+            if cpu in self.online_set:
+                return
+            if cpu not in self.allowed:
+                raise GuestOSError(errno.EPERM)  # PSCI DENIED
+            self.online_set = self.online_set | {cpu}
+            self._start_cpu(cpu)
+            self.emit("CpuOnline", cpu=cpu)
+        else:
+            if cpu not in self.online_set:
+                return
+            if len(self.online_set) == 1:
+                raise GuestOSError(errno.EBUSY)
+            self.online_set = self.online_set - {cpu}
+            self._ports[cpu].kicked.set()
+            self._threads[cpu].join(5)
+            self.emit("CpuOffline", cpu=cpu)
+
+    def _start_cpu(self, cpu: int) -> None:
         port = _Port(self, cpu)
-        self.ports[cpu] = port
-        with self.lock:
-            self.online_set.add(cpu)
-        t = threading.Thread(target=self.sched.run_cpu, args=(cpu, port), name=f"fakecpu{cpu}")
-        self.threads[cpu] = t
+        self._ports[cpu] = port
+        t = threading.Thread(
+            target=self.scheduler.run_cpu, args=(cpu, port), name=f"fake-cpu{cpu}", daemon=True
+        )
+        self._threads[cpu] = t
         t.start()
 
-    def offline(self, cpu: int) -> None:
-        with self.lock:
-            self.online_set.discard(cpu)
-        port = self.ports[cpu]
-        with port.cond:
-            port.stop = True
-            port.cond.notify_all()
-        self.threads[cpu].join(10)
-        assert not self.threads[cpu].is_alive()
-        del self.threads[cpu]
+    def _kick(self, cpu: int) -> None:
+        port = self._ports.get(cpu)
+        if port is not None:
+            port.kicked.set()
 
-    def close(self) -> None:
-        for cpu in list(self.threads):
-            self.offline(cpu)
-
-
-class StubBandwidth:
-    """CFS-like quota per period, enough to exercise the Bandwidth contract."""
-
-    def __init__(self, quota: float, period: float) -> None:
-        self.quota = quota
-        self.period = period
-        self.start = time.monotonic()
-        self.used_in_period = 0.0
-        self.period_index = 0
-        self.throttled_periods = 0
-        self.usage = 0.0
-        self.lock = threading.Lock()
-
-    def _roll(self, now: float) -> None:
-        idx = int((now - self.start) / self.period)
-        while self.period_index < idx:
-            self.period_index += 1
-            self.used_in_period = max(0.0, self.used_in_period - self.quota)
-
-    def runnable_at(self, now: float) -> float:
-        with self.lock:
-            self._roll(now)
-            if self.used_in_period < self.quota:
-                return now
-            self.throttled_periods += 1
-            debt_periods = int(self.used_in_period / self.quota)
-            return self.start + (self.period_index + debt_periods) * self.period
-
-    def charge(self, cpu_seconds: float, now: float) -> None:
-        with self.lock:
-            self._roll(now)
-            self.used_in_period += cpu_seconds
-            self.usage += cpu_seconds
-
-
-class StubGroup:
-    def __init__(self, name: str, cpus: frozenset[int] | None = None,
-                 bandwidth: StubBandwidth | None = None) -> None:
-        self._name = name
-        self.cpus = cpus
-        self._bw = bandwidth
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def cpus_allowed(self) -> frozenset[int] | None:
-        return self.cpus
-
-    @property
-    def bandwidth(self) -> Bandwidth | None:
-        return self._bw
+    def shutdown(self) -> None:
+        for task in self.scheduler.tasks():
+            task.kill()
+        for task in self.scheduler.tasks():
+            task.wait(5)
+        self.stopping = True
+        for port in self._ports.values():
+            port.kicked.set()
+        for t in self._threads.values():
+            t.join(5)
+            assert not t.is_alive(), f"{t.name} did not stop"
