@@ -46,7 +46,7 @@ class Emitted:
 
 
 class FakeKernel:
-    """``vfs``, ``cgroups``, ``scheduler``, ``events`` like the real kernel object."""
+    """``vfs``, ``cgroups``, ``sched``, ``events`` like the real kernel object."""
 
     def __init__(self, possible: int = 4, online: int = 1, enabled: int | None = None) -> None:
         self.possible_set = frozenset(range(possible))
@@ -58,12 +58,12 @@ class FakeKernel:
         self._lock = threading.Lock()
         self._ports: dict[int, _Port] = {}
         self._threads: dict[int, threading.Thread] = {}
-        self.scheduler = Scheduler(online=lambda: self.online_set, kick=self._kick)
+        self.sched = Scheduler(online=lambda: self.online_set, kick=self._kick)
         self.cgroups = CgroupTree(
             self.vfs,
             online=lambda: self.online_set,
             possible=lambda: self.possible_set,
-            scheduler=self.scheduler,
+            scheduler=self.sched,
         )
         self._subs: list[Callable[[KernelEvent], None]] = []
         self.online_writes: list[int] = []
@@ -152,7 +152,7 @@ class FakeKernel:
         port = _Port(self, cpu)
         self._ports[cpu] = port
         t = threading.Thread(
-            target=self.scheduler.run_cpu, args=(cpu, port), name=f"fake-cpu{cpu}", daemon=True
+            target=self.sched.run_cpu, args=(cpu, port), name=f"fake-cpu{cpu}", daemon=True
         )
         self._threads[cpu] = t
         t.start()
@@ -163,9 +163,9 @@ class FakeKernel:
             port.kicked.set()
 
     def shutdown(self) -> None:
-        for task in self.scheduler.tasks():
+        for task in self.sched.tasks():
             task.kill()
-        for task in self.scheduler.tasks():
+        for task in self.sched.tasks():
             task.wait(5)
         self.stopping = True
         for port in self._ports.values():
@@ -173,3 +173,74 @@ class FakeKernel:
         for t in self._threads.values():
             t.join(5)
             assert not t.is_alive(), f"{t.name} did not stop"
+
+
+# --------------------------------------------------------------------------- machines
+
+
+class Booted:
+    """An in-process VirtMachine running the guest kernel, with its event queue."""
+
+    def __init__(self, config: object, *, start_agent: bool = False,
+                 before_start: Callable[[Any], None] | None = None) -> None:
+        from cpuplug.guest.kernel import GuestKernel
+        from cpuplug.vmm.machine import VirtMachine
+
+        holder: dict[str, GuestKernel] = {}
+
+        def entry(machine: Any) -> GuestKernel:
+            k = GuestKernel(machine, start_agent=start_agent)
+            holder["k"] = k
+            return k
+
+        self.machine = VirtMachine(config, kernel=entry)  # type: ignore[arg-type]
+        self.events: queue.Queue[Any] = self.machine.event_queue()
+        if before_start is not None:
+            before_start(self.machine)
+        self.machine.start()
+        self.kernel = holder["k"]
+        assert self.kernel.booted.wait(10), "guest did not boot"
+        assert self.kernel.panicked is None, self.kernel.panicked
+
+    def wait_event(self, name: str, timeout: float = 10.0,
+                   match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next machine event called ``name`` (others before it are dropped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {name} event within {timeout} s")
+            try:
+                ev = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if ev.name == name and (match is None or match(ev.data)):
+                data: dict[str, Any] = ev.data
+                return data
+
+    def ost(self, timeout: float = 10.0) -> tuple[int, int]:
+        info = self.wait_event("ACPI_DEVICE_OST", timeout)["info"]
+        return info["source"], info["status"]
+
+    def read(self, path: str) -> str:
+        return self.kernel.vfs.read(path)
+
+    def cpus(self, name: str) -> str:
+        return self.read(f"/sys/devices/system/cpu/{name}").strip()
+
+    def close(self) -> None:
+        self.kernel.shutdown()
+        self.machine.shutdown()
+        for t in threading.enumerate():
+            if t.name in ("kacpi_hotplug",) or t.name.startswith("irq/"):
+                t.join(5)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a predicate that has no event to wait on (guest state read from outside)."""
+    ev = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        ev.wait(0.005)

@@ -190,16 +190,16 @@ def test_stress_killed_takes_workers_down(kernel: FakeKernel) -> None:
     proc = userland.spawn(kernel, ["sh", "-c", "stress --cpu 3"])
     # wait until the workers exist (condition, not a fixed sleep)
     for _ in range(200):
-        if len(kernel.scheduler.tasks()) == 4:
+        if len(kernel.sched.tasks()) == 4:
             break
         proc.wait(0.01)
-    assert len(kernel.scheduler.tasks()) == 4
+    assert len(kernel.sched.tasks()) == 4
     proc.kill(15)
     assert proc.wait(5)
     assert proc.exit_code == 143
-    for t in kernel.scheduler.tasks():
+    for t in kernel.sched.tasks():
         assert t.wait(5)
-    assert kernel.scheduler.tasks() == []
+    assert kernel.sched.tasks() == []
     assert "hashed" in proc.stdout.getvalue()
 
 

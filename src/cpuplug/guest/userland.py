@@ -68,7 +68,7 @@ class Os(Protocol):
     def vfs(self) -> Vfs: ...
 
     @property
-    def scheduler(self) -> Scheduler: ...
+    def sched(self) -> Scheduler: ...
 
     @property
     def cgroups(self) -> CgroupTree: ...
@@ -211,7 +211,7 @@ def _nproc(p: Proc, args: list[str]) -> Body:
     if args == ["--all"]:
         count = len(p.os.cgroups.possible())
     else:
-        count = len(p.os.scheduler.effective_cpus(p.group))
+        count = len(p.os.sched.effective_cpus(p.group))
     p.out(str(count))
     return 0
     yield
@@ -324,7 +324,7 @@ def _stress(p: Proc, args: list[str]) -> Body:
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     work = _Work()
-    sched = p.os.scheduler
+    sched = p.os.sched
     workers: list[Task] = []
     completed = False
     try:
@@ -525,5 +525,5 @@ def spawn(
     if program is None:
         raise ProgramNotFound(argv[0])
     proc = Proc(kernel, group, Output(), Output(), stdin=stdin, name=name)
-    task = kernel.scheduler.spawn(_main(program, proc, list(argv[1:])), group=group, name=name)
+    task = kernel.sched.spawn(_main(program, proc, list(argv[1:])), group=group, name=name)
     return Process(argv, task, proc)
