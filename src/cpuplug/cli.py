@@ -15,7 +15,7 @@ from cpuplug.errors import CpuplugError, UsageError
 
 # Each module has ``add_parser(subparsers)`` which registers commands whose
 # parsers carry ``func(args) -> int`` as a default.
-_PARTS = ("cpuplug.acpi.cli", "cpuplug.vmm.cli")
+_PARTS = ("cpuplug.acpi.cli", "cpuplug.vmm.cli", "cpuplug.runtime.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,11 +17,11 @@ every example of the spec.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
+from cpuplug import agent_protocol
 from cpuplug.errors import UsageError
 
 DOCKER_PERIOD = 100_000
@@ -29,9 +29,6 @@ DOCKER_PERIOD = 100_000
 
 MAX_PERIOD = 1_000_000
 """Linux accepts cpu.max periods in [1 ms, 1 s]; we only insist on > 0 and <= 1 s."""
-
-_CPU_LIST_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
-_CPU_LIST_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -72,41 +69,21 @@ class Sizing:
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
-    """Parse a Linux cpu list (``"0-2,4"``); ``""`` is the empty set.
+    """Parse a Linux cpu list (``"0-2,4"``) given by a user; ``""`` is the empty set.
 
-    Raises :class:`UsageError` naming the bad part, so ``--cpuset-cpus 3-1`` or
-    ``--cpuset-cpus x`` fail at the command line rather than deep in a resize.
+    The wire format's parser (:func:`cpuplug.agent_protocol.parse_cpu_list`) is the
+    one implementation; here its EINVAL becomes a :class:`UsageError` so
+    ``--cpuset-cpus 3-1`` fails at the command line with exit code 2 rather than
+    deep in a resize.
     """
-    text = text.strip()
-    if not text:
-        return frozenset()
-    cpus: set[int] = set()
-    for part in text.split(","):
-        m = _CPU_LIST_ITEM.match(part.strip())
-        if m is None:
-            raise UsageError(f"invalid cpu list {text!r}: bad item {part!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise UsageError(f"invalid cpu list {text!r}: range {part!r} is backwards")
-        if hi >= _CPU_LIST_LIMIT:
-            raise UsageError(f"invalid cpu list {text!r}: cpu {hi} >= {_CPU_LIST_LIMIT}")
-        cpus.update(range(lo, hi + 1))
-    return frozenset(cpus)
+    try:
+        return agent_protocol.parse_cpu_list(text)
+    except agent_protocol.CpuListError as exc:
+        raise UsageError(f"invalid cpu list {text!r}: {exc.message.split(': ', 1)[-1]}") from None
 
 
-def format_cpu_list(cpus: Iterable[int]) -> str:
-    """The canonical Linux form of a cpu set: ascending ranges, ``"0-2,5"``."""
-    out: list[str] = []
-    ordered = sorted(set(cpus))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(out)
+format_cpu_list = agent_protocol.format_cpu_list
+"""The canonical Linux form of a cpu set (``"0-2,5"``), from the wire format module."""
 
 
 def parse_cpus(text: str) -> Fraction:

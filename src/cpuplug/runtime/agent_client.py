@@ -1,0 +1,173 @@
+"""The runtime's side of the agent protocol: typed calls over the host agent socket.
+
+Framing, validation and the request/reply loop are :mod:`cpuplug.agent_protocol`'s
+(one implementation for both ends); this module only adds connecting to the
+VMM's ``--agent`` socket, waiting for the guest agent to come up, and one method
+per call the runtime makes, so the sandbox code reads like Kata's agent calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cpuplug import agent_protocol as ap
+from cpuplug.errors import CpuplugError
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class AgentUnreachable(CpuplugError):
+    """The guest agent did not answer at the socket in time."""
+
+
+class AgentClient:
+    """One connection to the guest agent; requests are sent one at a time."""
+
+    def __init__(self, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._next_id = 0
+
+    def connect(self) -> AgentClient:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise AgentUnreachable(f"cannot connect to the agent at {self.path}: {exc}") from None
+        self._sock = sock
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> AgentClient:
+        return self if self._sock is not None else self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: ap.Method, params: dict[str, Any], timeout: float | None = None) -> Any:
+        """One request/reply; :class:`agent_protocol.AgentError` on an error reply.
+
+        A timeout or a broken stream closes the connection (it is out of sync).
+        """
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        self._next_id += 1
+        try:
+            return ap.call(
+                self._sock,
+                method,
+                params,
+                timeout=timeout if timeout is not None else self.timeout,
+                req_id=self._next_id,
+            )
+        except (ap.AgentTimeout, ap.ConnectionClosed, ap.FrameError, OSError) as exc:
+            self.close()
+            if isinstance(exc, OSError):
+                raise ap.ConnectionClosed(f"agent connection failed: {exc}") from None
+            raise
+
+    # ------------------------------------------------------------------ methods
+
+    def guest_details(self, timeout: float | None = None) -> dict[str, Any]:
+        return dict(self.call(ap.Method.GUEST_DETAILS, {}, timeout))
+
+    def create_container(self, container_id: str, cmd: list[str], **resources: Any) -> None:
+        params: dict[str, Any] = {"container_id": container_id, "cmd": cmd}
+        params.update({k: v for k, v in resources.items() if v is not None})
+        self.call(ap.Method.CREATE_CONTAINER, params)
+
+    def start_container(self, container_id: str) -> int:
+        return int(self.call(ap.Method.START_CONTAINER, {"container_id": container_id})["pid"])
+
+    def exec_process(
+        self, container_id: str, cmd: list[str], timeout: float | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"container_id": container_id, "cmd": cmd}
+        if timeout is not None:
+            params["timeout"] = timeout
+        wait = None if timeout is None else timeout + self.timeout
+        return dict(self.call(ap.Method.EXEC_PROCESS, params, wait))
+
+    def kill_container(self, container_id: str, signal: int | None = None) -> None:
+        params: dict[str, Any] = {"container_id": container_id}
+        if signal is not None:
+            params["signal"] = signal
+        self.call(ap.Method.KILL_CONTAINER, params)
+
+    def remove_container(self, container_id: str) -> None:
+        self.call(ap.Method.REMOVE_CONTAINER, {"container_id": container_id})
+
+    def online_cpu_mem(self, nb_cpus: int) -> list[int]:
+        result = self.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": nb_cpus, "cpu_only": True})
+        return [int(c) for c in result.get("online", [])]
+
+    def update_container(self, container_id: str, **resources: Any) -> None:
+        res = {k: v for k, v in resources.items() if v is not None}
+        self.call(ap.Method.UPDATE_CONTAINER, {"container_id": container_id, "resources": res})
+
+    def stats_container(self, container_id: str) -> dict[str, Any]:
+        return dict(self.call(ap.Method.STATS_CONTAINER, {"container_id": container_id}))
+
+    def read_file(self, path: str) -> str:
+        return str(self.call(ap.Method.READ_FILE, {"path": path})["data"])
+
+    def subscribe(self, timeout: float | None = None) -> Iterator[ap.Event]:
+        """Subscribe this connection to guest events and yield them until it closes.
+
+        ``timeout`` bounds the wait for each event; on expiry the iteration ends.
+        """
+        self.call(ap.Method.SUBSCRIBE_EVENTS, {})
+        assert self._sock is not None
+        while True:
+            try:
+                msg = ap.parse_incoming(ap.recv_message(self._sock, timeout))
+            except (ap.AgentTimeout, ap.ConnectionClosed):
+                return
+            if isinstance(msg, ap.Event):
+                yield msg
+
+
+def wait_for_agent(path: str | Path, timeout: float, alive: Any = None) -> AgentClient:
+    """Connect and get an answer to ``GuestDetails`` within ``timeout`` seconds.
+
+    The socket appears when the VMM starts, but the guest agent answers only once
+    the guest has booted, so retry (with a short back-off: there is no event to
+    wait on across the process boundary) and stop early if ``alive()`` says the
+    VMM died.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    last: Exception | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AgentUnreachable(
+                f"the guest agent at {path} did not answer within {timeout:g}s ({last})"
+            )
+        if alive is not None and not alive():
+            raise AgentUnreachable("the VMM exited before the guest agent came up")
+        client = AgentClient(path, timeout=max(remaining, 0.01))
+        try:
+            client.connect()
+            client.guest_details(timeout=min(remaining, 5.0))
+            client.timeout = DEFAULT_TIMEOUT
+            return client
+        except (AgentUnreachable, ap.ProtocolError) as exc:
+            client.close()
+            last = exc
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 2, 0.2)

@@ -1,0 +1,302 @@
+"""Sandbox state that survives the command that wrote it.
+
+Every ``cpuplug`` invocation is a short-lived process; what a sandbox *is* lives in
+``<root>/<name>/state.json``.  Three rules make that safe:
+
+* **Atomic writes** — :meth:`StateStore.save` writes a temporary file, fsyncs it,
+  renames it over ``state.json`` and fsyncs the directory, so a command killed at
+  any instant leaves either the old or the new state, never half of one.
+* **A per-sandbox lock** — commands that change a sandbox hold an exclusive
+  ``flock`` on ``<root>/<name>/lock`` (:meth:`StateStore.lock`), with a timeout so a
+  stuck peer produces an error instead of a hang.  Two ``update`` commands are
+  serialised; the one that takes the lock last applies its resources last, so the
+  last one wins.
+* **Private directories** — the root and each sandbox directory are mode 0700 (the
+  QMP and agent sockets inside grant control of the VM); sockets are chmod 0600.
+
+A ``pending`` record is written *before* a resize touches the VMM and cleared after
+the guest side is done, so the next command knows whether the file can be trusted
+or must be reconciled with the VMM (``query-hotpluggable-cpus``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpuplug.errors import CpuplugError, UsageError
+
+STATE_VERSION = 1
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Sandbox names are directory names and container ids (agent protocol's rule)."""
+
+HISTORY_LIMIT = 64
+SOCKET_PATH_MAX = 107
+"""``sun_path`` holds 108 bytes including the terminating NUL."""
+
+
+class StateError(CpuplugError):
+    """The state directory or a state file is unusable."""
+
+
+class SandboxNotFound(UsageError):
+    """No sandbox of that name exists (a usage error: exit code 2)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no such sandbox: {name}")
+        self.name = name
+
+
+class SandboxExists(UsageError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"sandbox {name} already exists (cpuplug rm {name} first)")
+
+
+class LockTimeout(CpuplugError):
+    """Another command held the sandbox lock for longer than we were willing to wait."""
+
+
+def default_root() -> Path:
+    """``$CPUPLUG_ROOT``, ``/run/cpuplug`` for root, else ``$XDG_RUNTIME_DIR/cpuplug``.
+
+    Without ``XDG_RUNTIME_DIR`` (no login session) fall back to a per-user directory
+    under the temp dir; it is created 0700 and must be owned by us.
+    """
+    env = os.environ.get("CPUPLUG_ROOT")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/cpuplug")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "cpuplug"
+    return Path(tempfile.gettempdir()) / f"cpuplug-{os.getuid()}"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid sandbox name {name!r}: use 1-64 of [A-Za-z0-9_.-], starting alphanumeric"
+        )
+    return name
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` 0700 if missing; refuse one that is not ours or not private."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as exc:
+        raise StateError(f"cannot create state directory {path}: {exc.strerror}") from None
+    if st.st_uid != os.geteuid():
+        raise StateError(f"state directory {path} is owned by uid {st.st_uid}, not us")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+@dataclass
+class ContainerState:
+    """One container in the sandbox, with the limits the user last asked for."""
+
+    id: str
+    cmd: list[str]
+    quota: int | None = None
+    period: int | None = None
+    cpuset: str = ""
+    status: str = "created"  # created | running | stopped
+
+
+@dataclass
+class SandboxState:
+    """Everything a later command needs to find and drive the sandbox."""
+
+    name: str
+    created: float
+    mode: str
+    static: bool
+    default_vcpus: str
+    """A decimal/fraction string (exact), e.g. ``"1"`` or ``"1/2"``."""
+    maxcpus: int
+    boot_vcpus: int
+    remove_timeout: float
+    status: str = "creating"  # creating | running | stopped | failed
+    vmm_pid: int | None = None
+    vmm_start_ticks: int | None = None
+    """``/proc/<pid>/stat`` start time, so a recycled pid is not mistaken for our VMM."""
+    containers: list[ContainerState] = field(default_factory=list)
+    plugged: list[int] = field(default_factory=list)
+    """Core ids of plugged vCPUs in plug order (boot vCPUs first): newest is last."""
+    target: int = 0
+    warning: str | None = None
+    pending: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    version: int = STATE_VERSION
+
+    def record(self, step: dict[str, Any]) -> None:
+        """Append a step to the bounded history (shown by ``inspect`` and ``events``)."""
+        self.history.append(step)
+        del self.history[:-HISTORY_LIMIT]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> SandboxState:
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+                raise ValueError(f"unsupported state version {raw.get('version')!r}")
+            raw["containers"] = [ContainerState(**c) for c in raw.get("containers", [])]
+            return cls(**raw)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StateError(f"corrupt state file {where}: {exc}") from None
+
+
+class StateStore:
+    """The state directory: one private subdirectory per sandbox."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    def ensure_root(self) -> None:
+        _private_dir(self.root)
+
+    def dir(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def socket_path(self, name: str, which: str) -> Path:
+        """Path of a sandbox socket; refused early if too long for ``sun_path``."""
+        path = self.dir(name) / f"{which}.sock"
+        if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+            raise UsageError(
+                f"socket path {path} is longer than {SOCKET_PATH_MAX} bytes; use a shorter --root"
+            )
+        return path
+
+    def create(self, name: str) -> Path:
+        """Make the sandbox directory; the name must be free (mkdir is the arbiter)."""
+        self.ensure_root()
+        d = self.dir(name)
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            raise SandboxExists(name) from None
+        except OSError as exc:
+            raise StateError(f"cannot create {d}: {exc.strerror}") from None
+        return d
+
+    def exists(self, name: str) -> bool:
+        return (self.dir(name) / "state.json").is_file()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file())
+
+    def load(self, name: str) -> SandboxState:
+        path = self.dir(name) / "state.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SandboxNotFound(name) from None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror}") from None
+        return SandboxState.from_json(text, str(path))
+
+    def save(self, state: SandboxState) -> None:
+        """Write + fsync + rename + fsync(dir): all or nothing, even on power loss."""
+        d = self.dir(state.name)
+        data = state.to_json().encode("utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / "state.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def remove(self, name: str) -> None:
+        d = self.dir(name)
+        if not d.exists():
+            raise SandboxNotFound(name)
+        shutil.rmtree(d, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the sandbox's exclusive lock; :class:`LockTimeout` after ``timeout`` s.
+
+        ``flock`` has no timed wait, so we retry a non-blocking attempt with a short,
+        growing back-off.  The lock dies with the process, so a killed command never
+        leaves a sandbox locked.
+        """
+        d = self.dir(name)
+        if not d.is_dir():
+            raise SandboxNotFound(name)
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            delay = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"sandbox {name} is busy: another cpuplug command held its lock "
+                        f"for more than {timeout:g}s"
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            yield
+        finally:
+            os.close(fd)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parens: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def process_alive(pid: int | None, start_ticks: int | None) -> bool:
+    """True if ``pid`` still runs *and* is the same process (start time matches)."""
+    if pid is None:
+        return False
+    ticks = process_start_ticks(pid)
+    if ticks is None:
+        return False
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text()
+        if st[st.rindex(")") + 2] == "Z":
+            return False  # a zombie is dead, only not yet reaped
+    except OSError:
+        return False
+    return start_ticks is None or ticks == start_ticks
