@@ -192,6 +192,13 @@ def test_short_ids_are_space_padded_and_round_trip() -> None:
     assert parse_table(table.build()) == table
 
 
+def test_lists_are_stored_as_tuples() -> None:
+    madt = t.Madt(entries=[t.Gicd(base_address=1)])  # type: ignore[arg-type]
+    assert isinstance(madt.entries, tuple)
+    assert madt == t.Madt(entries=(t.Gicd(base_address=1),))
+    hash(t.Xsdt(entries=[1, 2]))  # type: ignore[arg-type]  # frozen and hashable
+
+
 def test_shapes_of_values_checked_on_build() -> None:
     with pytest.raises(TableError) as err:
         t.Madt(entries=(t.Gicc(uid=1 << 32, mpidr=0, flags=1),)).build()

@@ -21,7 +21,6 @@ Rules every table here follows:
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,22 +180,40 @@ class Record:
     LAYOUT: ClassVar[Layout]
     COMPUTED: ClassVar[frozenset[str]] = frozenset()
 
+    SEQUENCES: ClassVar[tuple[str, ...]] = ()
+    """Tuple-typed fields; a list given for one is stored as a tuple (immutability)."""
+
     def __post_init__(self) -> None:
-        for f in self.LAYOUT.fields:
-            if isinstance(f.kind, str) and f.kind[0] == "c" and f.name not in self.COMPUTED:
-                value = getattr(self, f.name, None)
-                if isinstance(value, str) and len(value) < f.size:
-                    object.__setattr__(self, f.name, value.ljust(f.size))
-        for fld in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, fld.name)
+        for name, size in _text_fields(type(self)):
+            value = getattr(self, name, None)
+            if isinstance(value, str) and len(value) < size:
+                object.__setattr__(self, name, value.ljust(size))
+        for name in self.SEQUENCES:
+            value = getattr(self, name)
             if isinstance(value, list):
-                object.__setattr__(self, fld.name, tuple(value))
+                object.__setattr__(self, name, tuple(value))
 
     def values(self) -> dict[str, object]:
         """The layout's field values held by this object (computed ones excluded)."""
         return {
             f.name: getattr(self, f.name) for f in self.LAYOUT.fields if f.name not in self.COMPUTED
         }
+
+
+_TEXT_FIELDS: dict[type[Record], tuple[tuple[str, int], ...]] = {}
+
+
+def _text_fields(cls: type[Record]) -> tuple[tuple[str, int], ...]:
+    """``(name, width)`` of a record's ASCII-id fields, computed once per class."""
+    found = _TEXT_FIELDS.get(cls)
+    if found is None:
+        found = tuple(
+            (f.name, f.size)
+            for f in cls.LAYOUT.fields
+            if isinstance(f.kind, str) and f.kind[0] == "c" and f.name not in cls.COMPUTED
+        )
+        _TEXT_FIELDS[cls] = found
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -498,6 +515,8 @@ class Xsdt(Table):
 
     SIGNATURE = "XSDT"
     LAYOUT = Layout("XSDT", _HEADER)
+
+    SEQUENCES = ("entries",)
 
     entries: tuple[int, ...] = ()
     revision: int = 1
@@ -905,6 +924,8 @@ class Madt(Table):
 
     SIGNATURE = "APIC"
     LAYOUT = Layout("MADT", [*_HEADER, ("local_ic_address", "u32"), ("flags", "u32")])
+
+    SEQUENCES = ("entries",)
 
     entries: tuple[AnyMadtEntry, ...] = ()
     revision: int = 5
