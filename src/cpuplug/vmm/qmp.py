@@ -307,11 +307,13 @@ class QmpServer:
         if self._server is not None:
             self._server.close()
         for client in list(self._clients):
-            client.writer.close()
-        for task in list(self._tasks):
-            task.cancel()
+            client.writer.close()  # the client's reader sees EOF and its task ends
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _done, stuck = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=1.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -385,7 +387,9 @@ class QmpServer:
         finally:
             self._clients.discard(client)
             writer.close()
-            with contextlib.suppress(Exception):
+            # Ending as "cancelled" would make asyncio log the task; a closing
+            # client is not an error.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             if task is not None:
                 self._tasks.discard(task)

@@ -1,0 +1,574 @@
+"""The VMM's machine in-process (SPEC §1-§5): hotplug order, eject, PSCI, the agent channel.
+
+These tests drive :class:`cpuplug.vmm.machine.VirtMachine` directly and play the
+guest's part through the same guest-physical accesses the AML makes. The QMP and
+process-level behaviour is in ``test_vmm_qmp.py`` and ``test_vmm_threads.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cpuplug.acpi import virt
+from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, MachineConfig, mpidr
+from cpuplug.hw import Cpu, Machine
+from cpuplug.vmm.machine import (
+    KernelLoadError,
+    MachineError,
+    MachineEvent,
+    VirtMachine,
+    resolve_kernel,
+)
+from cpuplug.vmm.vcpu import PowerState
+
+CPU_ON = 0xC400_0003
+CPU_OFF = 0x8400_0002
+AFFINITY_INFO = 0xC400_0004
+SYSTEM_OFF = 0x8400_0008
+SELECTOR, FLAGS, COMMAND, DATA = 0x0, 0x4, 0x5, 0x8
+TIMEOUT = 10.0
+
+
+class RecordingKernel:
+    """A guest kernel for in-process tests: records interrupts and CPU_ON starts.
+
+    ``secondary_entry`` runs ``behaviour(cpu, entry, context)`` if one is set, so a
+    test can make a secondary call CPU_OFF or raise.
+    """
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.irqs: queue.Queue[int] = queue.Queue()
+        self.started: queue.Queue[tuple[int, int, int]] = queue.Queue()
+        self.behaviour: Callable[[Cpu, int, int], None] | None = None
+
+    def boot_cpu_main(self, cpu: Cpu) -> None:
+        while True:
+            intid = cpu.wait_for_interrupt(None)
+            if intid is not None:
+                self.irqs.put(intid)
+
+    def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
+        self.started.put((cpu.mpidr, entry, context))
+        if self.behaviour is not None:
+            self.behaviour(cpu, entry, context)
+        while True:
+            cpu.wait_for_interrupt(None)
+
+
+class Booted:
+    """A started machine plus its recording kernel and an event queue."""
+
+    def __init__(self, machine: VirtMachine, kernel: RecordingKernel) -> None:
+        self.m = machine
+        self.kernel = kernel
+        self.events: queue.Queue[MachineEvent] = machine.event_queue()
+
+    # The guest's side of the CPU hotplug block, as the AML accesses it.
+    def select(self, index: int) -> None:
+        self.m.memory.store(CPUHP_BASE + SELECTOR, 4, index)
+
+    def flags(self, index: int) -> int:
+        self.select(index)
+        return self.m.memory.load(CPUHP_BASE + FLAGS, 1)
+
+    def control(self, index: int, value: int) -> None:
+        self.select(index)
+        self.m.memory.store(CPUHP_BASE + FLAGS, 1, value)
+
+    def esel(self) -> int:
+        return self.m.memory.load(GED_BASE, 4)
+
+    def event(self, name: str) -> MachineEvent:
+        while True:
+            event = self.events.get(timeout=TIMEOUT)
+            if event.name == name:
+                return event
+
+    def cpu_on(self, index: int, entry: int = 0x8000, context: int = 0) -> int:
+        return self.m.psci.call(0, CPU_ON, mpidr(index), entry, context)
+
+
+@pytest.fixture
+def boot(tmp_path: Path) -> Iterator[Callable[..., Booted]]:
+    """Factory for started machines; every one is shut down and its threads checked."""
+    made: list[VirtMachine] = []
+    before = threading.active_count()
+
+    def make(cpus: int = 1, maxcpus: int = 8, mode: str = "acpi", **kw: object) -> Booted:
+        kernels: list[RecordingKernel] = []
+
+        def entry(machine: Machine) -> RecordingKernel:
+            kernels.append(RecordingKernel(machine))
+            return kernels[-1]
+
+        config = MachineConfig(cpus=cpus, maxcpus=maxcpus, mode=mode)  # type: ignore[arg-type]
+        agent = tmp_path / f"agent{len(made)}.sock"
+        machine = VirtMachine(config, kernel=entry, agent_path=agent, **kw)  # type: ignore[arg-type]
+        made.append(machine)
+        machine.start()
+        return Booted(machine, kernels[0])
+
+    yield make
+    for machine in made:
+        machine.shutdown()
+        assert machine.vcpus.live_threads() == 0
+    assert threading.active_count() == before
+
+
+def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Booted]) -> None:
+    """The tables in guest RAM are byte-identical to ``cpuplug acpi tables`` (same builder)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    for mode in ("acpi", "online-offline"):
+        b = boot(cpus=2, maxcpus=8, mode=mode)
+        with tempfile.TemporaryDirectory() as out:
+            subprocess.run(
+                [sys.executable, "-m", "cpuplug", "acpi", "tables", "--smp", "cpus=2,maxcpus=8",
+                 "--mode", mode, "--out", out],
+                check=True, capture_output=True, timeout=60,
+            )
+            files = {p.stem: p.read_bytes() for p in Path(out).glob("*.dat")}
+        found = walk_tables(b.m.memory.read_bytes, b.m.rsdp_address)
+        assert set(found) == set(files) == set(virt.TABLE_ORDER)
+        for name, blob in files.items():
+            assert found[name] == blob, name
+
+
+def walk_tables(read: Callable[[int, int], bytes], rsdp: int) -> dict[str, bytes]:
+    """Follow RSDP → XSDT → tables, FADT → DSDT, the way a guest finds them."""
+    out = {"RSDP": read(rsdp, 36)}
+    xsdt_at = int.from_bytes(out["RSDP"][24:32], "little")
+    xsdt_len = int.from_bytes(read(xsdt_at + 4, 4), "little")
+    out["XSDT"] = read(xsdt_at, xsdt_len)
+    for i in range(36, xsdt_len, 8):
+        at = int.from_bytes(out["XSDT"][i : i + 8], "little")
+        length = int.from_bytes(read(at + 4, 4), "little")
+        blob = read(at, length)
+        out[blob[:4].decode()] = blob
+    dsdt_at = int.from_bytes(out["FACP"][140:148], "little")
+    out["DSDT"] = read(dsdt_at, int.from_bytes(read(dsdt_at + 4, 4), "little"))
+    return out
+
+
+# ----------------------------------------------------------------------------- hot-add
+
+
+def test_device_add_thread_exists_and_cpu_on_allowed_before_ged_event(
+    boot: Callable[..., Booted],
+) -> None:
+    """SPEC §5: CPU_ON must be possible no later than the GED event is raised."""
+    b = boot()
+    seen: dict[str, object] = {}
+    original = b.m.ged.raise_event
+
+    def spy(bits: int) -> None:
+        state = b.m.vcpus.states[3]
+        seen["thread_alive"] = state.thread is not None and state.thread.alive
+        seen["insert"] = b.m.cpuhp.slot_state(3).inserting
+        seen["cpu_on"] = b.cpu_on(3)
+        original(bits)
+
+    b.m.ged.raise_event = spy  # type: ignore[method-assign]
+    b.m.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+    assert seen == {"thread_alive": True, "insert": True, "cpu_on": 0}
+    assert b.kernel.started.get(timeout=TIMEOUT) == (mpidr(3), 0x8000, 0)
+
+
+def test_device_add_sets_insert_esel_and_pulses_gsi41(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    assert b.flags(3) == 0x20  # present, not enabled
+    b.m.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+    assert b.kernel.irqs.get(timeout=TIMEOUT) == virt.GED_GSI
+    assert b.esel() == 0x8
+    assert b.esel() == 0  # read-to-clear
+    assert b.flags(3) == 0x23  # present | insert | enabled
+    # The command-0 search from slot 0 finds it and leaves the flag set.
+    b.select(0)
+    b.m.memory.store(CPUHP_BASE + COMMAND, 1, 0)
+    assert b.m.memory.load(CPUHP_BASE + DATA, 4) == 3
+    assert b.m.memory.load(CPUHP_BASE + FLAGS, 1) == 0x23
+    # Searching again from 5 wraps around to it.
+    b.select(5)
+    b.m.memory.store(CPUHP_BASE + COMMAND, 1, 0)
+    assert b.m.memory.load(CPUHP_BASE + DATA, 4) == 3
+
+
+def test_control_write_is_one_action_per_write(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+    b.m.device_del("cpu-2")
+    assert b.flags(2) == 0x27  # present | remove | insert | enabled
+    b.control(2, 0x06 | 0x08)  # insert wins; remove and eject untouched
+    assert b.flags(2) == 0x25
+    b.control(2, 0x04 | 0x08)  # remove wins over eject
+    assert b.flags(2) == 0x21
+    assert b.m.vcpus.is_plugged(2)
+    b.control(2, 0x08)
+    assert b.event("DEVICE_DELETED").data == {
+        "device": "cpu-2", "path": "/machine/peripheral/cpu-2"
+    }
+
+
+def test_eject_ends_thread_emits_device_deleted_keeps_present(
+    boot: Callable[..., Booted],
+) -> None:
+    b = boot(cpus=2)
+    b.m.device_add("max-arm-cpu", "cpu-5", {"core-id": 5})
+    thread = b.m.vcpus.states[5].thread
+    assert thread is not None and thread.alive
+    b.m.device_del("cpu-5")
+    b.control(5, 0x04)  # the scan's acknowledgement
+    b.control(5, 0x08)  # _EJ0
+    event = b.event("DEVICE_DELETED")
+    assert event.data == {"device": "cpu-5", "path": "/machine/peripheral/cpu-5"}
+    assert not thread.alive
+    assert b.flags(5) == 0x20  # present stays; _STA reads 0x0D
+    assert [c["cpu-index"] for c in b.m.query_cpus_fast()] == [0, 1]
+    entry = next(e for e in b.m.query_hotpluggable_cpus() if e["props"]["core-id"] == 5)  # type: ignore[index]
+    assert "qom-path" not in entry
+
+
+def test_replugging_a_removed_slot_works_repeatedly(boot: Callable[..., Booted]) -> None:
+    """QEMU 7.2 aborted ("corrupted double-linked list") on the first re-plug."""
+    b = boot(maxcpus=4)
+    thread_ids = set()
+    for _ in range(6):
+        b.m.device_add("max-arm-cpu", "hcpu1", {"core-id": 1})
+        assert b.cpu_on(1) == 0
+        b.kernel.started.get(timeout=TIMEOUT)
+        thread_ids.add(b.m.vcpus.states[1].thread_id)
+        b.m.device_del("hcpu1")
+        b.control(1, 0x08)  # the guest ejects even a running vCPU: it must still end
+        assert b.event("DEVICE_DELETED").data["device"] == "hcpu1"
+        assert not b.m.vcpus.is_plugged(1)
+    assert len(thread_ids) == 6  # a fresh host thread per plug
+    assert b.m.vcpus.live_threads() == 1
+
+
+def test_boot_cpu_and_unplugged_slot_ignore_eject(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.control(0, 0x08)
+    b.control(4, 0x08)
+    assert b.m.vcpus.is_plugged(0) and b.m.vcpus.live_threads() == 1
+    assert b.events.empty()
+
+
+# ----------------------------------------------------------------------------- PSCI
+
+
+def test_cpu_on_denied_unplugged_starts_plugged_already_on(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    assert b.cpu_on(2) == -3  # DENIED: the host has not given the guest vCPU 2
+    assert b.m.psci.call(0, CPU_ON, 0x7777, 0, 0) == -2  # no such MPIDR
+    b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+    assert b.cpu_on(2, entry=0x1234, context=99) == 0
+    assert b.kernel.started.get(timeout=TIMEOUT) == (mpidr(2), 0x1234, 99)
+    assert b.m.psci.call(0, AFFINITY_INFO, mpidr(2), 0) == 0
+    assert b.cpu_on(2) == -4  # ALREADY_ON
+
+
+def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
+    boot: Callable[..., Booted],
+) -> None:
+    b = boot()
+    b.kernel.behaviour = lambda cpu, entry, context: (
+        cpu.hvc(CPU_OFF) if context == 1 else None
+    )
+    b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
+    native = b.m.vcpus.states[1].thread_id
+    assert b.cpu_on(1, context=1) == 0
+    b.kernel.started.get(timeout=TIMEOUT)
+    wait_for(lambda: b.m.power_state(1) is PowerState.OFF)
+    assert b.m.psci.call(0, AFFINITY_INFO, mpidr(1), 0) == 1
+    thread = b.m.vcpus.states[1].thread
+    assert thread is not None and thread.alive  # powered off, not ended
+    assert b.cpu_on(1, context=2) == 0
+    assert b.kernel.started.get(timeout=TIMEOUT)[2] == 2
+    assert b.m.vcpus.states[1].thread_id == native  # the same host thread
+
+
+def test_guest_exception_stops_the_vcpu_not_the_machine(
+    boot: Callable[..., Booted], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = boot()
+
+    def crash(cpu: Cpu, entry: int, context: int) -> None:
+        raise RuntimeError("guest bug")
+
+    b.kernel.behaviour = crash
+    b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
+    with caplog.at_level(logging.ERROR, logger="cpuplug.vmm.vcpu"):
+        assert b.cpu_on(1) == 0
+        b.kernel.started.get(timeout=TIMEOUT)
+        wait_for(lambda: b.m.power_state(1) is PowerState.OFF)
+    assert any("guest code raised" in r.message for r in caplog.records)
+    b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})  # still serving
+    assert b.m.vcpus.live_threads() == 3
+
+
+def test_guest_system_off_requests_shutdown(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.kernel.behaviour = lambda cpu, entry, context: cpu.hvc(SYSTEM_OFF) and None
+    b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
+    b.cpu_on(1)
+    assert b.event("SHUTDOWN").data == {"guest": True, "reason": "guest-shutdown"}
+    assert b.m.shutdown_requested.wait(TIMEOUT)
+    assert b.m.run_state == "shutdown"
+
+
+def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
+    boot: Callable[..., Booted],
+) -> None:
+    b = boot(cpus=2, maxcpus=6, mode="online-offline")
+    assert b.m.vcpus.live_threads() == 6
+    assert len(b.m.query_cpus_fast()) == 6
+    assert b.cpu_on(5) == 0  # the security cost of SPEC §9: any vCPU can be brought up
+    with pytest.raises(MachineError, match="online-offline"):
+        b.m.device_del("/machine/unattached/device[5]")
+    with pytest.raises(MachineError, match="already plugged"):
+        b.m.device_add("max-arm-cpu", "x", {"core-id": 3})
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("driver", "device_id", "props", "message"),
+    [
+        ("foo", "c", {"core-id": 1}, "'foo' is not a valid device model name"),
+        ("host-arm-cpu", "c", {"core-id": 1}, "expected cpu type: 'max-arm-cpu'"),
+        ("max-arm-cpu", "c", {"core-id": "1"},
+         "Invalid parameter type for 'core-id', expected: integer"),
+        ("max-arm-cpu", "c", {"core-id": True}, "expected: integer"),
+        ("max-arm-cpu", "c", {"core-id": 1.0}, "expected: integer"),
+        ("max-arm-cpu", "c", {}, "core-id property is not set"),
+        ("max-arm-cpu", "c", {"core-id": 8}, "must be in range 0..7"),
+        ("max-arm-cpu", "c", {"core-id": -1}, "must be in range 0..7"),
+        ("max-arm-cpu", "c", {"core-id": 1, "socket-id": 1}, "socket-id"),
+        ("max-arm-cpu", "c", {"core-id": 1, "node-id": 0}, "'max-arm-cpu.node-id' not found"),
+        ("max-arm-cpu", "1bad", {"core-id": 1}, "expects an identifier"),
+        ("max-arm-cpu", "c", {"core-id": 0}, "already plugged"),
+        ("max-arm-cpu", "taken", {"core-id": 2}, "Duplicate device ID 'taken'"),
+    ],
+)
+def test_device_add_refuses_bad_requests_and_changes_nothing(
+    boot: Callable[..., Booted],
+    driver: str,
+    device_id: str,
+    props: dict[str, object],
+    message: str,
+) -> None:
+    b = boot()
+    b.m.device_add("max-arm-cpu", "taken", {"core-id": 5})
+    b.kernel.irqs.get(timeout=TIMEOUT)
+    esel = b.esel()
+    with pytest.raises(MachineError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        b.m.device_add(driver, device_id, props)
+    assert b.m.vcpus.plugged_count() == 2 and b.m.vcpus.live_threads() == 2
+    assert esel == 0x8 and b.esel() == 0  # no event raised by the refused request
+    b.m.device_add("max-arm-cpu", "ok", {"core-id": 6})  # still works
+
+
+def test_device_del_refuses_boot_cpu_and_unknown_ids(boot: Callable[..., Booted]) -> None:
+    b = boot(cpus=2)
+    with pytest.raises(MachineError, match="Boot CPU is unpluggable"):
+        b.m.device_del("/machine/unattached/device[0]")
+    with pytest.raises(MachineError, match="Device 'nope' not found"):
+        b.m.device_del("nope")
+    b.m.device_del("/machine/unattached/device[1]")  # a cold-plugged one can go
+    assert b.m.cpuhp.slot_state(1).removing
+
+
+def test_random_register_writes_never_break_the_machine(boot: Callable[..., Booted]) -> None:
+    """Any value, any width, any offset of the GED and hotplug block (SPEC §3, §4)."""
+    b = boot(cpus=2, maxcpus=4)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([GED_BASE, CPUHP_BASE]),
+                st.integers(0, 15),
+                st.sampled_from([1, 2, 4, 8]),
+                st.integers(0, 2**64 - 1),
+                st.booleans(),
+            ),
+            max_size=20,
+        )
+    )
+    def poke(accesses: list[tuple[int, int, int, int, bool]]) -> None:
+        for base, offset, size, value, is_read in accesses:
+            if is_read:
+                assert 0 <= b.m.memory.load(base + offset, size) < 1 << (8 * size)
+            else:
+                b.m.memory.store(base + offset, size, value & ((1 << (8 * size)) - 1))
+
+    poke()
+    assert b.m.vcpus.is_plugged(0)
+    free = [s.index for s in b.m.vcpus.states if not s.plugged]
+    if free:
+        b.m.device_add("max-arm-cpu", "after", {"core-id": free[0]})
+    assert b.m.run_state == "running"
+    assert len(b.m.query_hotpluggable_cpus()) == 4
+
+
+# ----------------------------------------------------------------------------- kernels, console
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nocolon", "MODULE:FUNCTION"),
+        ("no_such_module_xyz:start", "cannot import"),
+        ("json:no_such_function", "has no function"),
+    ],
+)
+def test_bad_kernel_spec_is_a_usage_error(spec: str, message: str) -> None:
+    with pytest.raises(KernelLoadError, match=message):
+        resolve_kernel(spec)
+
+
+def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
+    def entry(machine: Machine) -> object:
+        class Hello:
+            def boot_cpu_main(self, cpu: Cpu) -> None:
+                for byte in b"hello from the guest\n":
+                    machine.memory.store(virt.UART_BASE, 1, byte)
+                while True:
+                    cpu.wait_for_interrupt(None)
+
+            def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
+                pass
+
+        return Hello()
+
+    console = tmp_path / "console.log"
+    m = VirtMachine(MachineConfig(), kernel=entry, console_path=console)  # type: ignore[arg-type]
+    m.start()
+    try:
+        wait_for(lambda: "hello from the guest\n" in m.console_text())
+    finally:
+        m.shutdown()
+    assert console.read_text() == "hello from the guest\n"
+
+
+def test_system_powerdown_raises_ged_power_button(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.m.system_powerdown()
+    assert b.kernel.irqs.get(timeout=TIMEOUT) == virt.GED_GSI
+    assert b.esel() == 0x2
+    assert b.event("POWERDOWN").data == {}
+
+
+# ----------------------------------------------------------------------------- agent channel
+
+
+def test_agent_channel_relays_both_ways_and_closes_both_ways(
+    boot: Callable[..., Booted],
+) -> None:
+    b = boot()
+    path = b.m.agent.path
+    assert path is not None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    threads = threading.active_count()
+    host = socket.socket(socket.AF_UNIX)
+    host.settimeout(TIMEOUT)
+    host.connect(path)
+    guest = b.m.agent_channel.accept(TIMEOUT)
+    assert guest is not None
+    host.sendall(b"ping")
+    assert recv_exactly(guest, 4) == b"ping"
+    guest.send(b"pong")
+    assert host.recv(16) == b"pong"
+    assert threading.active_count() == threads  # no thread per connection
+    host.close()
+    assert guest.recv(16, TIMEOUT) == b""
+    with pytest.raises(BrokenPipeError):
+        wait_for_raise(lambda: guest.send(b"late"))
+
+    host2 = socket.socket(socket.AF_UNIX)
+    host2.settimeout(TIMEOUT)
+    host2.connect(path)
+    guest2 = b.m.agent_channel.accept(TIMEOUT)
+    assert guest2 is not None
+    guest2.send(b"bye")
+    guest2.close()
+    assert recv_all(host2) == b"bye"  # flushed, then EOF
+    host2.close()
+    assert b.m.agent_channel.accept(0.01) is None
+
+
+def test_agent_channel_moves_large_data_with_backpressure(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    assert b.m.agent.path is not None
+    payload = os.urandom(9 * 1024 * 1024)  # more than both buffer limits
+    host = socket.socket(socket.AF_UNIX)
+    host.settimeout(TIMEOUT)
+    host.connect(b.m.agent.path)
+    guest = b.m.agent_channel.accept(TIMEOUT)
+    assert guest is not None
+    sender = threading.Thread(target=host.sendall, args=(payload,))
+    sender.start()
+    assert recv_exactly(guest, len(payload)) == payload
+    sender.join(TIMEOUT)
+    echo = threading.Thread(target=guest.send, args=(payload,))
+    echo.start()
+    received = bytearray()
+    while len(received) < len(payload):
+        received += host.recv(1 << 20)
+    echo.join(TIMEOUT)
+    assert bytes(received) == payload
+    host.close()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def recv_exactly(stream: object, count: int) -> bytes:
+    out = bytearray()
+    while len(out) < count:
+        chunk = stream.recv(count - len(out), TIMEOUT)  # type: ignore[attr-defined]
+        assert chunk, "stream ended early"
+        out += chunk
+    return bytes(out)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while chunk := sock.recv(4096):
+        out += chunk
+    return bytes(out)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll a condition that has no notification (a thread's power state)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def wait_for_raise(action: Callable[[], None], timeout: float = TIMEOUT) -> None:
+    """Repeat ``action`` until it raises (the relay closes the host side asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        action()
+        time.sleep(0.001)
