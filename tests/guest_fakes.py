@@ -9,9 +9,12 @@ present only while registered, EPERM for a CPU the host has not enabled).
 from __future__ import annotations
 
 import errno
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cpuplug.agent_protocol import format_cpu_list
 from cpuplug.guest.cgroup import CgroupTree

@@ -1,0 +1,304 @@
+"""CPU hotplug in the guest kernel, booted in-process on the real VirtMachine.
+
+Each test drives the host side through VirtMachine (the methods QMP calls) and
+checks the guest through its sysfs tree, its log and the machine's events.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterator
+
+import pytest
+from tests.guest_fakes import Booted, wait_until
+
+from cpuplug.acpi.virt import MachineConfig, mpidr
+from cpuplug.guest import cpu as guest_cpu
+from cpuplug.guest import psci
+from cpuplug.guest.sched import Task, TaskBody
+from cpuplug.guest.vfs import GuestOSError
+from cpuplug.vmm.vcpu import PowerState
+
+SYS = "/sys/devices/system/cpu"
+
+
+@pytest.fixture
+def vm() -> Iterator[Booted]:
+    b = Booted(MachineConfig(cpus=2, maxcpus=4))
+    yield b
+    b.close()
+
+
+def spinner(stop: threading.Event) -> TaskBody:
+    while not stop.is_set():
+        x = 0
+        for i in range(2000):
+            x += i
+        yield None
+    return 0
+
+
+def plug(b: Booted, index: int) -> None:
+    b.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
+    assert b.ost() == (1, 0)
+
+
+def test_hot_add_registers_but_leaves_cpu_offline(vm: Booted) -> None:
+    assert not vm.kernel.vfs.exists(f"{SYS}/cpu2/online")
+    plug(vm, 2)
+    assert vm.cpus("enabled") == "0-2"
+    assert vm.cpus("online") == "0-1"
+    assert vm.cpus("offline") == "2-3"
+    assert vm.cpus("present") == "0-3"  # arm64: present never changes
+    assert vm.read(f"{SYS}/cpu2/online") == "0\n"
+    assert vm.kernel.log.contains("ACPI: CPU2 has been hot-added")
+    names = [e.name for e in vm.kernel.events.history()]
+    assert "CpuRegistered" in names
+
+
+def test_online_through_sysfs_runs_tasks_on_new_cpu(vm: Booted) -> None:
+    plug(vm, 2)
+    vm.kernel.vfs.write(f"{SYS}/cpu2/online", "1\n")
+    assert vm.cpus("online") == "0-2"
+    assert vm.read(f"{SYS}/cpu2/online") == "1\n"
+    assert vm.kernel.log.contains("CPU2: Booted secondary processor 0x0000000002 [0x000f0510]")
+    group = vm.kernel.cgroups.create("only2")
+    group.set_cpus(frozenset({2}))
+    stop = threading.Event()
+    task = vm.kernel.sched.spawn(spinner(stop), group, "spin")
+    try:
+        wait_until(lambda: task.cpu_time_by_cpu.get(2, 0.0) > 0, what="task on CPU2")
+        assert set(task.cpu_time_by_cpu) == {2}
+    finally:
+        stop.set()
+        assert task.wait(10)
+
+
+def test_online_of_unregistered_cpu_is_absent_and_refused(vm: Booted) -> None:
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.vfs.write(f"{SYS}/cpu3/online", "1")
+    assert exc.value.errno == errno.ENOENT
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.cpu_online(3)
+    assert exc.value.errno == errno.ENODEV
+
+
+def test_denied_cpu_on_is_eperm_and_silent(vm: Booted) -> None:
+    """Firmware that says Enabled while PSCI still denies: the write fails with EPERM."""
+    with vm.kernel.cpus.hotplug_locked():
+        vm.kernel.cpus.register(3)  # as if _STA had said Enabled
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.vfs.write(f"{SYS}/cpu3/online", "1")
+    assert exc.value.errno == errno.EPERM
+    assert "Operation not permitted" in str(exc.value)
+    assert not vm.kernel.log.contains("failed to boot")
+    assert vm.cpus("online") == "0-1"
+
+
+def test_cpu_that_never_comes_up_is_eio(vm: Booted, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guest_cpu, "CPU_UP_TIMEOUT", 0.3)
+    parked = threading.Event()
+    real_entry = vm.kernel.secondary_entry
+
+    def stuck(cpu: object, entry: int, context: int) -> None:
+        parked.set()
+        while True:
+            cpu.wait_for_interrupt(None)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(vm.kernel, "secondary_entry", stuck)
+    plug(vm, 2)
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.cpu_online(2)
+    assert exc.value.errno == errno.EIO
+    assert parked.is_set()
+    assert vm.kernel.log.contains("CPU2: failed to come online")
+    del real_entry
+
+
+def test_offline_migrates_tasks_powers_off_and_polls(vm: Booted) -> None:
+    group = vm.kernel.cgroups.create("pinned1")
+    group.set_cpus(frozenset({1}))
+    stop = threading.Event()
+    task = vm.kernel.sched.spawn(spinner(stop), group, "spin")
+    try:
+        wait_until(lambda: task.cpu_time_by_cpu.get(1, 0.0) > 0, what="task on CPU1")
+        vm.kernel.vfs.write(f"{SYS}/cpu1/online", "0")
+        assert vm.cpus("online") == "0"
+        assert vm.machine.power_state(1) is PowerState.OFF
+        assert vm.kernel.log.contains("CPU1: shutdown")
+        assert vm.kernel.log.contains("psci: CPU1 killed (polled")
+        before = task.cpu_time_by_cpu.get(0, 0.0)
+        wait_until(lambda: task.cpu_time_by_cpu.get(0, 0.0) > before, what="migration")
+        assert group.effective_cpus() == frozenset({0})
+        # and back
+        vm.kernel.vfs.write(f"{SYS}/cpu1/online", "1")
+        assert vm.cpus("online") == "0-1"
+    finally:
+        stop.set()
+        assert task.wait(10)
+
+
+def test_last_online_cpu_refuses(vm: Booted) -> None:
+    vm.kernel.cpu_offline(0)
+    assert vm.cpus("online") == "1"
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.vfs.write(f"{SYS}/cpu1/online", "0")
+    assert exc.value.errno == errno.EBUSY
+    vm.kernel.cpu_online(0)  # the boot CPU comes back through secondary_entry
+    assert vm.cpus("online") == "0-1"
+
+
+def test_bad_online_value_is_einval(vm: Booted) -> None:
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.vfs.write(f"{SYS}/cpu1/online", "maybe")
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_eject_sequence_and_thread_goes_away(vm: Booted) -> None:
+    plug(vm, 2)
+    vm.kernel.cpu_online(2)
+    stop = threading.Event()
+    tasks = [vm.kernel.sched.spawn(spinner(stop), None, f"s{i}") for i in range(3)]
+    try:
+        wait_until(lambda: vm.kernel.sched.busy_time.get(2, 0.0) > 0, what="CPU2 busy")
+        threads_before = vm.machine.vcpus.live_threads()
+        vm.machine.device_del("cpu-2")
+        assert vm.ost() == (3, 0x84)
+        deleted = vm.wait_event("DEVICE_DELETED")
+        assert deleted["device"] == "cpu-2"
+        assert vm.ost() == (3, 0)
+        assert vm.cpus("enabled") == "0-1"
+        assert vm.cpus("online") == "0-1"
+        assert not vm.kernel.vfs.exists(f"{SYS}/cpu2")
+        assert vm.machine.vcpus.live_threads() == threads_before - 1
+        progress = [t.cpu_time for t in tasks]
+        wait_until(
+            lambda: all(t.cpu_time > p for t, p in zip(tasks, progress, strict=True)),
+            what="tasks still running",
+        )
+        names = [e.name for e in vm.kernel.events.history()]
+        assert names.index("CpuOffline") < names.index("CpuUnregistered")
+        # and the slot can be plugged again
+        plug(vm, 2)
+        assert vm.cpus("enabled") == "0-2"
+    finally:
+        stop.set()
+        for t in tasks:
+            assert t.wait(10)
+
+
+def test_removing_the_only_online_cpu_is_busy(vm: Booted) -> None:
+    vm.kernel.cpu_offline(0)
+    vm.machine.device_del("/machine/unattached/device[1]")
+    assert vm.ost() == (3, 0x84)
+    assert vm.ost() == (3, 0x82)
+    assert vm.cpus("online") == "1"
+    assert vm.cpus("enabled") == "0-1"
+    assert vm.machine.vcpus.is_plugged(1)
+    assert vm.kernel.log.contains("Offline failed.")
+    task = vm.kernel.sched.spawn(spinner(threading.Event()), None, "alive")
+    wait_until(lambda: task.cpu_time > 0, what="guest still runs tasks")
+    task.kill()
+    assert task.wait(10)
+
+
+def test_eject_incomplete_keeps_cpu_registered(vm: Booted) -> None:
+    plug(vm, 2)
+
+    def refuse(index: int) -> None:
+        raise RuntimeError("firmware ignores the eject")
+
+    vm.machine.cpuhp._on_eject = refuse
+    vm.machine.device_del("cpu-2")
+    assert vm.ost() == (3, 0x84)
+    assert vm.ost() == (3, 0)  # Linux reports success although nothing was removed
+    assert vm.kernel.log.contains("ACPI: \\_SB.CPUS.C002: Eject incomplete - status 0xf")
+    assert vm.cpus("enabled") == "0-2"
+    assert vm.kernel.vfs.exists(f"{SYS}/cpu2/online")
+    assert "EjectIncomplete" in [e.name for e in vm.kernel.events.history()]
+
+
+def test_present_cleared_after_eject_still_unregisters(
+    vm: Booted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux 6.11 leaks cpuN here ("Changing CPU present bit..."); we warn and unregister."""
+    plug(vm, 2)
+    real = vm.kernel.acpi.sta
+
+    def sta(path: str) -> int:
+        value = real(path)
+        return 0 if path.endswith("C002") and not value & 0x2 else value
+
+    monkeypatch.setattr(vm.kernel.acpi, "sta", sta)
+    vm.machine.device_del("cpu-2")
+    assert vm.ost() == (3, 0x84)
+    assert vm.ost() == (3, 0)
+    assert vm.kernel.log.contains("Changing CPU present bit is not supported")
+    assert vm.cpus("enabled") == "0-1"
+
+
+def test_notify_for_unknown_object_gets_ost_failure_at_once(vm: Booted) -> None:
+    del vm.kernel.acpi.devices["\\_SB.CPUS.C003"]  # as if never enumerated
+    vm.kernel.acpi.interp.evaluate("\\_SB.CPUS.CTFY", 3, 1)
+    assert vm.ost() == (1, 1)
+
+
+def test_device_check_rescans_parent_for_every_new_cpu(vm: Booted) -> None:
+    vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+    vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+    assert sorted([vm.ost(), vm.ost()]) == [(1, 0), (1, 0)]
+    assert vm.cpus("enabled") == "0-3"
+    assert vm.cpus("online") == "0-1"
+
+
+def test_guest_threads_do_not_grow_with_vcpus() -> None:
+    def guest_threads() -> set[str]:
+        return {t.name for t in threading.enumerate()
+                if t.name == "kacpi_hotplug" or t.name.startswith("irq/")}
+
+    for maxcpus in (2, 16):
+        b = Booted(MachineConfig(cpus=2, maxcpus=maxcpus))
+        try:
+            assert guest_threads() == {"kacpi_hotplug", "irq/41-ACPI:Ged"}
+        finally:
+            b.close()
+
+
+def test_security_acpi_mode_raw_cpu_on_is_denied(vm: Booted) -> None:
+    assert not vm.kernel.vfs.exists(f"{SYS}/cpu3")
+    threads = vm.machine.vcpus.live_threads()
+    assert vm.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.DENIED
+    assert mpidr(3) not in vm.kernel.debug.secondary_entries()
+    assert vm.machine.power_state(3) is PowerState.OFF
+    assert vm.machine.vcpus.live_threads() == threads
+    assert 3 not in vm.kernel.online()
+
+
+def test_security_online_offline_mode_guest_can_online_any_cpu() -> None:
+    b = Booted(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
+    try:
+        assert b.cpus("online") == "0-3"  # every GICC Enabled: all up at boot
+        assert b.cpus("enabled") == "0-3"
+        b.kernel.vfs.write(f"{SYS}/cpu3/online", "0")
+        assert b.cpus("online") == "0-2"
+        b.kernel.vfs.write(f"{SYS}/cpu3/online", "1")  # a guest root just takes it back
+        group = b.kernel.cgroups.create("on3")
+        group.set_cpus(frozenset({3}))
+        stop = threading.Event()
+        task: Task = b.kernel.sched.spawn(spinner(stop), group, "on3")
+        wait_until(lambda: task.cpu_time_by_cpu.get(3, 0.0) > 0, what="task on CPU3")
+        stop.set()
+        assert task.wait(10)
+        # and raw PSCI works too once it is offline again: the vCPU is plugged
+        b.kernel.cpu_offline(3)
+        assert b.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.SUCCESS
+        wait_until(lambda: 3 in b.kernel.online(), what="raw CPU_ON brings CPU3 up")
+    finally:
+        b.close()
+
+
+def test_power_button_powers_off(vm: Booted) -> None:
+    vm.machine.system_powerdown()
+    vm.wait_event("SHUTDOWN")
+    assert vm.kernel.log.contains("reboot: Power down")
