@@ -264,8 +264,11 @@ class AmlEvent:
 class OperationRegion:
     """``OperationRegion(name, space, offset, length)``: a window of an address space.
 
-    ``lock`` makes one field access (its possibly several unit accesses, including a
-    read-modify-write) atomic against other threads touching the same region.
+    ``lock`` makes one field access that takes several unit accesses (a
+    read-modify-write, or a field spanning units) atomic against other threads
+    touching the same region. A single plain load or store takes no lock, so a
+    handler that blocks does not stall other vCPUs' accesses (ACPICA likewise
+    leaves its interpreter lock around region handlers).
     """
 
     kind = "OperationRegion"
@@ -416,10 +419,13 @@ class FieldUnit:
         first, count, width = self._units()
         step = width // 8
         base = region.offset + first * step
-        with region.lock:
-            raw = 0
-            for i in range(count):
-                raw |= _call_read(handler, region, base + i * step, width) << (i * width)
+        if count == 1:
+            raw = _call_read(handler, region, base, width)
+        else:
+            with region.lock:
+                raw = 0
+                for i in range(count):
+                    raw |= _call_read(handler, region, base + i * step, width) << (i * width)
         return (raw >> (self.bit_offset - first * width)) & ((1 << self.bit_length) - 1)
 
     def write(self, handlers: Handlers, value: int) -> None:
@@ -432,6 +438,14 @@ class FieldUnit:
         shift = self.bit_offset - first * width
         field_mask = ((1 << self.bit_length) - 1) << shift
         bits = (value << shift) & field_mask
+        if count == 1 and (field_mask == unit_mask or self.update_rule != UPDATE_PRESERVE):
+            # One store and no read: nothing to make atomic, so no lock is held while
+            # the handler runs (it may block, e.g. a vCPU's MMIO exit).
+            new = bits
+            if field_mask != unit_mask and self.update_rule == UPDATE_ONES:
+                new |= ~field_mask & unit_mask
+            _call_write(handler, region, region.offset + first * step, width, new)
+            return
         with region.lock:
             for i in range(count):
                 addr = region.offset + (first + i) * step
