@@ -31,6 +31,7 @@ from cpuplug.vmm.machine import (
     resolve_kernel,
 )
 from cpuplug.vmm.vcpu import PowerState
+from vmm_test_kernel import walk_tables
 
 CPU_ON = 0xC400_0003
 CPU_OFF = 0x8400_0002
@@ -146,22 +147,6 @@ def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Boot
         assert set(found) == set(files) == set(virt.TABLE_ORDER)
         for name, blob in files.items():
             assert found[name] == blob, name
-
-
-def walk_tables(read: Callable[[int, int], bytes], rsdp: int) -> dict[str, bytes]:
-    """Follow RSDP → XSDT → tables, FADT → DSDT, the way a guest finds them."""
-    out = {"RSDP": read(rsdp, 36)}
-    xsdt_at = int.from_bytes(out["RSDP"][24:32], "little")
-    xsdt_len = int.from_bytes(read(xsdt_at + 4, 4), "little")
-    out["XSDT"] = read(xsdt_at, xsdt_len)
-    for i in range(36, xsdt_len, 8):
-        at = int.from_bytes(out["XSDT"][i : i + 8], "little")
-        length = int.from_bytes(read(at + 4, 4), "little")
-        blob = read(at, length)
-        out[blob[:4].decode()] = blob
-    dsdt_at = int.from_bytes(out["FACP"][140:148], "little")
-    out["DSDT"] = read(dsdt_at, int.from_bytes(read(dsdt_at + 4, 4), "little"))
-    return out
 
 
 # ----------------------------------------------------------------------------- hot-add
