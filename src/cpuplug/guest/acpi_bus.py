@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import errno
 import queue
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cpuplug.acpi.aml.resources import Interrupt, parse_resources
 from cpuplug.acpi.errors import AcpiError
 from cpuplug.acpi.interp import Interpreter
 from cpuplug.agent_protocol import EventName
@@ -111,37 +111,16 @@ class GedLine:
 
 
 def parse_interrupts(crs: bytes) -> list[tuple[int, bool]]:
-    """(GSI, edge-triggered) of every interrupt in a resource template.
+    """(GSI, edge-triggered) of every Extended Interrupt descriptor in a ``_CRS``.
 
-    Handles the Extended Interrupt descriptor (large, 0x89) that arm64 tables
-    use, and the legacy IRQ descriptor (small, type 4).
+    Raises AmlError for a malformed template (``parse_resources``).
     """
-    out: list[tuple[int, bool]] = []
-    i = 0
-    while i < len(crs):
-        tag = crs[i]
-        if tag & 0x80:
-            if i + 3 > len(crs):
-                break
-            (length,) = struct.unpack_from("<H", crs, i + 1)
-            body = crs[i + 3 : i + 3 + length]
-            if tag == 0x89 and len(body) >= 2:
-                flags, count = body[0], body[1]
-                for k in range(count):
-                    at = 2 + 4 * k
-                    if at + 4 <= len(body):
-                        out.append((struct.unpack_from("<I", body, at)[0], bool(flags & 0x2)))
-            i += 3 + length
-        else:
-            kind, length = (tag >> 3) & 0xF, tag & 0x7
-            if kind == 0xF:  # end tag
-                break
-            if kind == 0x4 and length >= 2:
-                mask = crs[i + 1] | (crs[i + 2] << 8)
-                edge = length < 3 or bool(crs[i + 3] & 0x1)
-                out.extend((irq, edge) for irq in range(16) if mask & (1 << irq))
-            i += 1 + length
-    return out
+    return [
+        (gsi, d.edge)
+        for d in parse_resources(crs)
+        if isinstance(d, Interrupt)
+        for gsi in d.interrupts
+    ]
 
 
 class AcpiBus:
@@ -312,10 +291,15 @@ class AcpiBus:
             if dev.hid != HID_GED:
                 continue
             crs = self._try_value(path + "._CRS")
-            if not isinstance(crs, bytes):
-                self.log.err(f"ACPI: {path}: no _CRS; GED not bound")
+            try:
+                interrupts = parse_interrupts(crs) if isinstance(crs, bytes) else None
+            except AcpiError as exc:
+                self.log.err(f"ACPI: {path}: bad _CRS: {exc}")
+                interrupts = None
+            if interrupts is None:
+                self.log.err(f"ACPI: {path}: no usable _CRS; GED not bound")
                 continue
-            for gsi, edge in parse_interrupts(crs):
+            for gsi, edge in interrupts:
                 method = None
                 if gsi <= 255:
                     candidate = f"{path}._{'E' if edge else 'L'}{gsi:02X}"
