@@ -425,7 +425,7 @@ class Runtime:
         result = UpdateResult(st.name, before, before, target, None, None, warning=warning)
         online: list[int] | None = None
         if st.static:
-            if target != before:
+            if target != before and result.warning is None:
                 result.warning = (
                     f"static sandbox: vCPUs stay at {before} (wanted {target}); quota only"
                 )
@@ -557,7 +557,13 @@ class Runtime:
                 sizing = vcpu_target(
                     self._sizing_input(containers), Fraction(st.default_vcpus), st.maxcpus
                 )
-                return self._apply(session, st, containers, sizing.target, sizing.warning)
+                warning = sizing.warning
+                if st.static and sizing.wanted != len(st.plugged):
+                    warning = (
+                        f"static sandbox: vCPUs stay at {len(st.plugged)} (the limits want "
+                        f"{sizing.wanted}); only the quota changes"
+                    )
+                return self._apply(session, st, containers, sizing.target, warning)
             finally:
                 session.close()
 
