@@ -8,8 +8,11 @@ present only while registered, EPERM for a CPU the host has not enabled).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import queue
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -184,8 +187,13 @@ class FakeKernel:
 class Booted:
     """An in-process VirtMachine running the guest kernel, with its event queue."""
 
-    def __init__(self, config: object, *, start_agent: bool = False,
-                 before_start: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: object,
+        *,
+        start_agent: bool = False,
+        before_start: Callable[[Any], None] | None = None,
+    ) -> None:
         from cpuplug.guest.kernel import GuestKernel
         from cpuplug.vmm.machine import VirtMachine
 
@@ -205,8 +213,12 @@ class Booted:
         assert self.kernel.booted.wait(10), "guest did not boot"
         assert self.kernel.panicked is None, self.kernel.panicked
 
-    def wait_event(self, name: str, timeout: float = 10.0,
-                   match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def wait_event(
+        self,
+        name: str,
+        timeout: float = 10.0,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """The next machine event called ``name`` (others before it are dropped)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -247,3 +259,56 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         ev.wait(0.005)
+
+
+class SocketStream:
+    """``hw.Stream`` over one end of a socketpair (the guest side of a fake agent channel)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def recv(self, max_bytes: int, timeout: float | None) -> bytes | None:
+        try:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+        except (OSError, ValueError):
+            return b""
+        if not ready:
+            return None
+        try:
+            return self.sock.recv(max_bytes)
+        except OSError:
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class FakeChannel:
+    """``hw.AgentChannel``: ``connect()`` gives the host end of a new connection."""
+
+    def __init__(self) -> None:
+        self._pending: queue.Queue[SocketStream] = queue.Queue()
+        self.host_socks: list[socket.socket] = []
+
+    def connect(self) -> socket.socket:
+        host, guest = socket.socketpair()
+        self.host_socks.append(host)
+        self._pending.put(SocketStream(guest))
+        return host
+
+    def accept(self, timeout: float | None) -> SocketStream | None:
+        try:
+            return self._pending.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        for s in self.host_socks:
+            s.close()
+        while not self._pending.empty():
+            self._pending.get().close()

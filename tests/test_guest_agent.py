@@ -1,0 +1,342 @@
+"""The guest agent over a fake agent channel, against the fake kernel (real vfs/cgroups/sched)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cpuplug import agent_protocol as ap
+from cpuplug.guest.agent import Agent
+from guest_fakes import FakeChannel, FakeKernel
+
+CG = "/sys/fs/cgroup"
+
+
+class Env:
+    def __init__(self, kernel: FakeKernel, **agent_kw: Any) -> None:
+        self.kernel = kernel
+        self.channel = FakeChannel()
+        self.agent = Agent(kernel, self.channel, **agent_kw).start()
+        self.sock = self.connect()
+        self._ids = 0
+
+    def connect(self) -> socket.socket:
+        return self.channel.connect()
+
+    def call(self, method: ap.Method, params: dict[str, Any] | None = None,
+             sock: socket.socket | None = None, timeout: float = 20) -> dict[str, Any]:  # fmt: skip
+        self._ids += 1
+        return ap.call(sock or self.sock, method, params or {}, timeout=timeout, req_id=self._ids)
+
+    def error(self, method: ap.Method, params: dict[str, Any]) -> ap.AgentError:
+        with pytest.raises(ap.AgentError) as info:
+            self.call(method, params)
+        return info.value
+
+    def raw(self, data: bytes, sock: socket.socket | None = None) -> dict[str, Any]:
+        s = sock or self.sock
+        s.sendall(data)
+        return ap.recv_message(s, timeout=10)
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.channel.close()
+        self.kernel.shutdown()
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = Env(FakeKernel(possible=12, online=2, enabled=2), retry_interval=0.01)
+    yield e
+    e.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("agent-")]
+
+
+# ------------------------------------------------------------------ files and details
+
+
+def test_guest_details_and_read_file(env: Env) -> None:
+    assert env.call(ap.Method.GUEST_DETAILS) == {
+        "possible": "0-11",
+        "present": "0-11",
+        "online": "0-1",
+        "offline": "2-11",
+        "enabled": "0-1",
+        "kernel": "unknown",
+    }
+    env.kernel.vfs.register("/proc/version", lambda: "Linux version 6.11.0-x (model)\n")
+    assert env.call(ap.Method.GUEST_DETAILS)["kernel"] == "6.11.0-x"
+    assert env.call(ap.Method.READ_FILE, {"path": "/sys/devices/system/cpu/online"}) == {
+        "data": "0-1\n"
+    }
+    err = env.error(ap.Method.READ_FILE, {"path": "/sys/devices/system/cpu/cpu5/online"})
+    assert err.code is ap.ErrorCode.ENOENT
+    assert err.message == "cat: /sys/devices/system/cpu/cpu5/online: No such file or directory"
+
+
+# ------------------------------------------------------------------ malformed input
+
+
+def test_malformed_messages_get_errors_and_serving_goes_on(env: Env) -> None:
+    bad_json = b"{nope"
+    reply = env.raw(struct.pack(">I", len(bad_json)) + bad_json)
+    assert reply["id"] is None and reply["error"]["code"] == "EPROTO"
+    reply = env.raw(ap.encode_frame({"id": 5, "method": "Reboot"}))
+    assert reply == {"id": 5, "error": {"code": "ENOSYS", "message": "unknown method 'Reboot'"}}
+    reply = env.raw(ap.encode_frame({"id": 6, "method": "OnlineCPUMem", "params": {"nb": 1}}))
+    assert reply["id"] == 6 and reply["error"]["code"] == "EINVAL"
+    reply = env.raw(struct.pack(">I", 0))
+    assert reply["error"]["code"] == "EPROTO"
+    reply = env.raw(ap.encode_frame({"id": 7}))
+    assert reply["id"] == 7 and reply["error"]["code"] == "EPROTO"
+    # still serving on the same connection
+    assert env.call(ap.Method.READ_FILE, {"path": "/sys/devices/system/cpu/online"})
+
+
+@pytest.mark.parametrize(
+    "frame", [struct.pack(">I", ap.MAX_FRAME + 1), struct.pack(">I", 2) + b"\xff\xfe"]
+)
+def test_unrecoverable_frames_close_only_that_connection(env: Env, frame: bytes) -> None:
+    other = env.connect()
+    reply = env.raw(frame)
+    assert reply["error"]["code"] == "EPROTO"
+    with pytest.raises(ap.ConnectionClosed):
+        ap.recv_message(env.sock, timeout=10)
+    assert env.call(ap.Method.GUEST_DETAILS, sock=other)["online"] == "0-1"
+
+
+def test_split_and_pipelined_frames(env: Env) -> None:
+    data = b"".join(
+        ap.encode_frame(ap.make_request(i, ap.Method.READ_FILE, {"path": f"{CG}/cpu.stat"}))
+        for i in range(1, 4)
+    )
+    for i in range(0, len(data), 7):
+        env.sock.sendall(data[i : i + 7])
+    ids = [ap.recv_message(env.sock, timeout=10)["id"] for _ in range(3)]
+    assert ids == [1, 2, 3]  # answered in order
+
+
+def test_connection_limit(env: Env) -> None:
+    env.agent.max_connections = 2
+    second = env.connect()
+    assert env.call(ap.Method.GUEST_DETAILS, sock=second)
+    third = env.connect()
+    reply = ap.recv_message(third, timeout=10)
+    assert reply["error"]["code"] == "EBUSY"
+    with pytest.raises(ap.ConnectionClosed):
+        ap.recv_message(third, timeout=10)
+    assert env.agent.thread_count() <= 2 + 2
+
+
+def test_threads_do_not_grow_with_requests_or_closed_connections(env: Env) -> None:
+    for _ in range(20):
+        s = env.connect()
+        env.call(ap.Method.GUEST_DETAILS, sock=s)
+        s.close()
+    for _ in range(50):
+        env.call(ap.Method.GUEST_DETAILS)
+    # closed connections' readers end; what is left: acceptor, events, and live readers
+    deadline = threading.Event()
+    for _ in range(500):
+        if env.agent.thread_count() <= 3:
+            break
+        deadline.wait(0.01)
+    assert env.agent.thread_count() <= 3
+
+
+# ------------------------------------------------------------------ containers
+
+
+def test_container_lifecycle(env: Env) -> None:
+    env.call(
+        ap.Method.CREATE_CONTAINER,
+        {"container_id": "c1", "cmd": ["sleep", "30"], "cpuset_cpus": "1", "quota": 50000,
+         "period": 100000},
+    )  # fmt: skip
+    vfs = env.kernel.vfs
+    assert vfs.read(f"{CG}/c1/cpuset.cpus") == "1\n"
+    assert vfs.read(f"{CG}/c1/cpu.max") == "50000 100000\n"
+    assert env.error(ap.Method.CREATE_CONTAINER, {"container_id": "c1", "cmd": []}).code is (
+        ap.ErrorCode.EEXIST
+    )
+    pid = env.call(ap.Method.START_CONTAINER, {"container_id": "c1"})["pid"]
+    assert vfs.read(f"{CG}/c1/cgroup.procs") == f"{pid}\n"
+    assert env.error(ap.Method.START_CONTAINER, {"container_id": "c1"}).code is ap.ErrorCode.EBUSY
+    out = env.call(ap.Method.EXEC_PROCESS, {"container_id": "c1", "cmd": ["nproc"]})
+    assert out == {"exit_code": 0, "stdout": "1\n", "stderr": ""}
+    stats = env.call(ap.Method.STATS_CONTAINER, {"container_id": "c1"})
+    assert stats["cpuset_effective"] == "1" and stats["tasks"] == 1
+    assert set(stats["cpu"]) == {
+        "usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec"
+    }  # fmt: skip
+    env.call(ap.Method.KILL_CONTAINER, {"container_id": "c1"})
+    env.call(ap.Method.REMOVE_CONTAINER, {"container_id": "c1"})
+    assert not vfs.exists(f"{CG}/c1")
+    assert env.agent.containers() == []
+    assert env.error(ap.Method.STATS_CONTAINER, {"container_id": "c1"}).code is (
+        ap.ErrorCode.ENOENT
+    )
+
+
+def test_remove_kills_running_tasks(env: Env) -> None:
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "s", "cmd": ["stress", "--cpu", "2"]})
+    env.call(ap.Method.START_CONTAINER, {"container_id": "s"})
+    env.call(ap.Method.REMOVE_CONTAINER, {"container_id": "s"})
+    assert env.kernel.sched.tasks() == []
+    assert not env.kernel.vfs.exists(f"{CG}/s")
+
+
+def test_create_with_bad_resources_leaves_nothing(env: Env) -> None:
+    err = env.error(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": ["true"], "quota": 10})
+    assert err.code is ap.ErrorCode.EINVAL and "cpu.max" in err.message
+    err = env.error(
+        ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": ["true"], "cpuset_cpus": "0-99"}
+    )
+    assert err.code is ap.ErrorCode.EINVAL
+    assert err.message == f"write {CG}/c/cpuset.cpus: Invalid argument"
+    assert not env.kernel.vfs.exists(f"{CG}/c") and env.agent.containers() == []
+
+
+def test_exec_errors(env: Env) -> None:
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    err = env.error(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["vim"]})
+    assert err.code is ap.ErrorCode.ENOENT and "vim" in err.message
+    err = env.error(
+        ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sleep", "30"], "timeout": 0.1}
+    )
+    assert err.code is ap.ErrorCode.ETIMEDOUT
+    assert env.kernel.sched.tasks() == []  # the timed-out process was killed
+    out = env.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["cat", "/x"]})
+    assert out == {"exit_code": 1, "stdout": "", "stderr": "cat: /x: No such file or directory\n"}
+    err = env.error(ap.Method.START_CONTAINER, {"container_id": "c"})
+    assert err.code is ap.ErrorCode.EINVAL
+    assert env.error(ap.Method.EXEC_PROCESS, {"container_id": "zz", "cmd": ["true"]}).code is (
+        ap.ErrorCode.ENOENT
+    )
+
+
+def test_update_container(env: Env) -> None:
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    vfs = env.kernel.vfs
+    env.call(
+        ap.Method.UPDATE_CONTAINER,
+        {"container_id": "c", "resources": {"cpuset_cpus": "0-1", "quota": 150000,
+                                            "period": 100000}},
+    )  # fmt: skip
+    assert vfs.read(f"{CG}/c/cpuset.cpus") == "0-1\n"
+    assert vfs.read(f"{CG}/c/cpu.max") == "150000 100000\n"
+    env.call(ap.Method.UPDATE_CONTAINER, {"container_id": "c", "resources": {"period": 50000}})
+    assert vfs.read(f"{CG}/c/cpu.max") == "150000 50000\n"
+    env.call(ap.Method.UPDATE_CONTAINER, {"container_id": "c", "resources": {"quota": -1}})
+    assert vfs.read(f"{CG}/c/cpu.max") == "max 50000\n"
+    # invalid cpu.max is refused before the cpuset is touched
+    err = env.error(
+        ap.Method.UPDATE_CONTAINER,
+        {"container_id": "c", "resources": {"cpuset_cpus": "1", "period": 10}},
+    )
+    assert err.code is ap.ErrorCode.EINVAL
+    assert vfs.read(f"{CG}/c/cpuset.cpus") == "0-1\n"
+
+
+# ------------------------------------------------------------------ OnlineCPUMem
+
+
+def test_online_cpu_mem_returns_at_once_when_enough(env: Env) -> None:
+    env.kernel.hot_add(2)
+    assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2, "cpu_only": True}) == {
+        "online": [0, 1]
+    }
+    assert env.kernel.online_writes == []
+
+
+def test_online_cpu_mem_onlines_ascending_and_updates_cpusets(env: Env) -> None:
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "a", "cmd": [], "cpuset_cpus": "0"})
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "b", "cmd": []})
+    for cpu in (10, 2, 3):
+        env.kernel.hot_add(cpu)
+    result = env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4, "cpu_only": True})
+    assert result == {"online": [0, 1, 2, 3]}
+    assert env.kernel.online_writes == [2, 3]  # numeric order; stops once enough (not 10)
+    for cid in ("a", "b"):
+        assert env.kernel.vfs.read(f"{CG}/{cid}/cpuset.cpus") == "0-3\n"
+    result = env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 5, "cpu_only": True})
+    assert result == {"online": [0, 1, 2, 3, 10]}
+    assert env.kernel.online_writes == [2, 3, 10]  # cpu10 after cpu2/3: not read_dir order
+
+
+def test_online_cpu_mem_retries_until_the_cpu_is_registered(env: Env) -> None:
+    env.agent.retry_interval = 0.02
+    # The runtime calls OnlineCPUMem right after device_add; the scan registers later.
+    timer = threading.Timer(0.2, env.kernel.hot_add, args=(4,))
+    timer.start()
+    try:
+        result = env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3, "cpu_only": True})
+    finally:
+        timer.join()
+    assert result == {"online": [0, 1, 4]}
+
+
+def test_online_cpu_mem_bounded_failure(env: Env) -> None:
+    env.agent.online_retries = 5
+    err = env.error(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3, "cpu_only": True})
+    assert err.code is ap.ErrorCode.ETIMEDOUT
+    assert err.message == "failed to online 1 CPU(s) after 5 retries"
+    # a registered CPU the host refuses (PSCI DENIED → EPERM) is reported as such
+    env.kernel.enabled_set = env.kernel.enabled_set | {6}
+    env.kernel._register_cpu(6)
+    err = env.error(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3, "cpu_only": True})
+    assert err.code is ap.ErrorCode.EPERM
+    assert err.message.endswith("last error: cpu6: Operation not permitted")
+    assert env.kernel.online_writes == [6] * 5
+
+
+def test_online_cpu_mem_zero_changes_nothing(env: Env) -> None:
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "a", "cmd": [], "cpuset_cpus": "1"})
+    assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 0, "cpu_only": False}) == {
+        "online": [0, 1]
+    }
+    assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "1\n"
+
+
+# ------------------------------------------------------------------ events
+
+
+def test_subscribe_events_streams_kernel_events_in_order(env: Env) -> None:
+    sub = env.connect()
+    assert env.call(ap.Method.SUBSCRIBE_EVENTS, sock=sub) == {}
+    env.kernel.hot_add(5)
+    env.kernel.emit("OstSent", cpu=5, source=1, status=0)
+    env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3, "cpu_only": True})
+    got = [ap.parse_incoming(ap.recv_message(sub, timeout=10)) for _ in range(3)]
+    assert all(isinstance(e, ap.Event) for e in got)
+    assert [(e.name, e.data) for e in got if isinstance(e, ap.Event)] == [
+        ("CpuRegistered", {"cpu": 5}),
+        ("OstSent", {"cpu": 5, "source": 1, "status": 0}),
+        ("CpuOnline", {"cpu": 5}),
+    ]
+    # the subscriber may still make requests on the same connection
+    env._ids += 1
+    ap.send_request(sub, 99, ap.Method.GUEST_DETAILS, {})
+    msg = ap.parse_incoming(ap.recv_message(sub, timeout=10))
+    assert isinstance(msg, ap.Reply) and msg.id == 99
+    # a connection that did not subscribe gets no events
+    env.kernel.emit("CpuOffline", cpu=5)
+    sub_ev = ap.parse_incoming(ap.recv_message(sub, timeout=10))
+    assert isinstance(sub_ev, ap.Event) and sub_ev.name == "CpuOffline"
+    env.sock.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        env.sock.recv(1)
+
+
+def test_slow_subscriber_is_dropped_without_blocking_the_kernel(env: Env) -> None:
+    sub = env.connect()
+    env.call(ap.Method.SUBSCRIBE_EVENTS, sock=sub)
+    sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for i in range(50_000):  # never read: the emitter must not block
+        env.kernel.emit("CpuOnline", cpu=i % 8)
+    assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"  # the agent still serves
