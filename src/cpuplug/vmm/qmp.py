@@ -47,6 +47,7 @@ MAX_DEPTH = 1024
 _STRUCT = re.compile(rb'[{}\[\]"]')
 _STRING_SPECIAL = re.compile(rb'["\\]')
 _TOKEN_END = re.compile(rb'[\s{}\[\]"]')
+_RESYNC = re.compile(rb"[\n{\[]")
 _WHITESPACE = b" \t\r\n"
 
 
@@ -84,6 +85,7 @@ class JsonSplitter:
         self._depth = 0
         self._in_string = False
         self._discard = False
+        self._recovering = False  # after an invalid token: skip to a newline, { or [
 
     def feed(self, data: bytes) -> list[bytes | ParseFault]:
         self._buf += data
@@ -95,6 +97,14 @@ class JsonSplitter:
     def _step(self, out: list[bytes | ParseFault]) -> bool:
         """Advance the scan; True while progress can still be made on this buffer."""
         buf = self._buf
+        if self._kind is None and self._recovering:
+            match = _RESYNC.search(buf, self._pos)
+            if match is None:
+                buf.clear()
+                self._pos = 0
+                return False
+            self._pos = match.start()
+            self._recovering = False
         if self._kind is None:
             while self._pos < len(buf) and buf[self._pos] in _WHITESPACE:
                 self._pos += 1
@@ -119,9 +129,28 @@ class JsonSplitter:
                 self._pos = len(buf)
                 self._check_size(out)
                 return False
-            self._finish(match.start(), out)
+            self._finish_token(match.start(), out)
             return True
         return self._scan_value(out)
+
+    def _finish_token(self, end: int, out: list[bytes | ParseFault]) -> None:
+        """A bare top-level token: a JSON scalar is passed on, anything else is garbage.
+
+        After garbage the scanner skips to the next line or bracket (like QEMU's
+        lexer recovery), so one bad line costs one error reply, not one per word.
+        """
+        token = bytes(self._buf[:end])
+        try:
+            json.loads(token)
+        except (ValueError, RecursionError):
+            if not self._discard:
+                text = token[:32].decode("utf-8", errors="replace")
+                out.append(ParseFault(f"JSON parse error, invalid token '{text}'"))
+            del self._buf[:end]
+            self._reset()
+            self._recovering = True
+            return
+        self._finish(end, out)
 
     def _scan_value(self, out: list[bytes | ParseFault]) -> bool:
         buf = self._buf
@@ -176,9 +205,14 @@ class JsonSplitter:
             self._pos = 0
 
     def _finish(self, end: int, out: list[bytes | ParseFault]) -> None:
-        if not self._discard:
+        if end > self._max_size and not self._discard:
+            out.append(ParseFault(f"JSON message larger than {self._max_size} bytes"))
+        elif not self._discard:
             out.append(bytes(self._buf[:end]))
         del self._buf[:end]
+        self._reset()
+
+    def _reset(self) -> None:
         self._pos = 0
         self._kind = None
         self._depth = 0
