@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import queue
+import shutil
 import socket
 import struct
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from cpuplug import agent_protocol as ap
+from cpuplug.acpi.virt import MachineConfig
 from cpuplug.guest.agent import Agent
+from cpuplug.guest.kernel import GuestKernel
+from cpuplug.vmm.machine import VirtMachine
 from guest_fakes import FakeChannel, FakeKernel
 
 CG = "/sys/fs/cgroup"
@@ -340,3 +347,149 @@ def test_slow_subscriber_is_dropped_without_blocking_the_kernel(env: Env) -> Non
     for i in range(50_000):  # never read: the emitter must not block
         env.kernel.emit("CpuOnline", cpu=i % 8)
     assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"  # the agent still serves
+
+
+# ------------------------------------------------------------------ the real guest kernel
+
+
+class RealVm:
+    """The real guest kernel (with its agent) booted on the in-process VirtMachine."""
+
+    def __init__(self, config: Any) -> None:
+        self.dir = tempfile.mkdtemp(prefix="cpuplug-agent-")
+        self.path = f"{self.dir}/agent.sock"
+        holder: dict[str, GuestKernel] = {}
+
+        def entry(machine: Any) -> GuestKernel:
+            holder["k"] = GuestKernel(machine)
+            return holder["k"]
+
+        self.machine = VirtMachine(config, kernel=entry, agent_path=self.path)
+        self.events = self.machine.event_queue()
+        self.machine.start()
+        self.kernel = holder["k"]
+        assert self.kernel.booted.wait(10) and self.kernel.panicked is None
+        self.socks: list[socket.socket] = []
+        self.sock = self.connect()
+        self._ids = 0
+
+    def connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.path)
+        self.socks.append(s)
+        return s
+
+    def call(self, method: ap.Method, params: dict[str, Any] | None = None,
+             sock: socket.socket | None = None) -> dict[str, Any]:  # fmt: skip
+        self._ids += 1
+        return ap.call(sock or self.sock, method, params or {}, timeout=30, req_id=self._ids)
+
+    def ost(self) -> tuple[int, int]:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ev = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no ACPI_DEVICE_OST") from None
+            if ev.name == "ACPI_DEVICE_OST":
+                info = ev.data["info"]
+                return info["source"], info["status"]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.kernel.shutdown()
+        self.machine.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def real_vm() -> Iterator[RealVm]:
+    vm = RealVm(MachineConfig(cpus=1, maxcpus=4))
+    yield vm
+    vm.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("agent-")]
+
+
+def test_real_kernel_hot_add_then_online_cpu_mem(real_vm: RealVm) -> None:
+    vm = real_vm
+    assert vm.call(ap.Method.GUEST_DETAILS) == {
+        "possible": "0-3",
+        "present": "0-3",
+        "online": "0",
+        "offline": "1-3",
+        "enabled": "0",
+        "kernel": "6.11.0-cpuplug",
+    }
+    sub = vm.connect()
+    vm.call(ap.Method.SUBSCRIBE_EVENTS, sock=sub)
+    vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": [], "cpuset_cpus": "0"})
+    for core in (1, 2):
+        vm.machine.device_add("max-arm-cpu", f"cpu-{core}", {"core-id": core})
+        assert vm.ost() == (1, 0)
+    assert vm.call(ap.Method.GUEST_DETAILS)["enabled"] == "0-2"
+    assert vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3, "cpu_only": True}) == {
+        "online": [0, 1, 2]
+    }
+    assert vm.kernel.vfs.read(f"{CG}/c/cpuset.cpus") == "0-2\n"
+    out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["nproc"]})
+    assert out["stdout"] == "3\n"
+    # a running stress uses the hot-added CPUs
+    out = vm.call(
+        ap.Method.EXEC_PROCESS,
+        {"container_id": "c", "cmd": ["stress", "--cpu", "3", "--timeout", "0.5"]},
+    )
+    assert out["exit_code"] == 0
+    used = ap.parse_cpu_list(out["stdout"].split("on CPUs ")[1].splitlines()[0])
+    assert used & {1, 2}, out["stdout"]
+    stats = vm.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})
+    assert stats["cpu"]["usage_usec"] > 0 and stats["cpuset_effective"] == "0-2"
+    names: list[tuple[str, dict[str, Any]]] = []
+    while len([n for n in names if n[0] == "CpuOnline"]) < 2:
+        ev = ap.parse_incoming(ap.recv_message(sub, timeout=10))
+        assert isinstance(ev, ap.Event)
+        names.append((ev.name, ev.data))
+    assert ("CpuRegistered", {"cpu": 1}) in names
+    assert ("OstSent", {"cpu": 1, "source": 1, "status": 0}) in names
+    assert names.index(("CpuRegistered", {"cpu": 2})) < names.index(("CpuOnline", {"cpu": 2}))
+
+
+def test_real_kernel_refuses_a_cpu_the_host_did_not_give(real_vm: RealVm) -> None:
+    vm = real_vm
+    agent = vm.kernel.agent
+    assert agent is not None
+    agent.online_retries = 3
+    with pytest.raises(ap.AgentError) as info:
+        vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2, "cpu_only": True})
+    assert info.value.code is ap.ErrorCode.ETIMEDOUT
+    with pytest.raises(ap.AgentError) as info:
+        vm.call(ap.Method.READ_FILE, {"path": "/sys/devices/system/cpu/cpu1/online"})
+    assert info.value.code is ap.ErrorCode.ENOENT
+    vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "r", "cmd": []})
+    out = vm.call(
+        ap.Method.EXEC_PROCESS,
+        {"container_id": "r", "cmd": ["sh", "-c", "echo 1 > /sys/devices/system/cpu/cpu1/online"]},
+    )
+    assert out == {
+        "exit_code": 2,
+        "stdout": "",
+        "stderr": "sh: 1: cannot create /sys/devices/system/cpu/cpu1/online:"
+        " Directory nonexistent\n",
+    }
+    assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0"
+
+
+def test_real_kernel_online_offline_mode_lets_guest_root_online() -> None:
+    vm = RealVm(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
+    try:
+        assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-3"
+        vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+        line = "echo 0 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+        out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
+        assert out == {"exit_code": 0, "stdout": "0-2\n", "stderr": ""}
+        # the guest brings it back on its own: nothing on the host had to agree
+        assert vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4, "cpu_only": True}) == {
+            "online": [0, 1, 2, 3]
+        }
+    finally:
+        vm.close()
