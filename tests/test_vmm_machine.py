@@ -138,9 +138,22 @@ def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Boot
         b = boot(cpus=2, maxcpus=8, mode=mode)
         with tempfile.TemporaryDirectory() as out:
             subprocess.run(
-                [sys.executable, "-m", "cpuplug", "acpi", "tables", "--smp", "cpus=2,maxcpus=8",
-                 "--mode", mode, "--out", out],
-                check=True, capture_output=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "cpuplug",
+                    "acpi",
+                    "tables",
+                    "--smp",
+                    "cpus=2,maxcpus=8",
+                    "--mode",
+                    mode,
+                    "--out",
+                    out,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
             )
             files = {p.stem: p.read_bytes() for p in Path(out).glob("*.dat")}
         found = walk_tables(b.m.memory.read_bytes, b.m.rsdp_address)
@@ -204,7 +217,8 @@ def test_control_write_is_one_action_per_write(boot: Callable[..., Booted]) -> N
     assert b.m.vcpus.is_plugged(2)
     b.control(2, 0x08)
     assert b.event("DEVICE_DELETED").data == {
-        "device": "cpu-2", "path": "/machine/peripheral/cpu-2"
+        "device": "cpu-2",
+        "path": "/machine/peripheral/cpu-2",
     }
 
 
@@ -270,9 +284,7 @@ def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
     boot: Callable[..., Booted],
 ) -> None:
     b = boot()
-    b.kernel.behaviour = lambda cpu, entry, context: (
-        cpu.hvc(CPU_OFF) if context == 1 else None
-    )
+    b.kernel.behaviour = lambda cpu, entry, context: cpu.hvc(CPU_OFF) if context == 1 else None
     b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
     native = b.m.vcpus.states[1].thread_id
     assert b.cpu_on(1, context=1) == 0
@@ -336,8 +348,12 @@ def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
     [
         ("foo", "c", {"core-id": 1}, "'foo' is not a valid device model name"),
         ("host-arm-cpu", "c", {"core-id": 1}, "expected cpu type: 'max-arm-cpu'"),
-        ("max-arm-cpu", "c", {"core-id": "1"},
-         "Invalid parameter type for 'core-id', expected: integer"),
+        (
+            "max-arm-cpu",
+            "c",
+            {"core-id": "1"},
+            "Invalid parameter type for 'core-id', expected: integer",
+        ),
         ("max-arm-cpu", "c", {"core-id": True}, "expected: integer"),
         ("max-arm-cpu", "c", {"core-id": 1.0}, "expected: integer"),
         ("max-arm-cpu", "c", {}, "core-id property is not set"),

@@ -59,9 +59,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="MODULE:FUNCTION|none",
         help=f"guest kernel entry point (default {DEFAULT_KERNEL}); none boots nothing",
     )
-    parser.add_argument(
-        "--cpu-model", default="max", help=f"CPU model: {' | '.join(CPU_MODELS)}"
-    )
+    parser.add_argument("--cpu-model", default="max", help=f"CPU model: {' | '.join(CPU_MODELS)}")
     parser.add_argument("--console", metavar="FILE", help="also write the guest console here")
     parser.set_defaults(func=run)
 

@@ -180,9 +180,7 @@ class VirtMachine:
         tables: MachineTables | None = None,
     ) -> None:
         if cpu_model not in CPU_MODELS:
-            raise UsageError(
-                f"unknown CPU model {cpu_model!r} (known: {', '.join(CPU_MODELS)})"
-            )
+            raise UsageError(f"unknown CPU model {cpu_model!r} (known: {', '.join(CPU_MODELS)})")
         self.config = config
         self.cpu_type = f"{cpu_model}-arm-cpu"
         self._kernel_entry = resolve_kernel(kernel)
@@ -362,9 +360,7 @@ class VirtMachine:
 
     # -- management (QMP) ---------------------------------------------------------------
 
-    def device_add(
-        self, driver: str, device_id: str | None, props: Mapping[str, object]
-    ) -> None:
+    def device_add(self, driver: str, device_id: str | None, props: Mapping[str, object]) -> None:
         """Hot-plug the vCPU named by ``props`` (QMP ``device_add``)."""
         index = self._check_device_add(driver, device_id, props)
         with self._plug_lock:

@@ -247,9 +247,7 @@ def check_arguments(arguments: Mapping[str, Any], spec: ArgSpec) -> None:
                 raise QmpError(f"Parameter '{name}' is missing")
             continue
         if not is_json_type(arguments[name], kind):
-            raise QmpError(
-                f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES[kind]}"
-            )
+            raise QmpError(f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES[kind]}")
 
 
 def is_json_type(value: object, kind: type) -> bool:
@@ -309,9 +307,7 @@ class QmpServer:
                 lambda _args: self.machine.query_hotpluggable_cpus()
             ),
             "query-cpus-fast": _Command(lambda _args: self.machine.query_cpus_fast()),
-            "query-acpi-ospm-status": _Command(
-                lambda _args: self.machine.query_acpi_ospm_status()
-            ),
+            "query-acpi-ospm-status": _Command(lambda _args: self.machine.query_acpi_ospm_status()),
             "device_add": _Command(self._cmd_device_add, None),
             "device_del": _Command(self._cmd_device_del, {"id": (str, True)}),
             "system_powerdown": _Command(self._cmd_system_powerdown),
@@ -544,5 +540,3 @@ def _json_reason(exc: BaseException) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} at byte {exc.pos}"
     return str(exc)
-
-

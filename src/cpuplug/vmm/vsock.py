@@ -120,9 +120,7 @@ class ChannelStream:
     def _wants_read(self) -> bool:
         with self._cond:
             return (
-                not self._host_eof
-                and not self._guest_closed
-                and len(self._inbound) < BUFFER_LIMIT
+                not self._host_eof and not self._guest_closed and len(self._inbound) < BUFFER_LIMIT
             )
 
     def _wants_write(self) -> bool:
