@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpuplug.acpi.aml import builder as b
 from cpuplug.acpi.aml.objects import (
@@ -899,3 +901,202 @@ def test_random_bytes_never_raise_anything_but_acpi_errors() -> None:
         body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
         with contextlib.suppress(AcpiError):
             Interpreter().load(Sdt("DSDT", body).build())
+
+
+# ------------------------------------------------------------------ property tests
+
+
+class Model:
+    """A direct Python reading of the AML subset the program strategy generates."""
+
+    def __init__(self, bits: int, args: Sequence[int]) -> None:
+        self.mask = (1 << bits) - 1
+        self.bits = bits
+        self.args = [a & self.mask for a in args]
+        self.locals = [0] * 8
+
+    def expr(self, e: b.Node) -> int:
+        m = self.mask
+        if isinstance(e, b.Integer):
+            return e.value & m
+        if isinstance(e, b.Local):
+            return self.locals[e.index]
+        if isinstance(e, b.Arg):
+            return self.args[e.index]
+        name = type(e).__name__
+        if name == "LNot":
+            return 0 if self.expr(e.operand) else m  # type: ignore[attr-defined]
+        if name == "Not":
+            return ~self.expr(e.operand) & m  # type: ignore[attr-defined]
+        x, y = self.expr(e.left), self.expr(e.right)  # type: ignore[attr-defined]
+        ops: dict[str, Callable[[], int]] = {
+            "Add": lambda: (x + y) & m,
+            "Subtract": lambda: (x - y) & m,
+            "Multiply": lambda: (x * y) & m,
+            "And": lambda: x & y,
+            "Or": lambda: x | y,
+            "Xor": lambda: x ^ y,
+            "Nand": lambda: ~(x & y) & m,
+            "Nor": lambda: ~(x | y) & m,
+            "ShiftLeft": lambda: (x << y) & m if y < self.bits else 0,
+            "ShiftRight": lambda: x >> y if y < self.bits else 0,
+            "Mod": lambda: x % y,
+            "LEqual": lambda: m if x == y else 0,
+            "LLess": lambda: m if x < y else 0,
+            "LGreater": lambda: m if x > y else 0,
+            "LAnd": lambda: m if x and y else 0,
+            "LOr": lambda: m if x or y else 0,
+        }
+        return ops[name]()
+
+    def run(self, body: Sequence[b.Node]) -> int | None:
+        for s in body:
+            if isinstance(s, b.Return):
+                return self.expr(s.value)
+            if isinstance(s, b.If):
+                taken = s.body if self.expr(s.predicate) else (s.else_body or ())
+                r = self.run(taken)
+                if r is not None:
+                    return r
+            elif isinstance(s, b.While):
+                while self.expr(s.predicate):
+                    r = self.run(s.body)
+                    if r is not None:
+                        return r
+            elif type(s).__name__ == "Store":
+                self.locals[s.target.index] = self.expr(s.source)  # type: ignore[attr-defined]
+            elif type(s).__name__ in ("Increment", "Decrement"):
+                k = s.target.index  # type: ignore[attr-defined]
+                step = 1 if type(s).__name__ == "Increment" else -1
+                self.locals[k] = (self.locals[k] + step) & self.mask
+        return None
+
+
+_BINARY = [b.Add, b.Subtract, b.Multiply, b.And, b.Or, b.Xor, b.Nand, b.Nor]
+_LOGIC = [b.LEqual, b.LLess, b.LGreater, b.LAnd, b.LOr]
+
+
+def _exprs() -> st.SearchStrategy[b.Node]:
+    leaves = st.one_of(
+        st.integers(0, 2**64 - 1).map(b.Integer),
+        st.integers(0, 300).map(b.Integer),
+        st.integers(0, 3).map(b.Local),
+        st.integers(0, 2).map(b.Arg),
+    )
+
+    def extend(inner: st.SearchStrategy[b.Node]) -> st.SearchStrategy[b.Node]:
+        return st.one_of(
+            st.builds(lambda op, x, y: op(x, y), st.sampled_from(_BINARY + _LOGIC), inner, inner),
+            st.builds(lambda x, k: b.ShiftLeft(x, b.Integer(k)), inner, st.integers(0, 70)),
+            st.builds(lambda x, k: b.ShiftRight(x, b.Integer(k)), inner, st.integers(0, 70)),
+            st.builds(lambda x, y: b.Mod(x, b.Or(y, b.One)), inner, inner),
+            st.builds(b.Not, inner),
+            st.builds(b.LNot, inner),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=10)
+
+
+EXPRS = _exprs()
+
+
+@st.composite
+def _statements(draw: st.DrawFn, depth: int) -> list[b.Node]:
+    out: list[b.Node] = []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(
+            st.sampled_from(
+                ["store", "store", "step", "if", "while"] if depth < 2 else ["store", "step"]
+            )
+        )
+        target = b.Local(draw(st.integers(0, 3)))
+        if kind == "store":
+            out.append(b.Store(draw(EXPRS), target))
+        elif kind == "step":
+            out.append(draw(st.sampled_from([b.Increment, b.Decrement]))(target))
+        elif kind == "if":
+            else_body = draw(st.none() | _statements(depth + 1).map(tuple))
+            out.append(b.If(draw(EXPRS), tuple(draw(_statements(depth + 1))), else_body))
+        else:
+            counter = b.Local(6 + depth)  # the generated bodies never write Local6/7
+            out.append(b.Store(b.Zero, counter))
+            body = (b.Increment(counter), *draw(_statements(depth + 1)))
+            out.append(b.While(b.LLess(counter, b.Integer(draw(st.integers(0, 5)))), body))
+    return out
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> tuple[b.DefinitionBlock, list[int]]:
+    inits = [b.Store(b.Arg(i % 3), b.Local(i)) for i in range(4)]
+    body = (*inits, *draw(_statements(0)), b.Return(draw(EXPRS)))
+    revision = draw(st.sampled_from([1, 2]))
+    block = b.DefinitionBlock("DSDT", (b.Method("PROG", 3, False, 0, body),), revision=revision)
+    args = draw(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3))
+    return block, args
+
+
+@settings(max_examples=150, deadline=None)
+@given(programs())
+def test_random_programs_agree_with_the_model_before_and_after_a_round_trip(
+    prog: tuple[b.DefinitionBlock, list[int]],
+) -> None:
+    block, args = prog
+    built, decoded = Interpreter(), Interpreter()
+    built.load_block(block)
+    decoded.load(block.encode())
+    method_node = block.body[0]
+    assert isinstance(method_node, b.Method)
+    expected = Model(32 if block.revision < 2 else 64, args).run(method_node.body)
+    assert built.evaluate("\\PROG", *args) == expected
+    assert decoded.evaluate("\\PROG", *args) == expected
+
+
+@settings(max_examples=300, deadline=2000)
+@given(st.binary(max_size=200))
+def test_random_aml_bytes_only_raise_acpi_errors(body: bytes) -> None:
+    with contextlib.suppress(AcpiError):
+        Interpreter().load(Sdt("DSDT", body).build())
+
+
+_SMALL = b.DefinitionBlock(
+    "DSDT",
+    (
+        *prst("SystemMemory"),
+        b.Name("PKG", b.Package((b.Integer(1), b.String("x")), count=3)),
+        b.Mutex("MTX", 0),
+        method(
+            "WORK",
+            1,
+            b.Acquire(b.NameRef("MTX"), 0xFFFF),
+            b.Store(A0, b.NameRef("CSEL")),
+            b.Store(b.NameRef("CDAT"), L0),
+            b.While(
+                b.LLess(L1, I(4)), (b.Increment(L1), b.Store(L1, b.Index(b.NameRef("PKG"), I(2))))
+            ),
+            b.Release(b.NameRef("MTX")),
+            b.Return(b.Add(L0, b.DerefOf(b.Index(b.NameRef("PKG"), I(0))))),
+            serialized=True,
+        ),
+    ),
+).encode()
+
+
+@settings(max_examples=300, deadline=5000)
+@given(
+    st.lists(
+        st.tuples(st.integers(36, len(_SMALL) - 1), st.integers(0, 255)), min_size=1, max_size=4
+    )
+)
+def test_corrupted_tables_load_and_run_with_acpi_errors_only(flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_SMALL)
+    for pos, value in flips:
+        data[pos] = value
+    it = Interpreter(max_eval_seconds=2.0, mutex_forever_seconds=0.5)
+    it.map_region("SystemMemory", Recorder(size=1 << 16))
+    with contextlib.suppress(AcpiError):
+        it.load(Sdt("DSDT", bytes(data[36:])).build())
+        for path, kind in list(it.walk()):
+            if kind == "Method":
+                for args in ((), (1,)):
+                    with contextlib.suppress(AcpiError):
+                        it.evaluate(path, *args)

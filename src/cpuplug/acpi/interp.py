@@ -24,9 +24,11 @@ Errors: only :class:`~cpuplug.acpi.errors.AcpiError` subclasses leave this class
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cpuplug.acpi.aml.builder import DefinitionBlock
 from cpuplug.acpi.aml.decoder import decode_table
 from cpuplug.acpi.aml.eval import Compiler, compile_method
 from cpuplug.acpi.aml.interp import Frame, Limits, Runtime, from_python, to_python
@@ -79,6 +81,7 @@ class Interpreter:
         self._int_bits = 64
         self._dsdt_loaded = False
         self._methods: dict[str, int] = {}
+        self._load_lock = threading.Lock()
         self.tables: list[tuple[str, int]] = []
         """(signature, revision) of each table loaded, in order."""
 
@@ -142,6 +145,20 @@ class Interpreter:
             raise AmlLimitError("table nests too deeply to decode") from exc
         except Exception as exc:  # the decoder promises AcpiError only; keep that promise here
             raise AmlError(f"internal decoder error: {type(exc).__name__}: {exc}") from exc
+        self._load_block(block)
+
+    def load_block(self, block: DefinitionBlock) -> None:
+        """Load a definition block already in node form (no encode/decode round trip),
+        e.g. one the caller built with :mod:`cpuplug.acpi.aml.builder`."""
+        if not isinstance(block, DefinitionBlock):
+            raise UsageError(f"load_block() needs a DefinitionBlock, not {type(block).__name__}")
+        self._load_block(block)
+
+    def _load_block(self, block: DefinitionBlock) -> None:
+        with self._load_lock:
+            self._load_locked(block)
+
+    def _load_locked(self, block: DefinitionBlock) -> None:
         if block.signature not in DEFINITION_BLOCKS:
             raise TableError(block.signature, 0, "not a definition block (DSDT/SSDT)")
         bits = self._int_bits
@@ -200,7 +217,8 @@ class Interpreter:
             if isinstance(obj, Method):
                 if len(args) != obj.argc:
                     raise AmlError(f"{node.path} takes {obj.argc} arguments, got {len(args)}")
-                values = [from_python(a) for a in args]
+                mask = (1 << obj.int_bits) - 1
+                values = [from_python(a, mask) for a in args]
                 result = rt.invoke(ctx, node, obj, values)
             else:
                 if args:

@@ -501,18 +501,21 @@ def to_python(value: Any) -> Any:
     return None
 
 
-def from_python(value: Any) -> Any:
-    """A Python argument as an AML value (public API ``evaluate`` args)."""
+def from_python(value: Any, mask: int) -> Any:
+    """A Python argument as an AML value (public API ``evaluate`` args); integers are
+    truncated to the method's integer width, as ACPICA does for 32-bit tables."""
     if isinstance(value, bool):
-        return 0xFFFF_FFFF_FFFF_FFFF if value else 0
+        return mask if value else 0
     if isinstance(value, int):
         if value < 0:
             raise AmlError(f"AML integers are unsigned; got {value}")
-        return value
+        return value & mask
     if isinstance(value, str):
+        if not value.isascii() or "\0" in value:
+            raise AmlError(f"AML strings are ASCII without NUL: {value!r}")
         return value
     if isinstance(value, bytes | bytearray):
         return bytearray(value)
     if isinstance(value, list | tuple):
-        return [from_python(v) for v in value]
+        return [from_python(v, mask) for v in value]
     raise AmlError(f"cannot pass {type(value).__name__} to AML")
