@@ -63,7 +63,9 @@ def _op_classes() -> dict[int, type[n.Op]]:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
         code = getattr(cls, "OPCODE", None)
-        if code is not None and not cls.__name__.startswith("_"):
+        # dataclass(slots=True) replaces each class by a new one; the discarded
+        # original can still be listed as a subclass, so take the module's class.
+        if code is not None and getattr(n, cls.__name__, None) is cls:
             table[code] = cls
     return table
 
