@@ -214,3 +214,24 @@ def test_output_is_bounded() -> None:
     out.write("a" * 8)
     out.write("b" * 8)
     assert out.getvalue() == "a" * 8 + "bb" and out.dropped == 6
+
+
+def test_cpu_max_throttles_stress(kernel: FakeKernel) -> None:
+    """CFS bandwidth on the real scheduler: 10% quota gets a fraction of an unlimited run."""
+    vfs = kernel.vfs
+    for name in ("free", "capped"):
+        vfs.mkdir(f"/sys/fs/cgroup/{name}")
+    vfs.write("/sys/fs/cgroup/capped/cpu.max", "10000 100000")
+    for name in ("free", "capped"):
+        assert run(kernel, "stress", "-c", "2", "-t", "0.6", group_path=name)[0] == 0
+
+    def stat(name: str) -> dict[str, int]:
+        lines = vfs.read(f"/sys/fs/cgroup/{name}/cpu.stat").split("\n")
+        return {k: int(v) for k, v in (ln.split() for ln in lines if ln)}
+
+    free, capped = stat("free"), stat("capped")
+    assert free["nr_throttled"] == 0 and free["throttled_usec"] == 0
+    assert capped["nr_throttled"] >= 3 and capped["throttled_usec"] > 0
+    assert capped["nr_periods"] >= capped["nr_throttled"]
+    # 0.1 CPU of quota vs ~2 CPUs: far less, even with slices overrunning the pool
+    assert capped["usage_usec"] < 0.35 * free["usage_usec"], (capped, free)
