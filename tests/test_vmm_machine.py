@@ -573,3 +573,15 @@ def wait_for_raise(action: Callable[[], None], timeout: float = TIMEOUT) -> None
     while time.monotonic() < deadline:
         action()
         time.sleep(0.001)
+
+
+def test_failing_kernel_entry_is_a_clean_boot_failure(tmp_path: Path) -> None:
+    def entry(machine: Machine) -> object:
+        raise RuntimeError("bad image")
+
+    before = threading.active_count()
+    m = VirtMachine(MachineConfig(), kernel=entry, agent_path=tmp_path / "a.sock")  # type: ignore[arg-type]
+    with pytest.raises(MachineError, match="kernel entry point failed: RuntimeError: bad image"):
+        m.start()
+    assert threading.active_count() == before
+    assert not (tmp_path / "a.sock").exists()

@@ -253,7 +253,7 @@ class VirtMachine:
         self.ram.write_bytes(self.tables.base_address, self.tables.image)
         self.agent.start()
         try:
-            kernel = IDLE_KERNEL if self._kernel_entry is None else self._kernel_entry(self)
+            kernel = IDLE_KERNEL if self._kernel_entry is None else self._load_kernel()
             if kernel is None or not hasattr(kernel, "boot_cpu_main"):
                 raise KernelLoadError("the kernel entry point did not return a Kernel")
             self.vcpus.kernel = kernel
@@ -270,6 +270,19 @@ class VirtMachine:
             self.shutdown()
             raise
         self.run_state = "running"
+
+    def _load_kernel(self) -> Kernel:
+        """Call the kernel entry point once, before any vCPU runs (``cpuplug.hw``)."""
+        assert self._kernel_entry is not None
+        try:
+            return self._kernel_entry(self)
+        except CpuplugError:
+            raise
+        except Exception as exc:  # guest code failing at load is a boot failure, not a crash
+            log.debug("kernel entry point failed", exc_info=True)
+            raise MachineError(
+                f"kernel entry point failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop every vCPU thread (bounded wait), close the agent channel and console."""
