@@ -278,67 +278,60 @@ def _display(path: tuple[str, ...]) -> str:
     return "\\" + ".".join(path)
 
 
-_CONTAINERS = frozenset({"Scope", "Device", "Processor", "ThermalZone", "PowerResource"})
+_Container = n.Scope | n.Device | n.Processor | n.ThermalZone | n.PowerResource
 
 
 def _walk(terms: Sequence[n.Node], scope: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
-    # Nodes are matched by their kind's name rather than class identity: a
-    # listing only needs the kind, and this keeps it independent of how the
-    # decoder resolves its node classes.
     for term in terms:
-        kind = type(term).__name__
-        node: Any = term
-        if kind in _CONTAINERS:
-            path = _absolute(node.name, scope)
-            if kind != "Scope":
-                yield path, kind
-            yield from _walk(node.body, path)
-        elif kind == "If":
-            yield from _walk(node.body, scope)
-            yield from _walk(node.else_body or (), scope)
-        elif kind == "Method":
-            flags = ", Serialized" if node.serialized else ""
-            yield _absolute(node.name, scope), f"Method({node.argc}{flags})"
-        elif kind == "Name":
-            yield _absolute(node.name, scope), f"Name = {_value(node.name, node.value)}"
-        elif kind == "Mutex":
-            yield _absolute(node.name, scope), f"Mutex(sync level {node.sync_level})"
-        elif kind == "Event":
-            yield _absolute(node.name, scope), "Event"
-        elif kind == "OperationRegion":
-            space = REGION_SPACE_NAMES.get(node.space, f"space {node.space:#x}")
-            where, size = _value("", node.offset), _value("", node.length)
-            yield _absolute(node.name, scope), f"OperationRegion({space}, {where}, {size})"
-        elif kind in ("Field", "IndexField", "BankField"):
-            owner = node.index if kind == "IndexField" else node.region
+        if isinstance(term, _Container):
+            path = _absolute(term.name, scope)
+            if not isinstance(term, n.Scope):
+                yield path, type(term).__name__
+            yield from _walk(term.body, path)
+        elif isinstance(term, n.If):
+            yield from _walk(term.body, scope)
+            yield from _walk(term.else_body or (), scope)
+        elif isinstance(term, n.Method):
+            flags = ", Serialized" if term.serialized else ""
+            yield _absolute(term.name, scope), f"Method({term.argc}{flags})"
+        elif isinstance(term, n.Name):
+            yield _absolute(term.name, scope), f"Name = {_value(term.name, term.value)}"
+        elif isinstance(term, n.Mutex):
+            yield _absolute(term.name, scope), f"Mutex(sync level {term.sync_level})"
+        elif isinstance(term, n.Event):
+            yield _absolute(term.name, scope), "Event"
+        elif isinstance(term, n.OperationRegion):
+            space = REGION_SPACE_NAMES.get(term.space, f"space {term.space:#x}")
+            where, size = _value("", term.offset), _value("", term.length)
+            yield _absolute(term.name, scope), f"OperationRegion({space}, {where}, {size})"
+        elif isinstance(term, n.Field | n.IndexField | n.BankField):
+            owner = term.index if isinstance(term, n.IndexField) else term.region
             bit = 0
-            for element in node.elements:
-                if type(element).__name__ == "NamedField":
+            for element in term.elements:
+                if isinstance(element, n.NamedField):
                     yield (
                         _absolute(element.name, scope),
                         f"Field of {owner}, bit {bit}, {element.bits} bits",
                     )
-                bit += getattr(element, "bits", 0)
-        elif kind == "Alias":
-            yield _absolute(node.alias, scope), f"Alias of {node.source}"
+                bit += element.bits if isinstance(element, n.NamedField | n.ReservedField) else 0
+        elif isinstance(term, n.Alias):
+            yield _absolute(term.alias, scope), f"Alias of {term.source}"
 
 
 def _value(name: str, value: n.Node) -> str:
-    kind = type(value).__name__
-    node: Any = value
-    if kind == "Integer":
-        if name.endswith(("_HID", "_CID")) and node.value >> 32 == 0:
-            eisa = _eisa_id(node.value)
+    if isinstance(value, n.Integer):
+        if name.endswith(("_HID", "_CID")) and value.value >> 32 == 0:
+            eisa = _eisa_id(value.value)
             if eisa:
                 return f"EisaId({eisa!r})"
-        return f"{node.value:#x}"
-    if kind == "String":
-        return repr(node.value)
-    if kind == "Buffer":
-        return f"Buffer({len(node.data)} bytes)"
-    if kind == "Package":
-        return f"Package({len(node.elements)} elements)"
-    return kind
+        return f"{value.value:#x}"
+    if isinstance(value, n.String):
+        return repr(value.value)
+    if isinstance(value, n.Buffer):
+        return f"Buffer({len(value.data)} bytes)"
+    if isinstance(value, n.Package):
+        return f"Package({len(value.elements)} elements)"
+    return type(value).__name__
 
 
 def _eisa_id(value: int) -> str | None:
