@@ -454,3 +454,65 @@ def test_random_valid_trees_round_trip(tree: tuple[n.Node, ...]) -> None:
 def test_whole_table_round_trip() -> None:
     block = DefinitionBlock("SSDT", (Scope("\\_SB", (Method("MAAA", 0, False, 0, ()),)),), 2)
     assert decode_table(block.encode()) == block
+
+
+def _example_op(cls: type[n.Op]) -> n.Op:
+    """An instance of any fixed-shape operator, operands filled by their kind."""
+    values: dict[str, object] = {}
+    for i, (name, kind) in enumerate(cls.operands()):
+        values[name] = {
+            "T": Integer(i + 2),
+            "S": Local(i % 8),
+            "t": Arg(i % 7),
+            "N": f"N{i:03d}",
+            "B": 5,
+            "W": 0x1234,
+            "D": 0x12345678,
+        }[kind]
+    return cls(**values)
+
+
+def test_every_node_class_round_trips() -> None:
+    ops = sorted(
+        (cls for cls in vars(n).values() if isinstance(cls, type) and issubclass(cls, n.Op)),
+        key=lambda c: c.__name__,
+    )
+    ops = [c for c in ops if hasattr(c, "OPCODE")]
+    assert len(ops) > 70
+    fields = (
+        NamedField("FLD0", 8),
+        n.ReservedField(4),
+        n.AccessField(1, 0),
+        n.ExtendedAccessField(0x0B, 0x02, 0x10),
+        NamedField("FLD1", 4),
+    )
+    tree = (
+        External("\\EXTM", 8, 2),
+        n.Processor("\\CPU0", 1, 0x410, 6, (Name("_UID", Zero),)),
+        n.PowerResource("\\PWR0", 0, 1, (Method("_ON", 0, False, 0, ()),)),
+        n.ThermalZone("\\TZ00", (Name("_TMP", Integer(3000)),)),
+        n.IndexField("IDX0", "DAT0", fields, 1, True, 1),
+        n.BankField("REG0", "BNK0", Integer(2), fields, 3, False, 0),
+        n.DataRegion("DREG", String("SSDT"), String(""), String("")),
+        Device(
+            "\\DEV0",
+            (
+                Method(
+                    "MTH0",
+                    7,
+                    True,
+                    3,
+                    (
+                        *(_example_op(cls) for cls in ops),
+                        MethodCall("\\EXTM", (Zero, n.Revision())),
+                        n.If(Zero, (n.Continue(),), (n.If(Integer(1), (n.Noop(),)),)),
+                        Store(n.VarPackage(Arg(0), (Integer(1), String("x"))), Local(7)),
+                    ),
+                ),
+            ),
+        ),
+    )
+    aml = b"".join(x.encode() for x in tree)
+    decoded = tuple(decode_definition_block(aml))
+    assert decoded == tree
+    assert all(type(a) is type(b) for a, b in zip(walk(decoded), walk(tree), strict=True))
