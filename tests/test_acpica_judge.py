@@ -222,3 +222,48 @@ def test_acpiexec_loads_and_evaluates(
     )
     assert [int(r, 16) for r in results] == [0, 0]
     assert output.count("No object was returned from evaluation of") == 2
+
+
+def _csta_probe() -> bytes:
+    """An SSDT whose methods set the flag byte of the hotplug block, then call CSTA.
+
+    acpiexec backs the SystemMemory region with plain memory, so what a method
+    stores in CPEN/CPRS is what CSTA reads back: enough to check CSTA's answer
+    for each flag combination (SPEC §2) with ACPICA as the executor.
+    """
+    from cpuplug.acpi.aml import builder as b
+
+    def probe(name: str, field: str, value: int) -> b.Method:
+        # One store: the fields are WriteAsZeros, so each store rewrites the
+        # whole flag byte with only that field's bit.
+        return b.Method(
+            f"\\{name}",
+            0,
+            False,
+            0,
+            (
+                b.Store(b.Integer(value), b.NameRef(f"\\_SB.PRES.{field}")),
+                b.Return(b.MethodCall("\\_SB.CPUS.CSTA", (b.Integer(1),))),
+            ),
+        )
+
+    block = b.DefinitionBlock(
+        "SSDT",
+        (probe("TENA", "CPEN", 1), probe("TPRS", "CPRS", 1), probe("TOFF", "CPEN", 0)),
+    )
+    return block.encode()
+
+
+def test_acpiexec_runs_csta_against_the_flags(acpiexec: str, tmp_path: Path) -> None:
+    write_tables(tmp_path, 1, 4, "acpi")
+    (tmp_path / "SSDT.dat").write_bytes(_csta_probe())
+    output = run(
+        [acpiexec, "-b", "evaluate \\TENA;evaluate \\TPRS;evaluate \\TOFF", "DSDT.dat", "SSDT.dat"],
+        tmp_path,
+    )
+    bad = [line for line in output.splitlines() if _ACPIEXEC_BAD.search(line)]
+    assert not bad, "\n".join(bad)
+    assert "2 ACPI AML tables successfully acquired and loaded" in output
+    results = re.findall(r"Evaluation of \\T\w+ returned.*\n\s*\[Integer\] = (\w+)", output)
+    # enabled -> 0x0F; present but disabled -> 0x0D; neither -> 0
+    assert [int(r, 16) for r in results] == [0x0F, 0x0D, 0x00]

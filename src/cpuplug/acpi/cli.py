@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from cpuplug.acpi import tables as t
 from cpuplug.acpi import virt
 from cpuplug.acpi.aml import nodes as n
+from cpuplug.acpi.aml.builder import eisa_id_text
 from cpuplug.acpi.aml.decoder import decode_definition_block
 from cpuplug.acpi.aml.opcodes import REGION_SPACE_NAMES
 from cpuplug.acpi.errors import AcpiError
@@ -335,12 +336,8 @@ def _value(name: str, value: n.Node) -> str:
 
 
 def _eisa_id(value: int) -> str | None:
-    """Decode a compressed EISA id (``EisaId("PNP0A06")``), or ``None`` if it is not one."""
-    swapped = int.from_bytes(value.to_bytes(4, "little"), "big")
-    vendor = swapped >> 16
-    if vendor & 0x8000:
+    """The text of a compressed EISA id (``EisaId("PNP0A06")``), or ``None`` if it is not one."""
+    if value >> 32 or value & 0x80:  # the vendor half's top bit is always 0
         return None
-    letters = [((vendor >> shift) & 0x1F) + 0x40 for shift in (10, 5, 0)]
-    if not all(0x41 <= c <= 0x5A for c in letters):
-        return None
-    return bytes(letters).decode() + f"{swapped & 0xFFFF:04X}"
+    text = eisa_id_text(value)
+    return text if all("A" <= c <= "Z" for c in text[:3]) else None
