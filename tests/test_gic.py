@@ -114,6 +114,29 @@ def test_spi_defaults_to_vcpu0_and_wait_returns_it() -> None:
     assert gic.wait_for_interrupt(0, 0.01) is None  # an edge is consumed once
 
 
+def test_every_pulse_is_delivered_without_eoi() -> None:
+    """The guest never EOIs (hw.Cpu has no EOI) and may never set ICFGR: each GED
+    pulse must still arrive, on a waiting vCPU, one after another."""
+    gic = make(m=8)
+    gic.distributor.write(0x6000 + 8 * GED_GSI, 8, mpidr(5))
+    got: list[int | None] = []
+    taken = threading.Semaphore(0)
+
+    def vcpu() -> None:
+        for _ in range(50):
+            got.append(gic.wait_for_interrupt(5, 5.0))
+            taken.release()
+
+    t = threading.Thread(target=vcpu)
+    t.start()
+    for _ in range(50):
+        gic.pulse_spi(GED_GSI)
+        assert taken.acquire(timeout=5)
+    t.join(timeout=5)
+    assert not t.is_alive()
+    assert got == [GED_GSI] * 50
+
+
 def test_wait_blocks_until_delivery_wakes_it() -> None:
     gic = make()
     w = Waiter(gic, 3)

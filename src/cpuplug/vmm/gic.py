@@ -20,12 +20,14 @@ What is modelled, and why that much:
   route names ``c``. Among deliverable interrupts the lowest (priority, INTID)
   wins; there is no priority mask or preemption, because guest code runs one
   handler at a time per vCPU.
-* Edge interrupts (SGIs, pulses, edge-configured SPIs) are consumed by
-  :meth:`Gic.acknowledge` (acknowledge + EOI in one, since the hardware
-  interface's ``wait_for_interrupt`` has no EOI). A level-configured SPI is
-  pending while its line is high; acknowledging it makes it *active*, so a
-  handler that has not yet quieted the device is not re-entered, until
-  :meth:`Gic.end_of_interrupt`.
+* Edge interrupts (SGIs, pulses, rising edges of edge-configured SPIs, and
+  ``ISPENDR`` writes) are latched and consumed by :meth:`Gic.acknowledge`
+  (acknowledge + EOI in one, since the hardware interface's
+  ``wait_for_interrupt`` has no EOI) -- also on an SPI whose ``ICFGR`` still says
+  level, so the GED's pulses keep arriving on a guest that never programs the
+  GIC. A level-configured SPI whose line is high is pending while it stays high;
+  acknowledging that makes it *active*, so a handler that has not yet quieted
+  the device is not re-entered, until :meth:`Gic.end_of_interrupt`.
 * An SPI routed to an affinity that names no vCPU stays pending in the
   distributor and is delivered once it is re-routed.
 
@@ -380,9 +382,13 @@ class Gic:
         if intid < _PRIVATE:
             self._redist[cpu].pending &= ~(1 << intid)
         else:
-            self._spi_latch[intid] = 0
-            if not self._spi_edge[intid]:
-                self._spi_active[intid] = 1
+            if self._spi_latch[intid]:
+                # A latched edge (pulse, rising edge, ISPENDR) is consumed by the
+                # acknowledge, whatever ICFGR says: the GED pulses an SPI the guest
+                # may never reconfigure, and no EOI ever comes through hw.Cpu.
+                self._spi_latch[intid] = 0
+            else:
+                self._spi_active[intid] = 1  # level-held: masked until EOI
             self._refresh_hot_locked(intid)
         return intid
 
