@@ -54,9 +54,11 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
 FAULT_ENV = "CPUPLUG_FAULT"
-"""Test hook: ``CPUPLUG_FAULT=<step>`` SIGKILLs this process at that named step, to
-prove a killed command leaves a state the next one reconciles (e.g.
-``after-device-add``: between ``device_add`` and ``OnlineCPUMem``)."""
+"""Test hook for crash tests.  ``CPUPLUG_FAULT=<step>`` SIGKILLs this process at that
+named step, to prove a killed command leaves a state the next one reconciles
+(``after-device-add`` is between ``device_add`` and ``OnlineCPUMem``);
+``CPUPLUG_FAULT=kill-vmm:<step>`` SIGKILLs the sandbox's VMM there instead and
+carries on, to prove the command then fails cleanly."""
 
 # Children started by this process, so stop() can reap them (no zombies in tests).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -70,10 +72,14 @@ class SandboxNotRunning(SandboxError):
     pass
 
 
-def fault_point(step: str) -> None:
-    """Die here, uncleanly, if the test hook names this step."""
-    if os.environ.get(FAULT_ENV) == step:
+def fault_point(step: str, vmm_pid: int | None = None) -> None:
+    """Die here (or kill the VMM here), uncleanly, if the test hook names this step."""
+    fault = os.environ.get(FAULT_ENV)
+    if fault == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == f"kill-vmm:{step}" and vmm_pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(vmm_pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- requests
@@ -480,6 +486,7 @@ class Runtime:
         """Hotplug to ``target``; returns the guest's online CPUs afterwards."""
         if st.mode == "online-offline":
             return self._resize_online_offline(session, st, target, log, result)
+        interrupted = st.pending is not None  # a killed command left its guest side undone
         qmp = session.qmp
         slots = rz.query_slots(qmp)
         plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
@@ -495,9 +502,9 @@ class Runtime:
             st.plugged.append(core)
             result.added.append(core)
             self.store.save(st)
-            fault_point("after-device-add")
+            fault_point("after-device-add", st.vmm_pid)
         online: list[int] | None = None
-        if plan.add or st.pending is not None:
+        if plan.add or interrupted:
             rz.wait_inserted(qmp, plan.add, st.remove_timeout, log)
             t = log.clock()
             online = session.agent.online_cpu_mem(len(st.plugged))
@@ -564,6 +571,17 @@ class Runtime:
                         f"{sizing.wanted}); only the quota changes"
                     )
                 return self._apply(session, st, containers, sizing.target, warning)
+            except CpuplugError as exc:
+                # A killed VMM closes its sockets while its threads still exit:
+                # give it a moment to be gone before deciding what to report.
+                if not isinstance(exc, UsageError) and _wait_exit(
+                    st.vmm_pid or 0, st.vmm_start_ticks, None, 1.0
+                ):
+                    raise SandboxError(
+                        f"sandbox {name}: the VMM exited during the update ({exc}); "
+                        f"cpuplug rm {name} cleans it up"
+                    ) from None
+                raise
             finally:
                 session.close()
 
@@ -586,11 +604,12 @@ class Runtime:
             except CpuplugError:
                 continue
             c = st.containers[0] if st.containers else None
+            status = self.status(st)
             out.append(
                 {
                     "name": st.name,
-                    "status": self.status(st),
-                    "vcpus": len(st.plugged),
+                    "status": status,
+                    "vcpus": len(st.plugged) if status == "running" else 0,
                     "maxcpus": st.maxcpus,
                     "cpus": _cpus_text(c.quota, c.period) if c else "",
                     "pid": st.vmm_pid,

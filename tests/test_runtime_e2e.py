@@ -1,0 +1,298 @@
+"""End to end through the CLI: real VMM process, real guest kernel and agent.
+
+Each test drives ``python -m cpuplug`` as a user would, against a private state
+directory, and checks what the guest itself reports (``exec nproc``, cgroupfs
+files through ``exec cat``) and what the host sees (VMM threads in /proc).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpuplug.runtime.state import process_alive
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Cli:
+    """Runs ``cpuplug`` subcommands with ``--root`` pointing at a private directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(
+        self, cmd: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "cpuplug", cmd, "--root", str(self.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            check=False,
+            cwd=ROOT,
+        )
+
+    def ok(self, cmd: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        proc = self(cmd, *args, **kw)
+        assert proc.returncode == 0, f"{cmd} {args}: rc={proc.returncode}\n{proc.stderr}"
+        return proc
+
+    def nproc(self, name: str) -> int:
+        return int(self.ok("exec", name, "--", "nproc").stdout)
+
+    def cat(self, name: str, path: str) -> str:
+        return self.ok("exec", name, "--", "cat", path).stdout.strip()
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.ok("inspect", name, "--json").stdout))
+
+
+@pytest.fixture
+def cli() -> Iterator[Cli]:
+    # short path: unix socket paths must fit in 108 bytes
+    root = Path(tempfile.mkdtemp(prefix="cpe", dir="/tmp"))
+    c = Cli(root)
+    try:
+        yield c
+    finally:
+        for name in (p.name for p in root.iterdir() if (p / "state.json").exists()):
+            c("rm", "-f", name, timeout=30)
+        leftovers = [p.name for p in root.iterdir()]
+        shutil.rmtree(root, ignore_errors=True)
+        assert not leftovers, f"sandboxes left behind: {leftovers}"
+
+
+def vmm_threads(pid: int) -> set[int]:
+    return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def usage_rate(cli: Cli, name: str, window: float = 1.5) -> float:
+    """CPU-seconds per second the container's cgroup used over ``window``."""
+
+    def usage() -> int:
+        return int(cli.inspect(name)["cgroups"][name]["cpu"]["usage_usec"])
+
+    a = usage()
+    t0 = time.monotonic()
+    time.sleep(window)  # the measurement window itself
+    b = usage()
+    return (b - a) / 1e6 / (time.monotonic() - t0)
+
+
+def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
+    run = cli.ok("run", "--name", "b1", "--max-cpus", "8", "--cpus", "2", "--", "sleep", "600")
+    assert "3 vCPUs" in run.stdout
+    assert cli.nproc("b1") == 3
+    info = cli.inspect("b1")
+    pid = info["vmm_pid"]
+    assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2]
+    threads = {v["vcpu"]: v["thread_id"] for v in info["vcpus"] if v["plugged"]}
+    assert set(threads) == {0, 1, 2} and set(threads.values()) <= vmm_threads(pid)
+    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "200000 100000"
+
+    up = cli.ok("update", "--cpus", "4", "b1")
+    assert "vCPUs 3 -> 5" in up.stdout
+    assert cli.nproc("b1") == 5
+    info = cli.inspect("b1")
+    threads = {v["vcpu"]: v["thread_id"] for v in info["vcpus"] if v["plugged"]}
+    assert set(threads) == {0, 1, 2, 3, 4}
+    removed_tids = {threads[3], threads[4]}
+    assert removed_tids <= vmm_threads(pid)
+
+    down = cli.ok("update", "--cpus", "1.5", "b1")
+    assert "vCPUs 5 -> 3" in down.stdout and "removed 4,3" in down.stdout
+    assert cli.nproc("b1") == 3
+    assert not removed_tids & vmm_threads(pid), "the removed vCPUs' host threads must be gone"
+    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "150000 100000"
+
+    same = cli.ok("update", "--cpus", "1.2", "b1")
+    assert "unchanged at 3" in same.stdout
+    assert cli.inspect("b1")["history"][-1]["qmp"] == [], "quota-only: no QMP traffic"
+    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "120000 100000"
+    assert cli.nproc("b1") == 3
+
+    big = cli.ok("update", "--cpus", "100", "b1")
+    assert "vCPUs 3 -> 8" in big.stdout
+    assert "warning" in big.stderr and "maximum is 8" in big.stderr
+    assert cli.nproc("b1") == 8
+
+    ps = json.loads(cli.ok("ps", "--json").stdout)
+    assert [(r["name"], r["status"], r["vcpus"]) for r in ps] == [("b1", "running", 8)]
+    cli.ok("stop", "b1")
+    assert json.loads(cli.ok("ps", "--json").stdout)[0]["status"] == "stopped"
+    assert not process_alive(pid, None), "stop ends the VMM process"
+    cli.ok("rm", "b1")
+    assert json.loads(cli.ok("ps", "--json").stdout) == []
+
+
+def test_refused_eject_fails_fast_and_sandbox_still_works(cli: Cli) -> None:
+    """Offlining CPU 0 in the guest makes vCPU 1 the last online CPU: eject → _OST 0x82."""
+    cli.ok("run", "--name", "r", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
+    cli.ok("exec", "r", "--", "sh", "-c", "echo 0 > /sys/devices/system/cpu/cpu0/online")
+    assert cli.cat("r", "/sys/devices/system/cpu/online") == "1"
+    t0 = time.monotonic()
+    res = cli("update", "--cpus", "0", "r")
+    assert res.returncode == 1
+    assert "vCPU 1" in res.stderr and "0x82" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 10.0, "must fail within remove_timeout (10 s)"
+    assert cli.nproc("r") == 1  # the sandbox still answers
+    info = cli.inspect("r")
+    assert [v["vcpu"] for v in info["vcpus"] if v["plugged"]] == [0, 1]
+    assert info["pending"] is None
+    cli.ok("exec", "r", "--", "sh", "-c", "echo 1 > /sys/devices/system/cpu/cpu0/online")
+    assert cli.nproc("r") == 2
+
+
+def test_vmm_killed_mid_update(cli: Cli) -> None:
+    cli.ok("run", "--name", "k", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
+    res = cli("update", "--cpus", "2", "k", env={"CPUPLUG_FAULT": "kill-vmm:after-device-add"})
+    assert res.returncode == 1
+    assert "VMM exited" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    ps = json.loads(cli.ok("ps", "--json").stdout)
+    assert ps[0]["status"] == "dead"
+    again = cli("update", "--cpus", "1", "k")
+    assert again.returncode == 1 and "dead" in again.stderr
+    cli.ok("rm", "k")
+    assert json.loads(cli.ok("ps", "--json").stdout) == []
+
+
+def test_update_killed_between_device_add_and_online_is_reconciled(cli: Cli) -> None:
+    cli.ok("run", "--name", "k", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
+    res = cli("update", "--cpus", "2", "k", env={"CPUPLUG_FAULT": "after-device-add"})
+    assert res.returncode == -9  # killed, no cleanup ran
+    assert cli.cat("k", "/sys/devices/system/cpu/online") == "0-1", "vCPU 2 not onlined yet"
+    info = cli.inspect("k")
+    assert info["reconciled"] is True and info["pending"] is None
+    assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2]
+    assert cli.nproc("k") == 3
+    assert cli.cat("k", "/sys/fs/cgroup/k/cpuset.cpus") == "0-2"
+    # and the next update starts from the reconciled truth
+    assert "vCPUs 3 -> 4" in cli.ok("update", "--cpus", "3", "k").stdout
+
+
+def test_throughput_follows_vcpus_and_cpu_max_limits_it(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[hypervisor.qemu]\ndefault_vcpus = 1\ndefault_maxvcpus = 4\n")
+    cli.ok("run", "--name", "t", "--config", str(cfg), "--", "stress", "--cpu", "4")
+    assert cli.nproc("t") == 1
+    one = usage_rate(cli, "t")
+    cli.ok("update", "--cpuset-cpus", "0", "t")  # cpuset size 1 + default 1 → 2 vCPUs
+    assert cli.nproc("t") == 2
+    two = usage_rate(cli, "t")
+    assert two > 1.3 * one, f"1 vCPU: {one:.2f} CPU-s/s, 2 vCPUs: {two:.2f}"
+    cli.ok("update", "--cpu-quota", "40000", "--cpu-period", "100000", "t")
+    assert cli.nproc("t") == 2  # ceil(0.4 + 1) = 2: quota only
+    limited = usage_rate(cli, "t")
+    assert limited < 0.6, f"cpu.max 40000/100000 but {limited:.2f} CPU-s/s"
+    assert int(cli.inspect("t")["cgroups"]["t"]["cpu"]["nr_throttled"]) > 0
+
+
+def test_bundle_and_static_config(cli: Cli, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(
+        json.dumps(
+            {
+                "ociVersion": "1.1.0",
+                "process": {"args": ["sleep", "600"]},
+                "linux": {"resources": {"cpu": {"quota": 150000, "period": 100000}}},
+            }
+        )
+    )
+    cli.ok("run", "--name", "oci", "--max-cpus", "4", "--bundle", str(bundle))
+    assert cli.nproc("oci") == 3
+    assert cli.cat("oci", "/sys/fs/cgroup/oci/cpu.max") == "150000 100000"
+
+    cfg = tmp_path / "static.toml"
+    cfg.write_text("[runtime]\nstatic_sandbox_resource_mgmt = true\n")
+    cli.ok(
+        "run",
+        "--name",
+        "st",
+        "--config",
+        str(cfg),
+        "--max-cpus",
+        "8",
+        "--cpus",
+        "2",
+        "--",
+        "sleep",
+        "600",
+    )
+    info = cli.inspect("st")
+    assert info["config"]["maxcpus"] == 3 and cli.nproc("st") == 3
+    up = cli.ok("update", "--cpus", "6", "st")
+    assert "unchanged at 3" in up.stdout and "static" in up.stderr
+    assert cli.cat("st", "/sys/fs/cgroup/st/cpu.max") == "600000 100000"
+
+
+def test_events_history_and_follow(cli: Cli) -> None:
+    cli.ok("run", "--name", "e", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
+    lines = [json.loads(x) for x in cli.ok("events", "e").stdout.splitlines()]
+    assert [x["op"] for x in lines][:3] == ["boot", "update", "run"]
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cpuplug", "events", "--root", str(cli.root), "--follow", "e"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert follow.stdout is not None
+        for _ in lines:  # the history is printed first
+            follow.stdout.readline()
+        cli.ok("update", "--cpus", "2", "e")
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        while "CpuOnline" not in seen and time.monotonic() < deadline:
+            line = follow.stdout.readline()
+            if not line:
+                break
+            seen.append(json.loads(line)["event"])
+        assert "CpuRegistered" in seen and "CpuOnline" in seen, seen
+        cli.ok("stop", "e")
+        assert follow.wait(timeout=20) == 0, "follow ends when the sandbox stops"
+    finally:
+        follow.kill()
+        follow.wait(10)
+        assert follow.stdout is not None and follow.stderr is not None
+        follow.stdout.close()
+        follow.stderr.close()
+
+
+def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="cpd", dir="/tmp"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cpuplug", "demo", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+        out = proc.stdout
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "run --cpus 1: 2 vCPUs" in out
+        assert "update --cpus 3: vCPUs 2 -> 4" in out
+        assert "update --cpus 1: vCPUs 4 -> 2" in out
+        assert "what happened" in out and "grow gain" in out
+        assert not [p for p in root.iterdir()], "demo must clean up its sandbox"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
