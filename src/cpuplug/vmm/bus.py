@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cpuplug.acpi.virt import UART_SIZE
 from cpuplug.errors import CpuplugError
 
 __all__ = [
@@ -292,7 +293,7 @@ class Pl011Uart:
     what was written; everything else reads 0.
     """
 
-    SIZE = 0x1000
+    SIZE = UART_SIZE
 
     def __init__(self, sink: Callable[[bytes], None] | None = None, keep: int = 64 * 1024) -> None:
         self._sink = sink

@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cpuplug.acpi.virt import CPUHP_SIZE
 from cpuplug.errors import CpuplugError
 
 __all__ = [
@@ -161,7 +162,7 @@ class CpuHotplugBlock:
     the boot vCPU: it can be neither ejected nor unplug-requested.
     """
 
-    SIZE = 12
+    SIZE = CPUHP_SIZE
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from cpuplug.acpi.virt import GED_SIZE
 from cpuplug.errors import CpuplugError
 
 __all__ = [
@@ -51,7 +52,7 @@ class GenericEventDevice:
     guest's ``_EVT`` has no handler for it.
     """
 
-    SIZE = 4
+    SIZE = GED_SIZE
 
     def __init__(
         self,

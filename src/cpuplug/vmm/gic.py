@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cpuplug.acpi.virt import GICR_FRAME_SIZE, gicr_regions
+from cpuplug.acpi.virt import GICD_SIZE, GICR_FRAME_SIZE, gicr_regions
 from cpuplug.errors import CpuplugError
 from cpuplug.hw import VcpuStop
 
@@ -74,7 +74,6 @@ __all__ = [
     "RedistributorRegion",
 ]
 
-GICD_SIZE = 0x1_0000
 _SGI_FRAME = 0x1_0000  # offset of SGI_base inside a redistributor frame pair
 
 # Distributor registers.
