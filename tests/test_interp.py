@@ -1100,3 +1100,39 @@ def test_corrupted_tables_load_and_run_with_acpi_errors_only(flips: list[tuple[i
                 for args in ((), (1,)):
                     with contextlib.suppress(AcpiError):
                         it.evaluate(path, *args)
+
+
+def test_objects_a_method_creates_outside_its_scope_are_removed_when_it_returns() -> None:
+    it = interp(
+        method(
+            "MKNM",
+            0,
+            b.Name("\\_SB.TEMP", I(5)),
+            b.Device("\\_SB.TDEV", (b.Name("_UID", I(1)),)),
+            b.Return(b.Add(b.NameRef("\\_SB.TEMP"), b.NameRef("\\_SB.TDEV._UID"))),
+        )
+    )
+    assert it.evaluate("\\MKNM") == 6
+    assert not it.exists("\\_SB.TEMP") and not it.exists("\\_SB.TDEV")
+    assert it.evaluate("\\MKNM") == 6  # and can be created again next time
+
+
+def test_events_signal_wait_reset() -> None:
+    it = interp(
+        b.Event("EVT"),
+        method(
+            "SW",
+            0,
+            b.Signal(b.NameRef("EVT")),
+            b.Signal(b.NameRef("EVT")),
+            b.Store(b.Wait(b.NameRef("EVT"), I(0)), L0),  # consumes one: False (got it)
+            b.Reset(b.NameRef("EVT")),
+            b.Store(b.Wait(b.NameRef("EVT"), I(10)), L1),  # none left: True (timeout)
+            b.Return(b.Package((L0, L1))),
+        ),
+        method("WF", 0, b.Return(b.Wait(b.NameRef("EVT"), I(0xFFFF)))),
+        mutex_forever_seconds=0.1,
+    )
+    assert it.evaluate("\\SW") == [0, 0xFFFF_FFFF_FFFF_FFFF]
+    with pytest.raises(AmlLimitError, match="still waiting"):
+        it.evaluate("\\WF")

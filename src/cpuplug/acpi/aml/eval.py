@@ -121,6 +121,16 @@ def define(frame: Frame, name: str, obj: Any) -> Node:
         raise AmlError(f"{name} already exists in {parent.path}")
     node = Node(seg, parent, obj)
     parent.children[seg] = node
+    invocation = frame.invocation
+    if invocation is not None:
+        up: Node | None = parent
+        while up is not None and up is not invocation:
+            up = up.parent
+        if up is None:  # outside the invocation's private scope: undo at return
+            if frame.escaped is None:
+                frame.escaped = []
+            frame.escaped.append(node)
+        return node
     created = frame.ctx.load_created
     if created is not None:
         created.append(node)
@@ -427,6 +437,12 @@ def _method(c: Compiler, node: n.Method) -> Stmt:
 @_stmt(n.Name)
 def _name(c: Compiler, node: n.Name) -> Stmt:
     value = c.expr(node.value)
+    if type(node.value).__name__ in _FRESH:
+        # A literal builds a new object on every evaluation: nothing to copy.
+        def run_literal(frame: Frame) -> None:
+            define(frame, node.name, value(frame))
+
+        return run_literal
 
     def run(frame: Frame) -> None:
         v = value(frame)
@@ -790,14 +806,21 @@ def _buffer(c: Compiler, node: n.Buffer) -> Expr:
     return run
 
 
+_FRESH = frozenset(("Integer", "String", "Buffer", "Package", "VarPackage"))
+"""Node kinds whose evaluation always yields a new (unshared) value."""
+
+
 def _package_elements(c: Compiler, elements: Sequence[n.Node]) -> list[Expr]:
     out: list[Expr] = []
     for el in elements:
         if isinstance(el, n.NameRef) or (isinstance(el, n.MethodCall) and not el.args):
             path = el.path
             out.append(lambda frame, path=path: LazyName(path, frame.scope))  # type: ignore[misc]
-        else:
+        elif type(el).__name__ in _FRESH:
             out.append(c.expr(el))
+        else:
+            inner = c.expr(el)
+            out.append(lambda frame, inner=inner: copy_value(inner(frame)))  # type: ignore[misc]
     return out
 
 
@@ -808,7 +831,7 @@ def _package(c: Compiler, node: n.Package) -> Expr:
     pad = max(0, count - len(elems))
 
     def run(frame: Frame) -> list[Any]:
-        values = [copy_value(e(frame)) for e in elems]
+        values = [e(frame) for e in elems]
         if pad:
             values.extend([None] * pad)
         return values
@@ -823,11 +846,7 @@ def _var_package(c: Compiler, node: n.VarPackage) -> Expr:
 
     def run(frame: Frame) -> list[Any]:
         want = check_size(count(frame), frame.rt.limits.max_object_size, "Package")
-        values = (
-            [copy_value(e(frame)) for e in elems[:want]]
-            if want < len(elems)
-            else [copy_value(e(frame)) for e in elems]
-        )
+        values = [e(frame) for e in (elems[:want] if want < len(elems) else elems)]
         if want > len(values):
             values.extend([None] * (want - len(values)))
         return values
@@ -1339,8 +1358,14 @@ def _wait(c: Compiler, node: n.Wait) -> Expr:
         event = _event_of(frame, target(frame))
         ms = timeout(frame)
         limits = frame.rt.limits
-        seconds = limits.mutex_forever_seconds if ms >= 0xFFFF else ms / 1000.0
-        return 0 if event.wait(seconds) else mask
+        if ms >= 0xFFFF:
+            if not event.wait(limits.mutex_forever_seconds):
+                raise AmlLimitError(
+                    f"Wait({event.name}, 0xFFFF) still waiting after "
+                    f"{limits.mutex_forever_seconds} s"
+                )
+            return 0
+        return 0 if event.wait(ms / 1000.0) else mask
 
     return run
 

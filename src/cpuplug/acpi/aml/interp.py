@@ -105,9 +105,17 @@ class Context:
 class Frame:
     """One method invocation (or a table's top-level code)."""
 
-    __slots__ = ("args", "ctx", "locals", "mask", "retval", "rt", "scope")
+    __slots__ = ("args", "ctx", "escaped", "invocation", "locals", "mask", "retval", "rt", "scope")
 
-    def __init__(self, rt: Runtime, ctx: Context, scope: Node, args: list[Any], mask: int) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        ctx: Context,
+        scope: Node,
+        args: list[Any],
+        mask: int,
+        invocation: Node | None = None,
+    ) -> None:
         self.rt = rt
         self.ctx = ctx
         self.scope = scope
@@ -115,6 +123,11 @@ class Frame:
         self.locals: list[Any] = [None] * 8
         self.args = args
         self.retval: Any = None
+        self.invocation = invocation
+        """The method invocation's private scope node (None for table code)."""
+        self.escaped: list[Node] | None = None
+        """Objects this invocation created outside its scope (``Name(\\X, 1)`` in a
+        method): removed when it returns, as ACPICA deletes a method's objects."""
 
 
 # --------------------------------------------------------------------------- conversions
@@ -172,7 +185,9 @@ def copy_value(value: Any) -> Any:
     if isinstance(value, bytearray):
         return bytearray(value)
     if isinstance(value, list):
-        return [copy_value(v) for v in value]
+        return [
+            v if v is None or type(v) is int or type(v) is str else copy_value(v) for v in value
+        ]
     return value
 
 
@@ -195,6 +210,11 @@ def deref_element(ref: ElementRef) -> Any:
 _OSI_FEATURES = frozenset(
     ("Module Device", "Processor Device", "3.0 Thermal Model", "Extended Address Space Descriptor")
 )
+
+
+_NONES = (None,) * 7
+_INVOCATION = Container("Scope")
+"""The object of every per-invocation scope node (it has no value of its own)."""
 
 
 class Runtime:
@@ -279,7 +299,7 @@ class Runtime:
     # -- mutexes
 
     def acquire(self, ctx: Context, mutex: AmlMutex, timeout_ms: int) -> bool:
-        if not mutex.owned_by_me() and mutex.sync_level < ctx.sync_level():
+        if ctx.held and not mutex.owned_by_me() and mutex.sync_level < ctx.sync_level():
             raise AmlError(
                 f"Acquire of {mutex.name} (SyncLevel {mutex.sync_level}) while holding a "
                 f"mutex of SyncLevel {ctx.sync_level()}"
@@ -324,10 +344,17 @@ class Runtime:
                 self.acquire(ctx, method.mutex, 0xFFFF)
             try:
                 if len(args) < 7:
-                    args = args + [None] * (7 - len(args))
-                scope = Node(node.name, node.parent, Container("Scope"))
-                frame = Frame(self, ctx, scope, args, (1 << method.int_bits) - 1)
-                code(frame)
+                    args.extend(_NONES[: 7 - len(args)])
+                scope = Node(node.name, node.parent, _INVOCATION)
+                frame = Frame(self, ctx, scope, args, (1 << method.int_bits) - 1, scope)
+                try:
+                    code(frame)
+                finally:
+                    if frame.escaped:
+                        for made in reversed(frame.escaped):
+                            parent = made.parent
+                            if parent is not None and parent.children.get(made.name) is made:
+                                del parent.children[made.name]
                 return frame.retval
             finally:
                 if method.mutex is not None:

@@ -355,6 +355,7 @@ class FieldUnit:
 
     kind = "FieldUnit"
     __slots__ = (
+        "_layout",
         "access_bits",
         "bit_length",
         "bit_offset",
@@ -388,13 +389,21 @@ class FieldUnit:
             raise AmlError(f"field {name}: unknown access type {access_type}")
         self.update_rule = update_rule
         self.lock_rule = lock_rule
+        self._layout: tuple[int, int, int] | None = None
 
     def _units(self) -> tuple[int, int, int]:
         """(first unit index, number of units, access width in bits).
 
         The region limit is checked here, at access time, as ACPICA does: a table
         may declare a field past a region whose size only matters if it is used.
+        Computed once: a region's length never changes after it is created.
         """
+        layout = self._layout
+        if layout is None:
+            layout = self._layout = self._compute_units()
+        return layout
+
+    def _compute_units(self) -> tuple[int, int, int]:
         if (self.bit_offset + self.bit_length + 7) // 8 > self.region.length:
             last = self.bit_offset + self.bit_length - 1
             raise AmlError(
