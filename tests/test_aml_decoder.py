@@ -398,6 +398,20 @@ def _blocks(sub: st.SearchStrategy[n.Node]) -> st.SearchStrategy[n.Node]:
 STATEMENTS = st.recursive(_simple_statements(), _blocks, max_leaves=6)
 
 
+# What ASL allows as the value of a Name at object level: data, never a call.
+DATA = st.recursive(
+    st.one_of(
+        integers(),
+        st.text(string.ascii_letters, max_size=8).map(String),
+        st.binary(max_size=8).map(Buffer),
+    ),
+    lambda sub: st.lists(st.one_of(sub, PLAIN.map(NameRef)), max_size=3).map(
+        lambda e: Package(tuple(e))
+    ),
+    max_leaves=6,
+)
+
+
 def objects() -> st.SearchStrategy[n.Node]:
     field = st.builds(
         Field,
@@ -415,7 +429,7 @@ def objects() -> st.SearchStrategy[n.Node]:
         st.integers(0, 2),
     )
     return st.one_of(
-        st.builds(Name, PLAIN, TERMS),
+        st.builds(Name, PLAIN, DATA),
         st.builds(OperationRegion, PLAIN, st.integers(0, 10), integers(), integers()),
         field,
         st.builds(n.Mutex, PLAIN, st.integers(0, 15)),
@@ -516,3 +530,17 @@ def test_every_node_class_round_trips() -> None:
     decoded = tuple(decode_definition_block(aml))
     assert decoded == tree
     assert all(type(a) is type(b) for a, b in zip(walk(decoded), walk(tree), strict=True))
+
+
+def test_truncation_names_the_operator_and_where_it_starts() -> None:
+    aml = Store(Integer(0x12345678), Local(0)).encode()[:-2]  # DWord cut short
+    with pytest.raises(AmlError) as info:
+        decode_definition_block(b"\xa3" + aml, base=0x24)  # after a Noop
+    # the innermost operator whose operand ran out: the DWord constant
+    assert info.value.opcode == 0x0C and info.value.offset == 0x24 + 2
+    with pytest.raises(AmlError) as info:
+        decode_definition_block(b"\x70\x0a", base=0)  # Store(ByteConst <cut>
+    assert info.value.opcode == 0x0A and info.value.offset == 1
+    with pytest.raises(AmlError) as info:
+        decode_definition_block(b"\x70", base=0)  # Store with nothing after it
+    assert info.value.opcode == 0x70 and info.value.offset == 0

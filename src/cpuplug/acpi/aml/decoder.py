@@ -18,6 +18,13 @@ decoding is two passes over the block:
    :class:`NameRef` otherwise. ``known_methods`` adds methods declared in other
    tables (an SSDT calling DSDT methods).
 
+The limit of this (shared with ACPICA's disassembler): a call to a method that is
+declared *later*, made from outside any method body (object level, where ASL only
+allows data anyway), or made before a method declared inside another method's
+body, cannot be told from a name followed by unrelated terms. Such AML either
+fails with an :class:`AmlError` or decodes as a :class:`NameRef` followed by the
+arguments as separate terms; either way ``encode`` still gives back the input bytes.
+
 Anything unknown or truncated raises :class:`~cpuplug.acpi.errors.AmlError` naming
 the opcode and its byte offset (relative to ``base``, so a whole table reports
 table offsets); no other exception escapes, and decoding is linear in the input
@@ -235,12 +242,20 @@ class _Parser:
         ext = first == op.EXT_PREFIX
         opcode = (0x5B00 | self.byte(end, "extended opcode")) if ext else first
         handler = _HANDLERS.get(opcode)
-        if handler is not None:
-            return handler(self, opcode, start, end, scope)
         cls = _OPS.get(opcode)
-        if cls is None:
+        if handler is None and cls is None:
             raise self.error("unknown opcode", at=start, opcode=opcode)
-        return self.fixed_op(cls, opcode, start, end, scope)
+        try:
+            if handler is not None:
+                return handler(self, opcode, start, end, scope)
+            assert cls is not None
+            return self.fixed_op(cls, opcode, start, end, scope)
+        except AmlError as exc:
+            if exc.opcode is not None:
+                raise
+            # A truncated or malformed operand: name the operator it belongs to.
+            where = f" at byte {exc.offset:#x}" if exc.offset is not None else ""
+            raise self.error(f"{exc.reason}{where}", at=start, opcode=opcode) from None
 
     def fixed_op(self, cls: type[n.Op], opcode: int, start: int, end: int, scope: Path) -> n.Node:
         kwargs: dict[str, object] = {}
