@@ -93,7 +93,7 @@ def run_demo(root: str | Path | None = None, console: Console | None = None) -> 
         steps.append(Step("run --cpus 1", len(st.plugged), "1.0", time.monotonic() - t0))
         out.print(f"run --cpus 1: {len(st.plugged)} vCPUs   {_vcpu_line(rt, name)}")
         steps[-1].throughput = throughput(rt, name)
-        out.print(f"  throughput {steps[-1].throughput:.2f} CPU-s/s")
+        out.print(f"  throughput {steps[-1].throughput:.2f} guest CPU-s/s")
         for cpus, label in (("3", "grow"), ("1", "shrink")):
             q, p = cpus_to_quota(parse_cpus(cpus))
             res = rt.update(name, Resources(q, p))
@@ -105,9 +105,9 @@ def run_demo(root: str | Path | None = None, console: Console | None = None) -> 
                 f"{res.seconds * 1000:.0f} ms   {_vcpu_line(rt, name)}"
             )
             steps[-1].throughput = throughput(rt, name)
-            out.print(f"  throughput {steps[-1].throughput:.2f} CPU-s/s")
+            out.print(f"  throughput {steps[-1].throughput:.2f} guest CPU-s/s")
         table = Table(title="what happened", header_style="bold")
-        for col in ("step", "vCPUs", "cpu quota", "took", "throughput (CPU-s/s)"):
+        for col in ("step", "vCPUs", "cpu quota", "took", "guest CPU-s/s"):
             table.add_column(col)
         for s in steps:
             table.add_row(
