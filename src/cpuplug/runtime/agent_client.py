@@ -19,6 +19,7 @@ from cpuplug import agent_protocol as ap
 from cpuplug.errors import CpuplugError
 
 DEFAULT_TIMEOUT = 30.0
+_DEFAULT = object()
 
 
 class AgentUnreachable(CpuplugError):
@@ -57,11 +58,17 @@ class AgentClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, method: ap.Method, params: dict[str, Any], timeout: float | None = None) -> Any:
+    def call(
+        self, method: ap.Method, params: dict[str, Any], timeout: float | object | None = _DEFAULT
+    ) -> Any:
         """One request/reply; :class:`agent_protocol.AgentError` on an error reply.
 
-        A timeout or a broken stream closes the connection (it is out of sync).
+        ``timeout`` defaults to the client's; ``None`` waits as long as it takes
+        (an ``exec`` of a long job).  A timeout or a broken stream closes the
+        connection (it is out of sync).
         """
+        wait = self.timeout if timeout is _DEFAULT else timeout
+        assert wait is None or isinstance(wait, int | float)
         if self._sock is None:
             self.connect()
         assert self._sock is not None
@@ -71,7 +78,7 @@ class AgentClient:
                 self._sock,
                 method,
                 params,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=wait,
                 req_id=self._next_id,
             )
         except (ap.AgentTimeout, ap.ConnectionClosed, ap.FrameError, OSError) as exc:
@@ -83,7 +90,9 @@ class AgentClient:
     # ------------------------------------------------------------------ methods
 
     def guest_details(self, timeout: float | None = None) -> dict[str, Any]:
-        return dict(self.call(ap.Method.GUEST_DETAILS, {}, timeout))
+        return dict(
+            self.call(ap.Method.GUEST_DETAILS, {}, _DEFAULT if timeout is None else timeout)
+        )
 
     def create_container(self, container_id: str, cmd: list[str], **resources: Any) -> None:
         params: dict[str, Any] = {"container_id": container_id, "cmd": cmd}
@@ -99,6 +108,7 @@ class AgentClient:
         params: dict[str, Any] = {"container_id": container_id, "cmd": cmd}
         if timeout is not None:
             params["timeout"] = timeout
+        # the agent enforces ``timeout``; we allow it the client timeout on top
         wait = None if timeout is None else timeout + self.timeout
         return dict(self.call(ap.Method.EXEC_PROCESS, params, wait))
 
