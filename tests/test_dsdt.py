@@ -236,7 +236,9 @@ def qemu_cpus() -> Device:
 def test_methods_are_qemus_own(qemu_cpus: Device, method: str) -> None:
     """QEMU 7.2's build_cpus_aml output (4 possible CPUs, register device at
     \\_SB.PCI0.PRES): ours, given the same parameters, is identical."""
-    ours = cpus_device(4, res="\\_SB.PCI0.PRES", present_bit=False, path="\\_SB.CPUS")
+    ours = cpus_device(
+        4, res="\\_SB.PCI0.PRES", present_bit=False, remove_after_insert=False, path="\\_SB.CPUS"
+    )
     theirs = child(qemu_cpus, Method, method)
     mine = child(ours, Method, method)
     assert mine == theirs
@@ -358,3 +360,84 @@ def test_acpiexec_loads_and_runs_csta(
     # CSCN returns nothing; with no event pending its loop ends at once
     assert "No object was returned from evaluation of \\_SB.CPUS.CSCN" in output, output
     assert "AE_" not in output.replace("AE_OK", ""), output
+
+
+# ---------------------------------------------------------------- CSCN, run
+
+
+class _Mmio:
+    """The VMM's real register block behind the SystemMemory region handler."""
+
+    def __init__(self, block: object, base: int) -> None:
+        self.block = block
+        self.base = base
+
+    def read(self, addr: int, width_bits: int) -> int:
+        return int(self.block.read(addr - self.base, width_bits // 8))  # type: ignore[attr-defined]
+
+    def write(self, addr: int, width_bits: int, value: int) -> None:
+        self.block.write(addr - self.base, width_bits // 8, value)  # type: ignore[attr-defined]
+
+
+def _machine(dsdt: bytes, maxcpus: int) -> tuple[object, list[tuple[str, int]], object]:
+    from cpuplug.acpi.interp import Interpreter
+    from cpuplug.vmm.cpuhp import CpuHotplugBlock
+
+    block = CpuHotplugBlock([virt.mpidr(i) for i in range(maxcpus)])
+    block.plug(0, None, hotplugged=False)
+    it = Interpreter()
+    it.map_region("SystemMemory", _Mmio(block, virt.CPUHP_BASE))
+    notes: list[tuple[str, int]] = []
+    it.on_notify(lambda path, value: notes.append((path, value)))
+    it.load(dsdt)
+    return it, notes, block
+
+
+def _qemu_style_dsdt(maxcpus: int) -> bytes:
+    from cpuplug.acpi.aml.builder import DefinitionBlock, Scope
+
+    block = dsdt_block(MachineConfig(cpus=1, maxcpus=maxcpus))
+    (scope,) = block.body
+    assert isinstance(scope, Scope)
+    body = tuple(
+        cpus_device(maxcpus, path="CPUS", remove_after_insert=False)
+        if isinstance(x, Device) and x.name == "CPUS"
+        else x
+        for x in scope.body
+    )
+    return DefinitionBlock("DSDT", (Scope(scope.name, body),), block.revision, block.ids).encode()
+
+
+def test_cscn_notifies_inserts_and_removes() -> None:
+    it, notes, block = _machine(build_dsdt(MachineConfig(cpus=1, maxcpus=8)), 8)
+    for i in (2, 3):
+        block.plug(i, f"cpu-{i}", hotplugged=True)  # type: ignore[attr-defined]
+    it.evaluate("\\_SB.CPUS.CSCN")  # type: ignore[attr-defined]
+    assert notes == [("\\_SB.CPUS.C002", 1), ("\\_SB.CPUS.C003", 1)]
+    assert not any(block.slot_state(i).inserting for i in range(8))  # type: ignore[attr-defined]
+    assert it.evaluate("\\_SB.CPUS.CSTA", 2) == 0x0F  # type: ignore[attr-defined]
+    assert it.evaluate("\\_SB.CPUS.CSTA", 5) == 0x0D  # type: ignore[attr-defined]
+    notes.clear()
+    block.request_unplug(3)  # type: ignore[attr-defined]
+    it.evaluate("\\_SB.CPUS.CSCN")  # type: ignore[attr-defined]
+    assert notes == [("\\_SB.CPUS.C003", 3)]
+
+
+def test_insert_and_remove_pending_together_are_both_handled_in_one_scan() -> None:
+    """QEMU's CSCN handles only the insert of a vCPU that also has a remove pending
+    (device_add then device_del before the guest scanned); if the two GED pulses
+    were taken as one interrupt the remove waits forever. Ours rescans."""
+    added = [("\\_SB.CPUS.C002", 1), ("\\_SB.CPUS.C005", 1)]
+    for dsdt, expected in (
+        (_qemu_style_dsdt(8), added),
+        (build_dsdt(MachineConfig(cpus=1, maxcpus=8)), [*added, ("\\_SB.CPUS.C002", 3)]),
+    ):
+        it, notes, block = _machine(dsdt, 8)
+        block.plug(2, "cpu-2", hotplugged=True)  # type: ignore[attr-defined]
+        block.request_unplug(2)  # type: ignore[attr-defined]
+        block.plug(5, "cpu-5", hotplugged=True)  # type: ignore[attr-defined]
+        it.evaluate("\\_SB.CPUS.CSCN")  # type: ignore[attr-defined]
+        assert notes == expected  # Device Check before Eject Request, one run
+        still_removing = block.slot_state(2).removing  # type: ignore[attr-defined]
+        assert still_removing == (expected == added)  # QEMU leaves the remove pending
+        assert not block.slot_state(2).inserting and not block.slot_state(5).inserting  # type: ignore[attr-defined]

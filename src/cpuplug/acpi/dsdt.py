@@ -168,13 +168,16 @@ def cpus_device(
     *,
     res: str = PRES_PATH,
     present_bit: bool = True,
+    remove_after_insert: bool = True,
     boot_cpu: int = 0,
     path: str = CPUS_PATH,
 ) -> Device:
     """``\\_SB.CPUS``: the processor container, its five methods and ``count`` vCPUs.
 
     ``res`` is the path of the register device; ``present_bit`` selects our CSTA
-    (0x0F / 0x0D / 0) over upstream QEMU's (0x0F / 0).
+    (0x0F / 0x0D / 0) over upstream QEMU's (0x0F / 0); ``remove_after_insert``
+    our CSCN fix for a vCPU with both events pending (see :func:`_scan_body`).
+    With both False this is QEMU's AML exactly.
     """
     if not 1 <= count <= 0x1000:
         raise AmlError(f"cannot describe {count} vCPUs")
@@ -229,7 +232,9 @@ def cpus_device(
         (acquire, Store(Arg(0), reg("CSEL")), Store(One, reg("CEJ0")), release),
     )
 
-    cscn = Method("CSCN", 0, True, 0, (acquire, *_scan_body(count, reg), release))
+    cscn = Method(
+        "CSCN", 0, True, 0, (acquire, *_scan_body(count, reg, remove_after_insert), release)
+    )
 
     cost = Method(
         "COST",
@@ -263,13 +268,29 @@ def cpus_device(
     )
 
 
-def _scan_body(count: int, reg: _RegFn) -> tuple[Node, ...]:
+def _scan_body(count: int, reg: _RegFn, remove_after_insert: bool) -> tuple[Node, ...]:
     """QEMU's CSCN loop (since 5.2): queue inserts in CNEW, notify removes at once.
 
-    Locals: 0 has_event, 1 num_added, 2 queue index, 3 uid, 4 has_job.
+    Locals: 0 has_event, 1 num_added, 2 queue index, 3 uid, 4 has_job, 5 rescan.
+
+    Where QEMU hangs (reference/qemu.md §7 pitfall 5): a vCPU with an insert *and*
+    a remove pending (``device_add`` then ``device_del`` before the guest scanned)
+    gets only its insert handled (``If CINS ... Else If CRMV``); the remove waits
+    for the next GED event, which may never come because both pulses were taken as
+    one interrupt, so ``device_del`` never completes. With ``remove_after_insert``
+    such a vCPU sets ``rescan``: once the batch's Device Checks are out (and its
+    insert cleared) the scan restarts from vCPU 0 and finds the remove, so OSPM
+    sees Device Check then Eject Request, in that order, in the same run.
     """
     cnew = NameRef("CNEW")
-    has_event, num_added, idx, uid, has_job = (Local(i) for i in range(5))
+    has_event, num_added, idx, uid, has_job, rescan = (Local(i) for i in range(6))
+    queue: tuple[Node, ...] = (
+        Store(uid, Index(cnew, num_added)),
+        Increment(num_added),
+        Store(One, has_event),
+    )
+    if remove_after_insert:
+        queue += (If(LEqual(reg("CRMV"), One), (Store(One, rescan),)),)
     inner = While(
         LAnd(LEqual(has_event, One), LLess(uid, _int(count))),
         (
@@ -281,7 +302,7 @@ def _scan_body(count: int, reg: _RegFn) -> tuple[Node, ...]:
             Store(reg("CDAT"), uid),
             If(
                 LEqual(reg("CINS"), One),
-                (Store(uid, Index(cnew, num_added)), Increment(num_added), Store(One, has_event)),
+                queue,
                 (
                     If(
                         LEqual(reg("CRMV"), One),
@@ -307,21 +328,27 @@ def _scan_body(count: int, reg: _RegFn) -> tuple[Node, ...]:
             Increment(idx),
         ),
     )
+    outer: tuple[Node, ...] = (
+        Store(Zero, has_job),
+        Store(One, has_event),
+        Store(Zero, num_added),
+        inner,
+        Store(Zero, idx),
+        notify_added,
+    )
+    start: tuple[Node, ...] = (Store(Zero, uid), Store(One, has_job))
+    if remove_after_insert:
+        start = (Store(Zero, rescan), *start)
+        outer += (
+            If(
+                LEqual(rescan, One),
+                (Store(Zero, rescan), Store(Zero, uid), Store(One, has_job)),
+            ),
+        )
     return (
         Name("CNEW", Package((), CNEW_SIZE)),
-        Store(Zero, uid),
-        Store(One, has_job),
-        While(
-            LEqual(has_job, One),
-            (
-                Store(Zero, has_job),
-                Store(One, has_event),
-                Store(Zero, num_added),
-                inner,
-                Store(Zero, idx),
-                notify_added,
-            ),
-        ),
+        *start,
+        While(LEqual(has_job, One), outer),
     )
 
 
