@@ -1136,3 +1136,39 @@ def test_events_signal_wait_reset() -> None:
     assert it.evaluate("\\SW") == [0, 0xFFFF_FFFF_FFFF_FFFF]
     with pytest.raises(AmlLimitError, match="still waiting"):
         it.evaluate("\\WF")
+
+
+def test_a_stopped_thread_frees_its_mutexes_and_runs_no_callbacks() -> None:
+    # The VMM stops a vCPU by raising a BaseException (hw.VcpuStop) out of an MMIO
+    # access; the AML's mutexes must not stay owned by the dead evaluation.
+    from cpuplug.hw import VcpuStop
+
+    class Stopper:
+        def read(self, addr: int, width_bits: int) -> int:
+            raise VcpuStop()
+
+        def write(self, addr: int, width_bits: int, value: int) -> None:
+            raise VcpuStop()
+
+    it = interp(*notify_table(), *prst("SystemMemory"))
+    it.load(
+        table(
+            method(
+                "STOP",
+                0,
+                b.Acquire(b.NameRef("MTX"), 0xFFFF),
+                b.Notify(b.NameRef("\\_SB.CPUS.C00A"), I(1)),
+                b.Return(b.NameRef("CPEN")),
+            ),
+            signature="SSDT",
+        )
+    )
+    it.map_region("SystemMemory", Stopper())
+    seen: list[str] = []
+    it.on_notify(lambda path, value: seen.append(path))
+    with pytest.raises(VcpuStop):
+        it.evaluate("\\STOP")
+    assert seen == []
+    threads, results = run_threads(("OTHER", lambda: it.evaluate("\\TRY")))
+    join_all(threads)
+    assert results == {"OTHER": 0}

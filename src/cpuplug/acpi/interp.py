@@ -212,6 +212,7 @@ class Interpreter:
         node = self._node(path)
         rt = self._rt
         ctx, outer = rt.enter()
+        stopping = False
         try:
             obj = node.obj
             if isinstance(obj, Method):
@@ -238,9 +239,15 @@ class Interpreter:
             raise AmlError(
                 f"internal error evaluating {path}: {type(exc).__name__}: {exc}"
             ) from exc
+        except BaseException:
+            # Not an error of the AML: the thread itself is being stopped (the VMM's
+            # VcpuStop out of an MMIO access, KeyboardInterrupt). Free the mutexes so
+            # other vCPUs go on, but run no guest callbacks on this thread.
+            stopping = True
+            raise
         finally:
             if outer:
-                rt.leave(ctx)
+                rt.leave(ctx, deliver=not stopping)
 
     # ------------------------------------------------------------------ inspection
 

@@ -274,14 +274,19 @@ class Runtime:
         self._tls.ctx = ctx
         return ctx, True
 
-    def leave(self, ctx: Context) -> None:
-        """End an outermost evaluation: free leftover mutexes, then deliver Notifies."""
+    def leave(self, ctx: Context, *, deliver: bool = True) -> None:
+        """End an outermost evaluation: free leftover mutexes, then deliver Notifies
+        (unless ``deliver`` is false: the thread is being stopped)."""
         self._tls.ctx = None
         while ctx.held:
             mutex = ctx.held.pop()
             _log.warning("AML left mutex %s acquired; released at end of evaluation", mutex.name)
             with contextlib.suppress(AmlError):
                 mutex.release()
+        if not deliver:
+            if ctx.notifies:
+                _log.warning("dropping %d Notify(s): evaluation was stopped", len(ctx.notifies))
+            return
         errors: list[BaseException] = []
         for path, value in ctx.notifies:
             for callback in list(self.notify_callbacks):
