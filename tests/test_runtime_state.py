@@ -268,6 +268,9 @@ def test_missing_bundle(tmp_path: Path) -> None:
         (["run", "--cpu-period", "0", "--", "true"], "--cpu-period"),
         (["run", "--cpu-quota", "x", "--", "true"], "--cpu-quota"),
         (["run", "--cpu-quota", "-5", "--", "true"], "--cpu-quota"),
+        (["run", "--cpu-quota", "999", "--", "true"], "--cpu-quota"),
+        (["run", "--cpu-period", "2000000", "--", "true"], "--cpu-period"),
+        (["run", "--cpus", "0.001", "--", "true"], "smallest limit is 0.01"),
         (["run", "--cpuset-cpus", "0-", "--", "true"], "invalid cpu list"),
         (["run", "--cpuset-cpus", "a", "--", "true"], "invalid cpu list"),
         (["run", "--cpus", "1", "--cpu-period", "50000", "--", "true"], "conflicting"),
@@ -300,3 +303,17 @@ def test_usage_errors_are_one_line_exit_2(
 def test_ps_on_an_empty_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ps", "--root", str(tmp_path / "none"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_cpus_zero_means_no_limit_and_flags_merge() -> None:
+    from cpuplug.cli import build_parser
+    from cpuplug.runtime.cli import resources_from_args
+    from cpuplug.runtime.sandbox import Resources
+
+    def parse(*argv: str) -> Resources:
+        return resources_from_args(build_parser().parse_args(["update", *argv, "x"]))
+
+    assert parse("--cpus", "0") == Resources(quota=-1, period=100000)  # docker's meaning
+    assert parse("--cpus", "1.5") == Resources(quota=150000, period=100000)
+    assert parse("--cpu-quota", "50000", "--cpu-period", "50000") == Resources(50000, 50000)
+    assert parse("--cpuset-cpus", "0-1") == Resources(cpuset="0-1")

@@ -20,8 +20,15 @@ from rich.table import Table
 from cpuplug.errors import UsageError
 from cpuplug.runtime.bundle import read_bundle
 from cpuplug.runtime.config import HOTPLUG_MODES, load_config
-from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime, UpdateResult
-from cpuplug.runtime.sizing import cpus_to_quota, parse_cpu_list, parse_cpus
+from cpuplug.runtime.sandbox import (
+    MAX_CFS_PERIOD_US,
+    MIN_CFS_US,
+    Resources,
+    RunRequest,
+    Runtime,
+    UpdateResult,
+)
+from cpuplug.runtime.sizing import DOCKER_PERIOD, cpus_to_quota, parse_cpu_list, parse_cpus
 
 
 def _out() -> Console:
@@ -48,14 +55,28 @@ def resources_from_args(args: argparse.Namespace) -> Resources:
     """``--cpus`` | ``--cpu-quota``/``--cpu-period``, ``--cpuset-cpus`` → Resources."""
     quota = _int("--cpu-quota", args.cpu_quota)
     period = _int("--cpu-period", args.cpu_period)
-    if period is not None and period <= 0:
-        raise UsageError(f"invalid --cpu-period value {args.cpu_period!r}: must be > 0")
-    if quota is not None and quota < -1:
-        raise UsageError(f"invalid --cpu-quota value {args.cpu_quota!r}: must be >= 0 or -1")
+    if period is not None and not MIN_CFS_US <= period <= MAX_CFS_PERIOD_US:
+        raise UsageError(
+            f"invalid --cpu-period value {args.cpu_period!r}: "
+            f"must be {MIN_CFS_US}..{MAX_CFS_PERIOD_US} (µs)"
+        )
+    if quota is not None and quota != -1 and quota < MIN_CFS_US:
+        raise UsageError(
+            f"invalid --cpu-quota value {args.cpu_quota!r}: must be >= {MIN_CFS_US} (µs) or -1"
+        )
     if args.cpus is not None:
         if quota is not None or period is not None:
             raise UsageError("conflicting options: --cpus and --cpu-quota/--cpu-period")
-        quota, period = cpus_to_quota(parse_cpus(args.cpus))
+        cpus = parse_cpus(args.cpus)
+        if cpus == 0:
+            quota, period = -1, DOCKER_PERIOD  # docker: --cpus 0 means no limit
+        else:
+            quota, period = cpus_to_quota(cpus)
+            if quota < MIN_CFS_US:
+                raise UsageError(
+                    f"invalid --cpus value {args.cpus!r}: the smallest limit is "
+                    f"{MIN_CFS_US / DOCKER_PERIOD:g} CPUs"
+                )
     cpuset = args.cpuset_cpus
     if cpuset is not None:
         parse_cpu_list(cpuset)

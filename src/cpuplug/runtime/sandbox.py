@@ -53,6 +53,8 @@ from cpuplug.runtime.state import (
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
+MIN_CFS_US = 1000
+MAX_CFS_PERIOD_US = 1_000_000
 FAULT_ENV = "CPUPLUG_FAULT"
 """Test hook for crash tests.  ``CPUPLUG_FAULT=<step>`` SIGKILLs this process at that
 named step, to prove a killed command leaves a state the next one reconciles
@@ -94,10 +96,15 @@ class Resources:
     cpuset: str | None = None
 
     def __post_init__(self) -> None:
-        if self.period is not None and self.period <= 0:
-            raise UsageError(f"cpu period must be > 0, got {self.period}")
-        if self.quota is not None and self.quota < -1:
-            raise UsageError(f"cpu quota must be >= 0 or -1 (unlimited), got {self.quota}")
+        # Linux's cpu.max ranges (kernel/sched/core.c): period 1 ms..1 s, quota >= 1 ms.
+        if self.period is not None and not MIN_CFS_US <= self.period <= MAX_CFS_PERIOD_US:
+            raise UsageError(
+                f"cpu period must be {MIN_CFS_US}..{MAX_CFS_PERIOD_US} µs, got {self.period}"
+            )
+        if self.quota is not None and self.quota != -1 and self.quota < MIN_CFS_US:
+            raise UsageError(
+                f"cpu quota must be >= {MIN_CFS_US} µs or -1 (unlimited), got {self.quota}"
+            )
         if self.cpuset is not None:
             parse_cpu_list(self.cpuset)
 
@@ -272,6 +279,8 @@ class Runtime:
 
     def status(self, st: SandboxState) -> str:
         """``running``/``creating`` only while the VMM lives; else ``dead``."""
+        if st.status == "creating" and st.vmm_pid is None:
+            return "creating"  # a run is starting it
         if st.status in ("running", "creating") and not self.alive(st):
             return "dead"
         return st.status
@@ -714,36 +723,46 @@ class Runtime:
 
     def stop(self, name: str) -> SandboxState:
         with self._locked(name) as st:
-            if self.alive(st):
-                with contextlib.suppress(Exception):
-                    agent = self.connect_agent(self.store.socket_path(name, "agent"))
-                    try:
-                        for c in st.containers:
-                            agent.kill_container(c.id)
-                    finally:
-                        agent.close()
-                with contextlib.suppress(Exception):
-                    qmp = self.connect_qmp(self.store.socket_path(name, "qmp"))
-                    try:
-                        qmp.execute("quit", timeout=2.0)
-                    finally:
-                        qmp.close()
-            self._kill_vmm(st)
-            for c in st.containers:
-                c.status = "stopped"
-            st.status = "stopped"
-            st.record({"op": "stop", "at": time.time()})
-            self.store.save(st)
+            self._stop_locked(st)
             return st
 
-    def rm(self, name: str, force: bool = False) -> None:
-        st = self.store.load(name)
-        if self.status(st) in ("running", "creating"):
-            if not force:
-                raise UsageError(f"sandbox {name} is running: stop it first or use rm -f")
-            self.stop(name)
+    def _stop_locked(self, st: SandboxState) -> None:
+        """Kill the containers, ``quit`` the VMM, make sure it is gone; caller holds the lock."""
+        name = st.name
+        if self.alive(st):
+            with contextlib.suppress(Exception):
+                agent = self.connect_agent(self.store.socket_path(name, "agent"))
+                try:
+                    for c in st.containers:
+                        agent.kill_container(c.id)
+                finally:
+                    agent.close()
+            with contextlib.suppress(Exception):
+                qmp = self.connect_qmp(self.store.socket_path(name, "qmp"))
+                try:
+                    qmp.execute("quit", timeout=2.0)
+                finally:
+                    qmp.close()
         self._kill_vmm(st)
-        self.store.remove(name)
+        for c in st.containers:
+            c.status = "stopped"
+        st.status = "stopped"
+        st.record({"op": "stop", "at": time.time()})
+        self.store.save(st)
+
+    def rm(self, name: str, force: bool = False) -> None:
+        """Remove a stopped or dead sandbox (``force``: stop a running one first).
+
+        Holds the lock, so an ``rm`` cannot pull the directory from under a ``run``
+        or ``update`` in progress.
+        """
+        with self._locked(name) as st:
+            if self.status(st) in ("running", "creating"):
+                if not force:
+                    raise UsageError(f"sandbox {name} is running: stop it first or use rm -f")
+                self._stop_locked(st)
+            self._kill_vmm(st)
+            self.store.remove(name)
 
     def _kill_vmm(self, st: SandboxState) -> None:
         """Wait for the VMM to exit (bounded), then TERM, then KILL; reap our children."""
