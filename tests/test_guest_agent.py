@@ -493,3 +493,14 @@ def test_real_kernel_online_offline_mode_lets_guest_root_online() -> None:
         }
     finally:
         vm.close()
+
+
+def test_real_kernel_exec_onlines_a_hot_added_cpu_from_a_task(real_vm: RealVm) -> None:
+    """``echo 1 > cpuN/online`` run as a task: the store happens on a vCPU thread."""
+    vm = real_vm
+    vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+    assert vm.ost() == (1, 0)
+    vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+    out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
+    assert out == {"exit_code": 0, "stdout": "0,3\n", "stderr": ""}

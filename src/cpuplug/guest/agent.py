@@ -81,6 +81,7 @@ _ERRNO_CODE: dict[int, ap.ErrorCode] = {
     errno.EPERM: ap.ErrorCode.EPERM,
     errno.EACCES: ap.ErrorCode.EPERM,
     errno.EBUSY: ap.ErrorCode.EBUSY,
+    errno.EAGAIN: ap.ErrorCode.EBUSY,
     errno.ENOTEMPTY: ap.ErrorCode.EBUSY,
     errno.EINVAL: ap.ErrorCode.EINVAL,
     errno.EISDIR: ap.ErrorCode.EINVAL,

@@ -33,7 +33,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from cpuplug.agent_protocol import format_cpu_list
@@ -116,7 +116,6 @@ class Proc:
     stdin: str = ""
     cwd: str = "/"
     name: str = "sh"
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
