@@ -298,6 +298,40 @@ def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
     assert b.m.vcpus.states[1].thread_id == native  # the same host thread
 
 
+def test_vmm_stop_powers_off_and_cpu_on_restarts(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
+    assert b.cpu_on(1) == 0
+    b.kernel.started.get(timeout=TIMEOUT)
+    b.m.vcpus.stop(1)  # VcpuStop out of the guest's WFI
+    wait_for(lambda: b.m.power_state(1) is PowerState.OFF)
+    assert b.m.vcpus.live_threads() == 2
+    assert b.cpu_on(1) == 0
+    b.kernel.started.get(timeout=TIMEOUT)
+
+
+def test_eject_stops_a_vcpu_that_only_touches_memory(boot: Callable[..., Booted]) -> None:
+    """VcpuStop also comes out of loads/stores, so a guest spinning on memory still ends."""
+    b = boot()
+    spinning = threading.Event()
+
+    def spin(cpu: Cpu, entry: int, context: int) -> None:
+        spinning.set()
+        while True:
+            b.m.memory.load(virt.RAM_BASE, 8)
+
+    b.kernel.behaviour = spin
+    b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
+    thread = b.m.vcpus.states[1].thread
+    assert b.cpu_on(1) == 0
+    assert spinning.wait(TIMEOUT)
+    b.m.device_del("cpu-1")
+    b.control(1, 0x08)
+    assert b.event("DEVICE_DELETED").data["device"] == "cpu-1"
+    assert thread is not None and not thread.alive
+    assert not os.path.exists(f"/proc/self/task/{thread.native_id}")
+
+
 def test_guest_exception_stops_the_vcpu_not_the_machine(
     boot: Callable[..., Booted], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,8 +154,9 @@ class VcpuThread:
         self._start: _Start | None = None
         self._stop = False
         self._ending = False
-        self._ended_callbacks: list[Callable[[], None]] = []
-        self._ended = False
+        self._on_exit: Callable[[], None] | None = None
+        self._waiter = False  # someone in end_and_wait will run _on_exit
+        self._exited = False
         self.native_id: int | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"vcpu{state.index}", daemon=True)
@@ -230,22 +232,45 @@ class VcpuThread:
             self._cond.notify_all()
         self._vcpus.interrupts.kick(self.index)
 
-    def end(self, on_ended: Callable[[], None] | None = None) -> None:
-        """Ask the thread to end; ``on_ended`` runs exactly once when it has."""
-        run_now = False
+    def end(self) -> None:
+        """Ask the thread to end (it leaves guest code at its next call into the machine)."""
         with self._cond:
             self._ending = True
             self._stop = True
             self._start = None
-            if on_ended is not None:
-                if self._ended:
-                    run_now = True
-                else:
-                    self._ended_callbacks.append(on_ended)
             self._cond.notify_all()
         self._vcpus.interrupts.kick(self.index)
-        if run_now and on_ended is not None:
-            on_ended()
+
+    def end_and_wait(self, on_ended: Callable[[], None], timeout: float) -> bool:
+        """End the thread and run ``on_ended`` exactly once after it has ended.
+
+        From another thread this waits (up to ``timeout``) until the host thread
+        has exited — joined *and* gone from ``/proc/self/task`` — and runs
+        ``on_ended`` here, so whoever reacts to it (a ``DEVICE_DELETED`` reader
+        counting threads) sees the thread gone. If the caller is the thread itself,
+        or it does not stop in time, the thread runs ``on_ended`` as its last act.
+        Returns True when the thread ended within ``timeout``.
+        """
+        own = threading.current_thread() is self._thread
+        with self._cond:
+            self._ending = True
+            self._stop = True
+            self._start = None
+            self._on_exit = on_ended
+            self._waiter = not own
+            self._cond.notify_all()
+        self._vcpus.interrupts.kick(self.index)
+        if own:
+            return False
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            if self._thread.ident is not None and not self._exited:
+                self._waiter = False  # hand the callback to the thread
+                return False
+        _wait_os_exit(self.native_id)
+        self._take_and_run_on_exit()
+        return True
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the thread to end; never from the thread itself. True if it ended."""
@@ -256,13 +281,10 @@ class VcpuThread:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _run_ended_callbacks(self) -> None:
+    def _take_and_run_on_exit(self) -> None:
         with self._cond:
-            if self._ended:
-                return
-            self._ended = True
-            callbacks, self._ended_callbacks = self._ended_callbacks, []
-        for callback in callbacks:
+            callback, self._on_exit = self._on_exit, None
+        if callback is not None:
             try:
                 callback()
             except Exception:
@@ -297,7 +319,11 @@ class VcpuThread:
                 if self._owns_slot():
                     self._state.power = PowerState.OFF
             _current.vcpu = None
-            self._run_ended_callbacks()
+            with self._cond:
+                self._exited = True
+                mine = not self._waiter
+            if mine:
+                self._take_and_run_on_exit()
 
     def _owns_slot(self) -> bool:
         return self._state.thread is self
@@ -315,6 +341,20 @@ class VcpuThread:
             # A guest bug stops this vCPU, never the VMM (a real CPU would take an
             # exception the guest did not handle; the machine keeps running).
             log.exception("vCPU %d: guest code raised; the vCPU is powered off", self.index)
+
+
+def _wait_os_exit(native_id: int | None, timeout: float = 1.0) -> None:
+    """Wait until host thread ``native_id`` has left ``/proc/self/task`` (Linux).
+
+    ``Thread.join`` returns when Python is done with the thread, a moment before
+    the kernel reaps it; there is no notification for that last step, so poll it.
+    """
+    if native_id is None:
+        return
+    path = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 class VcpuSet:
@@ -370,9 +410,10 @@ class VcpuSet:
         """End vCPU ``index``'s thread and free the slot for a later plug.
 
         ``on_ended(snapshot)`` runs once the thread has ended, with a snapshot of
-        the slot as it was plugged (id, qom-path). The thread is joined here (up to
-        :data:`EJECT_JOIN_TIMEOUT`) unless the caller *is* that thread or it will
-        not stop in time; then the thread runs ``on_ended`` itself as it exits.
+        the slot as it was plugged (id, qom-path). The thread is waited for here (up
+        to :data:`EJECT_JOIN_TIMEOUT`, see :meth:`VcpuThread.end_and_wait`) unless
+        the caller *is* that thread or it does not stop in time; then the thread
+        runs ``on_ended`` itself as it exits.
         """
         with self._lock:
             state = self.states[index]
@@ -394,8 +435,7 @@ class VcpuSet:
             if on_ended is not None:
                 on_ended(snapshot)
 
-        thread.end(ended)  # the thread runs ended() as its last act
-        if not thread.join(EJECT_JOIN_TIMEOUT) and current_vcpu() is not thread:
+        if not thread.end_and_wait(ended, EJECT_JOIN_TIMEOUT) and current_vcpu() is not thread:
             log.warning(
                 "vCPU %d was ejected while running guest code that does not stop;"
                 " its thread ends when the guest next calls into the machine",
