@@ -1172,3 +1172,33 @@ def test_a_stopped_thread_frees_its_mutexes_and_runs_no_callbacks() -> None:
     threads, results = run_threads(("OTHER", lambda: it.evaluate("\\TRY")))
     join_all(threads)
     assert results == {"OTHER": 0}
+
+
+def test_if_chains_on_an_argument_keep_sequential_semantics() -> None:
+    # Long runs of ``If (Arg0 == k)`` (QEMU's CTFY) are dispatched by table; these
+    # cases pin that the result is exactly what running them in order gives.
+    def chain(*, touch_arg: bool = False) -> tuple[b.Node, ...]:
+        out: list[b.Node] = []
+        for k in [*range(10), 3]:  # 3 twice: both bodies run, in order
+            body: list[b.Node] = [b.Store(b.Add(b.Multiply(L0, I(16)), I(k & 0xF)), L0)]
+            if touch_arg:
+                body.append(b.Store(b.Add(A0, I(1)), A0))  # each If then sees a new Arg0
+            if k == 7:
+                body.append(b.Return(I(0x77)))
+            out.append(b.If(b.LEqual(A0, I(k)), tuple(body)))
+        return tuple(out)
+
+    it = interp(
+        method("CHN", 1, b.Store(I(0), L0), *chain(), b.Return(L0)),
+        method("CHT", 1, b.Store(I(0), L0), *chain(touch_arg=True), b.Return(L0)),
+    )
+    assert it.evaluate("\\CHN", 3) == 0x33
+    assert it.evaluate("\\CHN", 5) == 0x5
+    assert it.evaluate("\\CHN", 7) == 0x77
+    assert it.evaluate("\\CHN", 42) == 0
+    # A String Arg0 is compared as a string (the left operand's type): "4" is not
+    # "0000000000000004", so no If matches - on the sequential fallback path too.
+    assert it.evaluate("\\CHN", "4") == 0
+    # With the body changing Arg0, If k+1 matches next: 2 -> 2,3,4,5,6,7 (Return).
+    assert it.evaluate("\\CHT", 2) == 0x77
+    assert it.evaluate("\\CHT", 8) == 0x89

@@ -13,6 +13,7 @@ A statement closure returns ``None`` or a control signal (``BREAK``, ``CONTINUE`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -154,7 +155,16 @@ class Compiler:
     # ------------------------------------------------------------------ blocks
 
     def block(self, body: Sequence[n.Node]) -> Stmt:
-        stmts = [self.stmt(x) for x in body]
+        stmts: list[Stmt] = []
+        i = 0
+        while i < len(body):
+            run_end = _if_chain_end(body, i)
+            if run_end - i >= _MIN_CHAIN:
+                stmts.append(self.if_chain(body[i:run_end]))
+                i = run_end
+            else:
+                stmts.append(self.stmt(body[i]))
+                i += 1
         if not stmts:
             return _nothing
         if len(stmts) == 1:
@@ -163,6 +173,45 @@ class Compiler:
         def run(frame: Frame) -> int | None:
             for s in stmts:
                 r = s(frame)
+                if r is not None:
+                    return r
+            return None
+
+        return run
+
+    def if_chain(self, chain: Sequence[n.Node]) -> Stmt:
+        """``If (ArgN == k0) {...} If (ArgN == k1) {...} ...`` as one table lookup.
+
+        QEMU's CTFY is such a chain over every possible vCPU, so a Notify costs O(M)
+        comparisons per call; with 512 vCPUs a scan does that 511 times. The lookup
+        is exact: the predicates have no side effects, no body mentions ArgN (so none
+        can change it), and bodies for the same constant still run in order. A
+        non-integer ArgN falls back to the sequential chain.
+        """
+        sequential = [self.stmt(x) for x in chain]
+        first = chain[0]
+        assert isinstance(first, n.If) and isinstance(first.predicate, n.LEqual)
+        arg = first.predicate.left
+        assert isinstance(arg, n.Arg)
+        index = arg.index
+        mask = self.mask
+        table: dict[int, list[Stmt]] = {}
+        for node in chain:
+            assert isinstance(node, n.If) and isinstance(node.predicate, n.LEqual)
+            assert isinstance(node.predicate.right, n.Integer)
+            key = node.predicate.right.value & mask
+            table.setdefault(key, []).append(self.block(node.body))
+
+        def run(frame: Frame) -> int | None:
+            a = frame.args[index]
+            if type(a) is not int:
+                for stmt in sequential:
+                    r = stmt(frame)
+                    if r is not None:
+                        return r
+                return None
+            for body in table.get(a, ()):
+                r = body(frame)
                 if r is not None:
                     return r
             return None
@@ -326,6 +375,49 @@ class Compiler:
 
 def _nothing(frame: Frame) -> None:
     return None
+
+
+_MIN_CHAIN = 8
+"""Shortest run of ``If (ArgN == constant)`` statements worth a lookup table."""
+
+
+def _chain_arg(node: n.Node) -> int | None:
+    """N when ``node`` is ``If (ArgN == constant) {body}`` with no Else, whose body
+    never mentions ArgN; else None."""
+    if type(node).__name__ != "If":
+        return None
+    assert isinstance(node, n.If)
+    pred = node.predicate
+    if node.else_body is not None or type(pred).__name__ != "LEqual":
+        return None
+    assert isinstance(pred, n.LEqual)
+    if not isinstance(pred.left, n.Arg) or not isinstance(pred.right, n.Integer):
+        return None
+    index = pred.left.index
+    if any(_mentions_arg(x, index) for x in node.body):
+        return None
+    return index
+
+
+def _mentions_arg(node: object, index: int) -> bool:
+    if isinstance(node, n.Arg):
+        return node.index == index
+    if isinstance(node, tuple):
+        return any(_mentions_arg(x, index) for x in node)
+    if isinstance(node, n.Node) and dataclasses.is_dataclass(node):
+        return any(_mentions_arg(getattr(node, f.name), index) for f in dataclasses.fields(node))
+    return False
+
+
+def _if_chain_end(body: Sequence[n.Node], start: int) -> int:
+    """End (exclusive) of the run of chainable Ifs on one Arg starting at ``start``."""
+    index = _chain_arg(body[start])
+    if index is None:
+        return start
+    end = start + 1
+    while end < len(body) and _chain_arg(body[end]) == index:
+        end += 1
+    return end
 
 
 # ====================================================================== statements
@@ -1134,7 +1226,35 @@ def _compare(c: Compiler, node: Any, test: Callable[[int], bool]) -> Expr:
     left = c.expr(node.left)
     right = c.expr(node.right)
     mask = c.mask
+    general = _compare_any(left, right, mask, test)
+    if isinstance(node.right, n.Integer) and isinstance(node.left, n.Arg | n.Local):
+        # QEMU's CTFY is a chain of ``If (Arg0 == i)`` over every vCPU: give the
+        # integer-slot-against-constant case a path without conversions.
+        const = node.right.value & mask
+        index = node.left.index
+        results = tuple(mask if test(r) else 0 for r in (-1, 0, 1))
 
+        if isinstance(node.left, n.Arg):
+
+            def fast_arg(frame: Frame) -> int:
+                a = frame.args[index]
+                if type(a) is int:
+                    return results[(a > const) - (a < const) + 1]
+                return general(frame)
+
+            return fast_arg
+
+        def fast_local(frame: Frame) -> int:
+            a = frame.locals[index]
+            if type(a) is int:
+                return results[(a > const) - (a < const) + 1]
+            return general(frame)
+
+        return fast_local
+    return general
+
+
+def _compare_any(left: Expr, right: Expr, mask: int, test: Callable[[int], bool]) -> Expr:
     def run(frame: Frame) -> int:
         a = deref_if_element(left(frame))
         b = right(frame)
