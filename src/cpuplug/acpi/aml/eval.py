@@ -1232,7 +1232,7 @@ def _compare(c: Compiler, node: Any, test: Callable[[int], bool]) -> Expr:
         # integer-slot-against-constant case a path without conversions.
         const = node.right.value & mask
         index = node.left.index
-        results = tuple(mask if test(r) else 0 for r in (-1, 0, 1))
+        results: tuple[int, ...] = tuple(mask if test(r) else 0 for r in (-1, 0, 1))
 
         if isinstance(node.left, n.Arg):
 
@@ -1254,7 +1254,7 @@ def _compare(c: Compiler, node: Any, test: Callable[[int], bool]) -> Expr:
     return general
 
 
-def _compare_any(left: Expr, right: Expr, mask: int, test: Callable[[int], bool]) -> Expr:
+def _compare_any(left: Expr, right: Expr, mask: int, test: Callable[[int], bool]) -> IntExpr:
     def run(frame: Frame) -> int:
         a = deref_if_element(left(frame))
         b = right(frame)
