@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from cpuplug.vmm.qmp import JsonSplitter, ParseFault
+from cpuplug.acpi.virt import MachineConfig
+from cpuplug.vmm.machine import VirtMachine
+from cpuplug.vmm.qmp import JsonSplitter, ParseFault, QmpServer
 from vmm_test_kernel import ROOT, VmmProcess
 
 TIMEOUT = 15.0
@@ -283,6 +285,47 @@ def test_several_clients_one_after_another_and_at_once(vmm: Callable[..., VmmPro
             await client.disconnect()
 
     run(go())
+
+
+def test_a_client_that_never_reads_is_dropped_not_buffered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In-process server: events to a client that stopped reading cannot grow the VMM."""
+    workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")
+    machine = VirtMachine(MachineConfig())
+    machine.start()
+
+    async def go() -> None:
+        server = QmpServer(machine, f"{workdir}/q")
+        await server.start()
+        slow = await connect_path(f"{workdir}/q")
+        assert slow._writer is not None
+        slow._writer.transport.pause_reading()  # type: ignore[attr-defined]
+        blob = {"blob": "x" * 65536}
+        for _ in range(400):  # ~26 MB of events, more than the 16 MiB allowance
+            server.emit("TEST", blob)
+            await asyncio.sleep(0)
+        await asyncio.wait(list(server._tasks), timeout=TIMEOUT)  # its serving task ends
+        assert not server._clients
+        fresh = await connect_path(f"{workdir}/q")
+        await still_serving(fresh)
+        await fresh.disconnect()
+        with contextlib.suppress(Exception):
+            await slow.disconnect()
+        await server.close()
+
+    try:
+        run(go())
+    finally:
+        machine.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert any("not reading" in r.message for r in caplog.records)
+
+
+async def connect_path(path: str) -> QMPClient:
+    client = QMPClient("test")
+    await asyncio.wait_for(client.connect(path), TIMEOUT)
+    return client
 
 
 def test_quit_emits_shutdown_and_removes_sockets(vmm: Callable[..., VmmProcess]) -> None:

@@ -41,6 +41,8 @@ QEMU_VERSION = {"major": 9, "minor": 2, "micro": 0}
 
 MAX_MESSAGE = 1024 * 1024
 """Largest accepted QMP message in bytes; a bigger one is answered with an error."""
+MAX_PENDING_OUTPUT = 16 * 1024 * 1024
+"""Bytes queued to one client before it is considered dead and disconnected."""
 MAX_DEPTH = 1024
 """Deepest accepted JSON nesting (QEMU's json-parser limit)."""
 
@@ -270,6 +272,11 @@ class _Client:
 
     def send(self, message: Mapping[str, object]) -> None:
         if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_PENDING_OUTPUT:
+            # A client that never reads must not make the VMM buffer events forever.
+            log.warning("QMP client is not reading its replies/events; disconnecting it")
+            self.writer.transport.abort()  # close() would wait to flush what it never reads
             return
         self.writer.write(json.dumps(message, separators=(", ", ": ")).encode() + b"\r\n")
 
