@@ -1202,3 +1202,25 @@ def test_if_chains_on_an_argument_keep_sequential_semantics() -> None:
     # With the body changing Arg0, If k+1 matches next: 2 -> 2,3,4,5,6,7 (Return).
     assert it.evaluate("\\CHT", 2) == 0x77
     assert it.evaluate("\\CHT", 8) == 0x89
+
+
+def test_lock_rule_field_takes_the_global_lock_even_under_a_high_sync_level() -> None:
+    rec = Recorder()
+    it = interp(
+        b.OperationRegion("LREG", 0, I(BASE), I(4)),
+        b.Field("LREG", (b.NamedField("LFLD", 32),), access_type=3, lock=True),
+        b.Mutex("HIGH", 9),
+        method(
+            "LCK",
+            0,
+            b.Acquire(b.NameRef("HIGH"), 0xFFFF),
+            b.Store(I(0x1234), b.NameRef("LFLD")),
+            b.Release(b.NameRef("HIGH")),
+            b.Return(b.NameRef("LFLD")),
+        ),
+        method("GL", 0, b.Return(b.Acquire(b.NameRef("\\_GL"), 0))),
+    )
+    it.map_region("SystemMemory", rec)
+    assert it.evaluate("\\LCK") == 0x1234
+    assert rec.log == [("w", BASE, 32, 0x1234), ("r", BASE, 32, 0x1234)]
+    assert it.evaluate("\\GL") == 0  # the Global Lock was released after each access

@@ -304,7 +304,12 @@ class Runtime:
     # -- mutexes
 
     def acquire(self, ctx: Context, mutex: AmlMutex, timeout_ms: int) -> bool:
-        if ctx.held and not mutex.owned_by_me() and mutex.sync_level < ctx.sync_level():
+        if (
+            ctx.held
+            and mutex is not self.global_lock  # ACPICA exempts the Global Lock
+            and not mutex.owned_by_me()
+            and mutex.sync_level < ctx.sync_level()
+        ):
             raise AmlError(
                 f"Acquire of {mutex.name} (SyncLevel {mutex.sync_level}) while holding a "
                 f"mutex of SyncLevel {ctx.sync_level()}"
