@@ -6,14 +6,27 @@ checks the guest through its sysfs tree, its log and the machine's events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import os
+import random
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
 from tests.guest_fakes import Booted, wait_until
 
+from cpuplug import agent_protocol as ap
 from cpuplug.acpi.virt import MachineConfig, mpidr
+from cpuplug.agent_protocol import parse_cpu_list
 from cpuplug.guest import cpu as guest_cpu
 from cpuplug.guest import psci
 from cpuplug.guest.sched import Task, TaskBody
@@ -254,8 +267,11 @@ def test_device_check_rescans_parent_for_every_new_cpu(vm: Booted) -> None:
 
 def test_guest_threads_do_not_grow_with_vcpus() -> None:
     def guest_threads() -> set[str]:
-        return {t.name for t in threading.enumerate()
-                if t.name == "kacpi_hotplug" or t.name.startswith("irq/")}
+        return {
+            t.name
+            for t in threading.enumerate()
+            if t.name == "kacpi_hotplug" or t.name.startswith("irq/")
+        }
 
     for maxcpus in (2, 16):
         b = Booted(MachineConfig(cpus=2, maxcpus=maxcpus))
@@ -302,3 +318,266 @@ def test_power_button_powers_off(vm: Booted) -> None:
     vm.machine.system_powerdown()
     vm.wait_event("SHUTDOWN")
     assert vm.kernel.log.contains("reboot: Power down")
+
+
+# =========================================================================== end to end
+# The real VMM process (``cpuplug vmm``, whose default kernel is this guest), driven
+# by the official qemu.qmp client and by the agent over its socket.
+
+
+class Vmm:
+    """A ``cpuplug vmm`` process with a QMP client and one agent connection."""
+
+    def __init__(self, tmp: Path, smp: str, mode: str = "acpi") -> None:
+        self.qmp_path = str(tmp / "qmp.sock")
+        self.agent_path = str(tmp / "agent.sock")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cpuplug", "vmm", "--smp", smp, "--mode", mode,
+             "--qmp", f"unix:{self.qmp_path}", "--agent", f"unix:{self.agent_path}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.loop = asyncio.new_event_loop()
+        self.qmp = QMPClient("guest-e2e")
+        self.sock: socket.socket | None = None
+        self.req = 0
+        try:
+            self.loop.run_until_complete(self._connect())
+            self.sock = self._agent_socket()
+            self.agent(ap.Method.GUEST_DETAILS, {})  # the guest has booted
+        except BaseException:
+            self.close()
+            raise
+
+    async def _connect(self) -> None:
+        """Connect once the VMM listens (the socket file may exist a moment earlier)."""
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vmm exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+            if os.path.exists(self.qmp_path) and os.path.exists(self.agent_path):
+                try:
+                    await self.qmp.connect(self.qmp_path)
+                    return
+                except ConnectError:
+                    if time.monotonic() > deadline:
+                        raise
+            elif time.monotonic() > deadline:
+                raise AssertionError("vmm sockets did not appear")
+            await asyncio.sleep(0.01)
+
+    def _agent_socket(self) -> socket.socket:
+        deadline = time.monotonic() + 10
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.agent_path)
+                return sock
+            except ConnectionRefusedError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                threading.Event().wait(0.01)
+
+    def cmd(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        return self.loop.run_until_complete(self.qmp.execute(name, args))
+
+    def event(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        async def get() -> dict[str, Any]:
+            async with asyncio.timeout(timeout):
+                while True:
+                    ev = await self.qmp.events.get()
+                    if ev["event"] == name:
+                        data: dict[str, Any] = ev["data"]
+                        return data
+
+        return self.loop.run_until_complete(get())
+
+    def ost(self, timeout: float = 10.0) -> tuple[int, int]:
+        info = self.event("ACPI_DEVICE_OST", timeout)["info"]
+        return info["source"], info["status"]
+
+    def agent(self, method: ap.Method, params: dict[str, Any], timeout: float = 30.0) -> Any:
+        assert self.sock is not None
+        self.req += 1
+        return ap.call(self.sock, method, params, timeout=timeout, req_id=self.req)
+
+    def details(self) -> dict[str, str]:
+        result: dict[str, str] = self.agent(ap.Method.GUEST_DETAILS, {})
+        return result
+
+    def sh(self, line: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.agent(
+            ap.Method.EXEC_PROCESS, {"container_id": "probe", "cmd": ["sh", "-c", line]}
+        )
+        return result
+
+    def cpu_ticks(self) -> dict[int, int]:
+        text = self.agent(ap.Method.READ_FILE, {"path": "/proc/stat"})["data"]
+        out: dict[int, int] = {}
+        for row in text.splitlines():
+            name, *cols = row.split()
+            if name.startswith("cpu") and name != "cpu":
+                out[int(name[3:])] = int(cols[0])
+        return out
+
+    def event_wait(self, seconds: float) -> None:
+        """Let time pass while polling guest state that has no event to wait on."""
+        threading.Event().wait(seconds)
+
+    def thread_ids(self) -> set[int]:
+        return {int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")}
+
+    def vcpu_threads(self) -> dict[int, int]:
+        """Host thread id → vCPU index of every plugged vCPU (query-cpus-fast)."""
+        return {c["thread-id"]: c["cpu-index"] for c in self.cmd("query-cpus-fast")}
+
+    def threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
+
+    def plugged(self) -> set[int]:
+        return {c["cpu-index"] for c in self.cmd("query-cpus-fast")}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(
+                    asyncio.wait_for(self.qmp.execute("quit"), 5)
+                )
+        with contextlib.suppress(Exception):
+            self.loop.run_until_complete(self.qmp.disconnect())
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def vmm(tmp_path: Path) -> Iterator[Vmm]:
+    v = Vmm(tmp_path, "cpus=1,maxcpus=4")
+    v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
+    yield v
+    v.close()
+
+
+@pytest.mark.slow
+def test_e2e_add_online_and_use_then_remove(vmm: Vmm) -> None:
+    vmm.agent(ap.Method.CREATE_CONTAINER,
+              {"container_id": "load", "cmd": ["stress", "--cpu", "2", "--timeout", "60"]})
+    vmm.agent(ap.Method.START_CONTAINER, {"container_id": "load"})
+    vmm.cmd("device_add", {"driver": "max-arm-cpu", "id": "cpu-1", "core-id": 1})
+    assert vmm.ost() == (1, 0)
+    assert vmm.details()["enabled"] == "0-1"
+    assert vmm.details()["online"] == "0"
+    assert vmm.agent(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2, "cpu_only": True})["online"] == [0, 1]
+    assert vmm.details()["online"] == "0-1"
+    first = vmm.cpu_ticks()[1]
+    deadline = time.monotonic() + 10
+    while vmm.cpu_ticks()[1] <= first + 5 and time.monotonic() < deadline:
+        vmm.event_wait(0.05)
+    assert vmm.cpu_ticks()[1] > first + 5, "stress did not run on the new CPU"
+    threads = vmm.threads()
+    vmm.cmd("device_del", {"id": "cpu-1"})
+    assert vmm.ost() == (3, 0x84)
+    assert vmm.event("DEVICE_DELETED")["device"] == "cpu-1"
+    assert vmm.ost() == (3, 0)
+    assert vmm.details()["enabled"] == "0"
+    assert vmm.threads() == threads - 1
+    assert vmm.plugged() == {0}
+    usage = vmm.agent(ap.Method.STATS_CONTAINER, {"container_id": "load"})["cpu"]["usage_usec"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = vmm.agent(ap.Method.STATS_CONTAINER, {"container_id": "load"})["cpu"]["usage_usec"]
+        if now > usage:
+            break
+        vmm.event_wait(0.05)
+    assert now > usage, "the tasks of the removed CPU stopped running"
+
+
+@pytest.mark.slow
+def test_e2e_security_acpi_mode(vmm: Vmm) -> None:
+    r = vmm.sh("echo 1 > /sys/devices/system/cpu/cpu3/online")
+    assert r["exit_code"] != 0
+    assert "cannot create /sys/devices/system/cpu/cpu3/online" in r["stderr"]
+    assert vmm.sh("ls /sys/devices/system/cpu")["stdout"].split().count("cpu3") == 0
+    assert vmm.details()["online"] == "0"
+    assert vmm.plugged() == {0}
+
+
+@pytest.mark.slow
+def test_e2e_security_online_offline_mode(tmp_path: Path) -> None:
+    v = Vmm(tmp_path, "cpus=4,maxcpus=4", mode="online-offline")
+    try:
+        v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
+        assert v.details()["online"] == "0-3"
+        assert v.sh("echo 0 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
+        assert v.details()["online"] == "0-2"
+        # a guest root takes a vCPU back without the host's say
+        assert v.sh("echo 1 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
+        assert v.details()["online"] == "0-3"
+    finally:
+        v.close()
+
+
+@pytest.mark.slow
+def test_e2e_removing_the_only_online_cpu_is_busy(tmp_path: Path) -> None:
+    v = Vmm(tmp_path, "cpus=2,maxcpus=4")
+    try:
+        v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
+        r = v.sh("echo 0 > /sys/devices/system/cpu/cpu0/online")
+        assert r["exit_code"] == 0, r
+        v.cmd("device_del", {"id": "/machine/unattached/device[1]"})
+        assert v.ost() == (3, 0x84)
+        assert v.ost() == (3, 0x82)
+        d = v.details()
+        assert (d["online"], d["enabled"]) == ("1", "0-1")
+        assert v.plugged() == {0, 1}
+        assert v.sh("echo still running")["stdout"] == "still running\n"
+    finally:
+        v.close()
+
+
+@pytest.mark.slow
+def test_e2e_storm_of_adds_and_removes_stays_consistent(vmm: Vmm) -> None:
+    """Random adds/removes (and onlining) through QMP; afterwards the guest's
+    ``enabled``, the VMM's plugged set and its live vCPU threads agree."""
+    rng = random.Random(4)
+    tasks0, vcpus0 = vmm.thread_ids(), vmm.vcpu_threads()
+    others0 = tasks0 - set(vcpus0)
+    for _ in range(60):
+        slot = rng.randrange(1, 4)
+        try:
+            if rng.random() < 0.55:
+                vmm.cmd("device_add", {"driver": "max-arm-cpu", "id": f"cpu-{slot}",
+                                       "core-id": slot})
+            else:
+                vmm.cmd("device_del", {"id": f"cpu-{slot}"})
+        except ExecuteError:
+            pass  # already plugged / not plugged / still ejecting: the VMM says no
+        if rng.random() < 0.15:
+            # online what is registered now; a CPU ejected meanwhile may make it fail
+            want = len(parse_cpu_list(vmm.details()["enabled"]))
+            with contextlib.suppress(ap.ProtocolError):
+                vmm.agent(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": want, "cpu_only": True})
+    # Ejects finish asynchronously: poll until the three views agree (bounded).
+    deadline = time.monotonic() + 20
+    while True:
+        vcpus = vmm.vcpu_threads()
+        enabled = parse_cpu_list(vmm.details()["enabled"])
+        tasks = vmm.thread_ids()
+        settled = (
+            enabled == set(vcpus.values())
+            and set(vcpus) <= tasks
+            and tasks - set(vcpus) == others0
+        )
+        if settled or time.monotonic() > deadline:
+            break
+        vmm.event_wait(0.05)
+    assert enabled == set(vcpus.values())
+    assert set(vcpus) <= tasks, "a plugged vCPU has no live thread"
+    assert tasks - set(vcpus) == others0, (tasks, vcpus, tasks0, vcpus0)

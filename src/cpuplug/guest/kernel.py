@@ -302,6 +302,19 @@ class GuestKernel:
         for name, mask in masks.items():
             self.vfs.register(f"{SYS_CPU}/{name}", self._mask_reader(mask))
         self.vfs.register("/proc/version", lambda: f"Linux version {KERNEL_RELEASE}\n")
+        self.vfs.register("/proc/stat", self._proc_stat)
+
+    def _proc_stat(self) -> str:
+        """``/proc/stat``'s CPU lines: user time per CPU in USER_HZ (1/100 s) ticks.
+
+        Task slices are the only time accounted (as user); the other columns are 0.
+        """
+        busy = dict(self.sched.busy_time)
+        rows = [(f"cpu{n}", int(busy.get(n, 0.0) * 100)) for n in sorted(self.possible())]
+        total = sum(ticks for _, ticks in rows)
+        lines = [f"cpu  {total} 0 0 0 0 0 0 0 0 0"]
+        lines += [f"{name} {ticks} 0 0 0 0 0 0 0 0 0" for name, ticks in rows]
+        return "\n".join(lines) + "\n"
 
     def _mask_reader(self, mask: Callable[[], frozenset[int]]) -> Callable[[], str]:
         return lambda: self.cpulist(mask()) + "\n"
