@@ -263,3 +263,25 @@ def test_two_updates_serialise_and_the_last_wins(world: FakeWorld, tmp_path: Pat
     assert not errors
     st = rt.store.load("b1")
     assert len(st.plugged) == 3 and world.agent.cgroups["b1"]["quota"] == 200000
+
+
+def test_vmm_dying_at_start_up_is_reported_and_cleaned(world: FakeWorld, tmp_path: Path) -> None:
+    import subprocess
+
+    from cpuplug.runtime import sandbox
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def crashing_launcher(st: Any, qmp: Path, agent: Path, d: Path) -> int:
+        (d / "vmm.log").write_text("cpuplug vmm: error: cannot map GIC\n")
+        proc = subprocess.Popen(["true"])
+        proc.wait(10)
+        sandbox._CHILDREN[proc.pid] = proc
+        procs.append(proc)
+        return proc.pid
+
+    rt = make_rt(world, tmp_path)
+    rt.launcher = crashing_launcher
+    with pytest.raises(sandbox.SandboxError, match=r"exited during start-up.*cannot map GIC"):
+        rt.run(RunRequest(["true"], cpus("1"), name="b1"))
+    assert rt.ps() == [] and not (tmp_path / "b1").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +151,21 @@ class AgentClient:
                 yield msg
 
 
-def wait_for_agent(path: str | Path, timeout: float, alive: Any = None) -> AgentClient:
+def wait_for_agent(
+    path: str | Path,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    connect: Callable[[Path], Any] | None = None,
+) -> Any:
     """Connect and get an answer to ``GuestDetails`` within ``timeout`` seconds.
 
     The socket appears when the VMM starts, but the guest agent answers only once
     the guest has booted, so retry (with a short back-off: there is no event to
     wait on across the process boundary) and stop early if ``alive()`` says the
-    VMM died.
+    VMM died.  ``connect`` (default: an :class:`AgentClient`) returns a connected
+    client; the one that answered is returned.
     """
+    opener = connect if connect is not None else (lambda p: AgentClient(p).connect())
     deadline = time.monotonic() + timeout
     delay = 0.01
     last: Exception | None = None
@@ -170,14 +177,14 @@ def wait_for_agent(path: str | Path, timeout: float, alive: Any = None) -> Agent
             )
         if alive is not None and not alive():
             raise AgentUnreachable("the VMM exited before the guest agent came up")
-        client = AgentClient(path, timeout=max(remaining, 0.01))
+        client = None
         try:
-            client.connect()
+            client = opener(Path(path))
             client.guest_details(timeout=min(remaining, 5.0))
-            client.timeout = DEFAULT_TIMEOUT
             return client
-        except (AgentUnreachable, ap.ProtocolError) as exc:
-            client.close()
+        except CpuplugError as exc:
+            if client is not None:
+                client.close()
             last = exc
         time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
         delay = min(delay * 2, 0.2)

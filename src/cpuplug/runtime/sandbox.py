@@ -239,6 +239,10 @@ class _Session:
             self._agent = self._rt.connect_agent(self._rt.store.socket_path(self.st.name, "agent"))
         return self._agent
 
+    def adopt_agent(self, agent: AgentLike) -> None:
+        """Use an already connected agent client (the one that answered at start-up)."""
+        self._agent = agent
+
     def close(self) -> None:
         for conn in (self._qmp, self._agent):
             if conn is not None:
@@ -315,8 +319,7 @@ class Runtime:
         cfg = self.config
         maxcpus = cfg.max_vcpus(self.host_cpus)
         default = cfg.effective_default_vcpus(maxcpus)
-        container = Resources().merged_into(ContainerState(id=name, cmd=list(req.cmd)))
-        container = req.resources.merged_into(container)
+        container = req.resources.merged_into(ContainerState(id=name, cmd=list(req.cmd)))
         topo, sizing = boot_topology(
             self._sizing_input([container]), default, maxcpus, cfg.static_sandbox_resource_mgmt
         )
@@ -410,10 +413,11 @@ class Runtime:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
         remaining = max(deadline - time.monotonic(), 0.1)
-        if self.connect_agent is _connect_agent:
-            session._agent = wait_for_agent(agent_path, remaining, alive=lambda: self.alive(st))
-        else:
-            session.agent.guest_details()
+        session.adopt_agent(
+            wait_for_agent(
+                agent_path, remaining, alive=lambda: self.alive(st), connect=self.connect_agent
+            )
+        )
 
     @staticmethod
     def _log_tail(sandbox_dir: Path) -> str:
