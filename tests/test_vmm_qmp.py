@@ -305,7 +305,8 @@ def test_a_client_that_never_reads_is_dropped_not_buffered(
         for _ in range(400):  # ~26 MB of events, more than the 16 MiB allowance
             server.emit("TEST", blob)
             await asyncio.sleep(0)
-        await asyncio.wait(list(server._tasks), timeout=TIMEOUT)  # its serving task ends
+        if server._tasks:  # its serving task ends once the connection is aborted
+            await asyncio.wait(list(server._tasks), timeout=TIMEOUT)
         assert not server._clients
         fresh = await connect_path(f"{workdir}/q")
         await still_serving(fresh)
