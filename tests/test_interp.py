@@ -1224,3 +1224,41 @@ def test_lock_rule_field_takes_the_global_lock_even_under_a_high_sync_level() ->
     assert it.evaluate("\\LCK") == 0x1234
     assert rec.log == [("w", BASE, 32, 0x1234), ("r", BASE, 32, 0x1234)]
     assert it.evaluate("\\GL") == 0  # the Global Lock was released after each access
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bound=st.integers(0, 2**64 - 1),
+    step=st.booleans(),
+    limit=st.integers(1, 3000),
+)
+def test_loops_end_with_a_result_or_the_limit(bound: int, step: bool, limit: int) -> None:
+    body: tuple[b.Node, ...] = (b.Increment(L0),) if step else ()
+    it = interp(
+        method("LOOP", 0, b.Store(I(0), L0), b.While(b.LLess(L0, I(bound)), body), b.Return(L0)),
+        max_loop_iterations=limit,
+    )
+    if bound == 0 or (step and bound <= limit):
+        assert it.evaluate("\\LOOP") == bound
+    else:
+        with pytest.raises(AmlLimitError):
+            it.evaluate("\\LOOP")
+
+
+@settings(max_examples=40, deadline=None)
+@given(depth=st.integers(0, 80), limit=st.integers(1, 60))
+def test_recursion_ends_with_a_result_or_the_limit(depth: int, limit: int) -> None:
+    it = interp(
+        method(
+            "RECU",
+            1,
+            b.If(b.LEqual(A0, I(0)), (b.Return(I(0)),)),
+            b.Return(b.Add(I(1), b.MethodCall("RECU", (b.Subtract(A0, I(1)),)))),
+        ),
+        max_call_depth=limit,
+    )
+    if depth + 1 <= limit:
+        assert it.evaluate("\\RECU", depth) == depth
+    else:
+        with pytest.raises(AmlLimitError, match="call depth"):
+            it.evaluate("\\RECU", depth)
