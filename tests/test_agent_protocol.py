@@ -319,3 +319,43 @@ def test_send_request_validates_before_sending(pair: tuple[socket.socket, socket
     b.setblocking(False)
     with pytest.raises(BlockingIOError):
         b.recv(1)  # nothing was sent
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "method", "params", "x"]) | st.text(max_size=4), _json, max_size=4
+    )
+    | st.fixed_dictionaries(
+        {"id": st.integers(), "method": st.sampled_from([m.value for m in ap.Method])},
+        optional={"params": st.dictionaries(st.text(max_size=12), _json, max_size=4)},
+    )
+)
+def test_parse_request_only_raises_protocol_errors(msg: dict[str, object]) -> None:
+    try:
+        req = ap.parse_request(msg)
+    except ap.ProtocolError as exc:
+        reply = ap.error_from_exception(exc)
+        assert ap.parse_incoming(reply) is not None
+    else:
+        assert req.method in ap.Method
+
+
+@given(st.binary(max_size=64))
+def test_decoder_and_parse_body_only_raise_protocol_errors(data: bytes) -> None:
+    dec = ap.FrameDecoder()
+    try:
+        for body in dec.feed(data):
+            ap.parse_body(body)
+    except ap.ProtocolError:
+        pass
