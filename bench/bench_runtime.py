@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,27 @@ def cli(root: Path, *args: str) -> None:
 
 def cpus(n: int) -> Resources:
     return Resources(quota=n * 100_000, period=100_000)
+
+
+def stress_rate(rt: Runtime, name: str) -> float:
+    """MiB/s hashed by ``stress --cpu 2 --timeout 2`` run in the container (real work)."""
+    out = rt.exec(name, ["stress", "--cpu", "2", "--timeout", "2"])["stdout"]
+    match = re.search(r"\(([0-9.]+) MiB/s\)", out)
+    if match is None:
+        raise RuntimeError(f"unexpected stress output: {out!r}")
+    return float(match.group(1))
+
+
+def throughput_series(rt: Runtime) -> dict[str, float]:
+    """Work/s at 1 vCPU, at 2 vCPUs, and at 2 vCPUs with cpu.max = 0.5 CPU."""
+    rt.run(RunRequest(["sleep", "600"], Resources(), name="w"))  # no limits: 1 vCPU
+    out = {"1 vCPU, no limit": stress_rate(rt, "w")}
+    rt.update("w", Resources(cpuset="0"))  # cpuset size 1 + default_vcpus 1 = 2 vCPUs
+    out["2 vCPUs, no limit"] = stress_rate(rt, "w")
+    rt.update("w", Resources(quota=50_000, period=100_000))
+    out["2 vCPUs, cpu.max 50000/100000"] = stress_rate(rt, "w")
+    rt.rm("w", force=True)
+    return out
 
 
 def main() -> int:
@@ -89,6 +111,7 @@ def main() -> int:
             res["add cli"].append(timed(lambda: cli(root, "update", "--cpus", "2", "b")))
             res["remove cli"].append(timed(lambda: cli(root, "update", "--cpus", "1", "b")))
         assert len(rt.store.load("b").plugged) == 2
+        work = throughput_series(rt)
     finally:
         for name in rt.store.names():
             with contextlib.suppress(Exception):
@@ -110,6 +133,10 @@ def main() -> int:
         f"CLI {med['remove cli'] / med['add cli']:.2f}x"
     )
     print(f"run / +1 vCPU (API) {med['run api'] / med['add api']:.1f}x")
+    print()
+    print("real work (stress --cpu 2, SHA-256 MiB/s inside the guest):")
+    for label, rate in work.items():
+        print(f"  {label:<34}{rate:>8.1f} MiB/s  ({rate / work['1 vCPU, no limit']:.2f}x)")
     return 0
 
 
