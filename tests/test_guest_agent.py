@@ -347,6 +347,24 @@ def test_slow_subscriber_is_dropped_without_blocking_the_kernel(env: Env) -> Non
     for i in range(50_000):  # never read: the emitter must not block
         env.kernel.emit("CpuOnline", cpu=i % 8)
     assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"  # the agent still serves
+    received = 0
+    with pytest.raises(ap.ConnectionClosed):  # the subscriber was cut off ...
+        while True:
+            ap.recv_message(sub, timeout=10)
+            received += 1
+    assert received < 50_000  # ... instead of being fed without bound
+
+
+def test_a_handler_bug_costs_one_request_not_the_agent(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_conn: object, _params: object) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(env.agent._handlers, ap.Method.GUEST_DETAILS, broken)
+    err = env.error(ap.Method.GUEST_DETAILS, {})
+    assert err.code is ap.ErrorCode.EIO and "boom" in err.message
+    assert env.call(ap.Method.READ_FILE, {"path": "/sys/devices/system/cpu/online"})
 
 
 # ------------------------------------------------------------------ the real guest kernel

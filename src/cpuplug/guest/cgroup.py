@@ -21,6 +21,11 @@ What Linux gives a container, modelled on ``/sys/fs/cgroup``:
 
 The cgroup root has no ``cpu.max`` and no ``cpuset.cpus`` (as in v2).
 
+Knowingly different from Linux: the cpu and cpuset controllers are always on
+in every group (there is no ``cgroup.subtree_control`` to enable them), tasks
+may live in inner groups (no "no internal processes" rule), and ``cpu.stat``
+has no ``nr_bursts``/``burst_usec`` (no ``cpu.max.burst``).
+
 How the scheduler uses it (the :class:`cpuplug.guest.sched.SchedGroup` contract)
 ------------------------------------------------------------------------------
 A :class:`Cgroup` *is* a ``SchedGroup``. ``cpus_allowed()`` returns the
