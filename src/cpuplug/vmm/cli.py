@@ -16,7 +16,7 @@ import signal
 from typing import Any
 
 from cpuplug.acpi.virt import MODES, MachineConfig
-from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import CPU_MODELS, DEFAULT_KERNEL, MachineEvent, VirtMachine
 
 log = logging.getLogger("cpuplug.vmm")
@@ -111,14 +111,13 @@ async def serve(machine: VirtMachine, qmp_path: str) -> None:
             done.set()
 
     machine.add_event_listener(forward)
+    # Handlers first: a signal that arrives while booting still ends us cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         machine.start()
         await server.start()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, on_signal, signum)
         await done.wait()
-    except CpuplugError:
-        raise
     finally:
         await server.close()
         machine.shutdown()
