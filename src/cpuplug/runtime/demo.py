@@ -122,7 +122,7 @@ def run_demo(root: str | Path | None = None, console: Console | None = None) -> 
         grown = steps[1].throughput or 0.0
         if base > 0:
             out.print(
-                f"grow gain: x{grown / base:.2f} throughput with {steps[1].vcpus} vCPUs "
+                f"grow gain: x{grown / base:.2f} guest CPU time with {steps[1].vcpus} vCPUs "
                 f"vs {steps[0].vcpus}"
             )
         return 0
