@@ -522,3 +522,59 @@ def test_real_kernel_exec_onlines_a_hot_added_cpu_from_a_task(real_vm: RealVm) -
     line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
     out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
     assert out == {"exit_code": 0, "stdout": "0,3\n", "stderr": ""}
+
+
+# ------------------------------------------------------------------ Kata's historical bugs
+
+
+def nproc(env: Env, cid: str) -> str:
+    return str(env.call(ap.Method.EXEC_PROCESS, {"container_id": cid, "cmd": ["nproc"]})["stdout"])
+
+
+def test_cpuset_updated_twice_keeps_nproc_right(env: Env) -> None:
+    """Kata agent#257: a second cpuset update left ``nproc`` wrong."""
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    for cpus, expect in (("0", "1\n"), ("0-1", "2\n"), ("1", "1\n"), ("", "2\n")):
+        env.call(
+            ap.Method.UPDATE_CONTAINER, {"container_id": "c", "resources": {"cpuset_cpus": cpus}}
+        )
+        assert nproc(env, "c") == expect, cpus
+
+
+def test_failed_cpuset_update_does_not_block_later_updates(env: Env) -> None:
+    """Kata agent#256: one failed ``--cpuset-cpus`` update broke every later vCPU update."""
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": [], "cpuset_cpus": "0"})
+    err = env.error(
+        ap.Method.UPDATE_CONTAINER, {"container_id": "c", "resources": {"cpuset_cpus": "0-63"}}
+    )
+    assert err.code is ap.ErrorCode.EINVAL
+    env.kernel.hot_add(2)
+    assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3})["online"] == [0, 1, 2]
+    assert nproc(env, "c") == "3\n"
+
+
+def test_cpuset_naming_an_offline_cpu_is_accepted_and_falls_back() -> None:
+    """Kata runtime#1093 (v1 refused ``--cpuset-cpus=1`` on a 1-vCPU VM): v2 semantics."""
+    e = Env(FakeKernel(possible=4, online=1, enabled=1))
+    try:
+        e.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": [], "cpuset_cpus": "1"})
+        stats = e.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})
+        assert stats["cpuset_effective"] == "0"  # nothing asked is online: the parent's set
+        assert nproc(e, "c") == "1\n"
+        e.kernel.hot_add(1)
+        assert e.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2})["online"] == [0, 1]
+        # OnlineCPUMem refreshed the cpuset to the online CPUs, as Kata does
+        assert e.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})["cpuset_effective"] == (
+            "0-1"
+        )
+    finally:
+        e.close()
+
+
+def test_cpu_onlined_by_someone_else_is_not_written_again(env: Env) -> None:
+    """Kata #1880/#2130: a guest that auto-onlines raced the old agent into failing."""
+    env.kernel.hot_add(2)
+    env.kernel.vfs.write("/sys/devices/system/cpu/cpu2/online", "1")  # a udev rule did it
+    writes = list(env.kernel.online_writes)
+    assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3})["online"] == [0, 1, 2]
+    assert env.kernel.online_writes == writes
