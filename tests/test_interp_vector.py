@@ -261,3 +261,37 @@ def test_our_ged_evt_runs_the_scan_only_for_the_cpu_event() -> None:
     m.it.evaluate("\\_SB.GED._EVT", 41)
     assert m.notes == [("\\_SB.CPUS.C002", 1), ("\\_SB.CPUS.C006", 1)]
     assert m.ged.pending == 0  # ESEL was read (and so cleared) once
+
+
+def test_concurrent_scans_notify_each_hotplugged_cpu_exactly_once() -> None:
+    # Two vCPUs taking GED interrupts run CSCN at once while the host keeps plugging:
+    # CSCN is Serialized and clears each insert after notifying it, so every vCPU
+    # must be announced once - never lost, never twice.
+    m = ours(64)
+    lock = threading.Lock()
+    plugged = threading.Event()
+    counts: dict[str, int] = {}
+
+    def count(path: str, value: int) -> None:
+        with lock:
+            counts[path] = counts.get(path, 0) + 1
+
+    m.it.on_notify(count)
+
+    def host() -> None:
+        for i in range(1, 64):
+            m.hotplug(i)
+        plugged.set()
+
+    def guest() -> None:
+        while not plugged.is_set():
+            m.it.evaluate("\\_SB.CPUS.CSCN")
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (host, guest, guest)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    m.it.evaluate("\\_SB.CPUS.CSCN")  # the scan the last GED event would run
+    assert counts == {f"\\_SB.CPUS.C{i:03X}": 1 for i in range(1, 64)}
