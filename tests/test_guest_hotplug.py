@@ -581,3 +581,51 @@ def test_e2e_storm_of_adds_and_removes_stays_consistent(vmm: Vmm) -> None:
     assert enabled == set(vcpus.values())
     assert set(vcpus) <= tasks, "a plugged vCPU has no live thread"
     assert tasks - set(vcpus) == others0, (tasks, vcpus, tasks0, vcpus0)
+
+
+def test_task_offlining_its_own_cpu_completes_after_its_slice(vm: Booted) -> None:
+    group = vm.kernel.cgroups.create("self1")
+    group.set_cpus(frozenset({1}))
+    result: list[object] = []
+
+    def body() -> TaskBody:
+        yield None
+        try:
+            vm.kernel.vfs.write(f"{SYS}/cpu1/online", "0")
+            result.append("ok")
+        except GuestOSError as exc:
+            result.append(exc)
+        yield None
+        return 0
+
+    task = vm.kernel.sched.spawn(body, group, "self-offline")
+    assert task.wait(10) and task.exit_code == 0
+    assert result == ["ok"]
+    wait_until(lambda: vm.cpus("online") == "0", what="CPU1 offline")
+    assert vm.machine.power_state(1) is PowerState.OFF
+
+
+def test_task_blocked_on_hotplug_lock_does_not_deadlock_offline_of_its_cpu(vm: Booted) -> None:
+    """Linux's lock_device_hotplug_sysfs restart: the task gives up (EAGAIN), its CPU goes."""
+    plug(vm, 2)
+    group = vm.kernel.cgroups.create("on1")
+    group.set_cpus(frozenset({1}))
+    started = threading.Event()
+    result: list[int] = []
+
+    def body() -> TaskBody:
+        yield None
+        started.set()
+        try:
+            vm.kernel.vfs.write(f"{SYS}/cpu2/online", "1")
+        except GuestOSError as exc:
+            result.append(exc.errno)
+        return 0
+
+    with vm.kernel.cpus.hotplug_locked():
+        task = vm.kernel.sched.spawn(body, group, "writer")
+        assert started.wait(10)
+        vm.kernel.cpus.cpu_down_locked(1)  # would wait 5 s and fail if the task held CPU1
+    assert task.wait(10)
+    assert result == [errno.EAGAIN]
+    assert vm.cpus("online") == "0"

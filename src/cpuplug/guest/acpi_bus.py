@@ -143,6 +143,7 @@ class AcpiBus:
         self.interp.map_region("SystemMemory", MmioRegion(memory))
         self.interp.on_notify(self._notify)
         self.devices: dict[str, AcpiDevice] = {}
+        self._namespace_devices: list[tuple[str, str]] = []  # (path, kind), after load()
         self.ged_lines: list[GedLine] = []
         self._uids: dict[tuple[str, object], str] = {}
         self._work: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -161,6 +162,9 @@ class AcpiBus:
         self.interp.load(tables.dsdt.build())
         for ssdt in tables.ssdts:
             self.interp.load(ssdt.build())
+        self._namespace_devices = [
+            (path, kind) for path, kind in self.interp.walk() if kind in ("Device", "Processor")
+        ]
 
     # ---------------------------------------------------------------- helpers
 
@@ -222,9 +226,12 @@ class AcpiBus:
         Call with the CPU hotplug lock held.
         """
         prefix = "" if root == "\\" else root + "."
-        for path, kind in list(self.interp.walk()):
-            if kind not in ("Device", "Processor") or not (root == "\\" or path.startswith(prefix)):
+        for path, kind in self._namespace_devices:
+            if not (root == "\\" or path.startswith(prefix)):
                 continue
+            known = self.devices.get(path)
+            if known is not None and known.attached:
+                continue  # acpi_bus_attach: a device with a bound handler is left alone
             try:
                 sta = self.sta(path)
             except AcpiError as exc:
