@@ -24,6 +24,7 @@ from cpuplug.guest.sched import (
 # CPUs played by plain threads whose idle() waits on a condition that kick()
 # notifies, and a stand-in cgroup for the SchedGroup/Bandwidth contract.
 
+
 class _CpuPort:
     def __init__(self, owner: FakeCpus, cpu: int) -> None:
         self.owner = owner
@@ -131,8 +132,9 @@ class StubBandwidth:
 
 
 class StubGroup:
-    def __init__(self, name: str, cpus: frozenset[int] | None = None,
-                 bandwidth: StubBandwidth | None = None) -> None:
+    def __init__(
+        self, name: str, cpus: frozenset[int] | None = None, bandwidth: StubBandwidth | None = None
+    ) -> None:
         self._name = name
         self.cpus = cpus
         self._bw = bandwidth
@@ -337,9 +339,7 @@ def test_gil_releasing_work_runs_in_parallel(cpus: FakeCpus) -> None:
     for t in ts:
         assert t.wait(30)
     overlap = any(
-        c1 != c2 and a1 < b2 and a2 < b1
-        for (c1, a1, b1) in spans
-        for (c2, a2, b2) in spans
+        c1 != c2 and a1 < b2 and a2 < b1 for (c1, a1, b1) in spans for (c2, a2, b2) in spans
     )
     assert overlap
 
@@ -367,3 +367,31 @@ def test_bandwidth_throttles_group(cpus: FakeCpus) -> None:
     assert bw.throttled_periods > 0
     assert limited.cpu_time < unlimited.cpu_time / 2
     assert bw.usage == pytest.approx(limited.cpu_time)
+
+
+def test_base_exception_in_a_slice_ends_the_task_and_propagates() -> None:
+    """A VcpuStop raised inside a task's slice unwinds the CPU; the task is not left 'running'."""
+    from cpuplug.hw import VcpuStop
+
+    sched = Scheduler(lambda: frozenset({0}), lambda _cpu: None)
+
+    def body() -> TaskBody:
+        yield None
+        raise VcpuStop
+
+    task = sched.spawn(body, name="stopped")
+
+    class Port:
+        def stop_requested(self) -> bool:
+            return False
+
+        def idle(self, timeout: float) -> None:
+            raise AssertionError("not reached")
+
+        def poll_interrupts(self) -> None:
+            pass
+
+    with pytest.raises(VcpuStop):
+        sched.run_cpu(0, Port())
+    assert task.wait(1) and task.exit_code == 137
+    assert sched.running_cpus() == frozenset()

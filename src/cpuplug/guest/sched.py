@@ -387,6 +387,12 @@ class Scheduler:
             finished = True
             code, error = 1, exc
             self._log(f"task {task.pid} ({task.name}) died: {exc!r}")
+        except BaseException as exc:
+            # VcpuStop (the machine is powering this vCPU off) unwound through the
+            # task's frame, which cannot resume: the task ends, the stop goes on.
+            _current.task = None
+            self._exit(task, 137, exc)
+            raise
         finally:
             _current.task = None
         end = time.monotonic()
