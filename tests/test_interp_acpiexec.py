@@ -264,3 +264,71 @@ def test_random_integer_programs_match_acpiexec(
     judge = run_acpiexec(acpiexec, table, commands(calls), tmp_path)
     assert not any(isinstance(r, Failed) for r in judge.results)
     assert ours(table, calls) == judge.results
+
+
+def _results(*values: b.Node) -> tuple[b.Node, ...]:
+    """Return several values: AML package elements must be constants, so the
+    results are stored one by one into a Package held in Local7."""
+    pkg = b.Local(7)
+    stores = [b.Store(v, b.Index(pkg, b.Integer(i))) for i, v in enumerate(values)]
+    return (b.Store(b.Package((), count=len(values)), pkg), *stores, b.Return(pkg))
+
+
+def test_assorted_operators_match_acpiexec(acpiexec: str, tmp_path: Path) -> None:
+    S, Bf, I = b.String, b.Buffer, b.Integer  # noqa: N806
+    L0, L1 = b.Local(0), b.Local(1)  # noqa: N806
+    cases: dict[str, tuple[b.Node, ...]] = {
+        "TOBC": _results(b.ToBCD(I(1234)), b.FromBCD(I(0x5678))),
+        "FSB_": _results(
+            b.FindSetLeftBit(I(0x80)), b.FindSetRightBit(I(0x80)), b.FindSetLeftBit(I(0))
+        ),
+        "CONC": _results(
+            b.Concatenate(S("ab"), S("cd")), b.Concatenate(Bf(b"\x01"), Bf(b"\x02\x03"))
+        ),
+        "MID_": _results(
+            b.Mid(S("abcdef"), I(2), I(3)), b.Mid(Bf(b"\x01\x02\x03\x04"), I(1), I(10))
+        ),
+        "TOIN": _results(
+            b.ToInteger(S("0x1F")), b.ToInteger(S("123")), b.ToInteger(Bf(b"\x01\x02"))
+        ),
+        "TOBU": _results(b.ToBuffer(S("ab")), b.ToBuffer(I(0x0102))),
+        "TOST": (b.Return(b.ToString(Bf(b"abc\x00def"), b.Ones)),),
+        "SIZE": (
+            b.Store(S("hello"), L0),
+            b.Store(Bf(b"\x00" * 7), L1),
+            *_results(b.SizeOf(L0), b.SizeOf(L1)),
+        ),
+        "OBJT": (
+            b.Store(S("x"), L0),
+            b.Store(b.Package((I(1),)), L1),
+            *_results(b.ObjectType(L0), b.ObjectType(L1), b.ObjectType(b.NameRef("\\_SB_"))),
+        ),
+        "DIVI": (b.Divide(I(100), I(7), L0, L1), *_results(L0, L1)),
+        "MTCH": (b.Return(b.Match(b.Package((I(1), I(5), I(9), I(5))), 1, I(5), 0, I(0), I(2))),),
+        "MTC2": (b.Return(b.Match(b.Package((I(1), I(5))), 5, I(7), 0, I(0), I(0))),),
+        "CNDR": _results(b.CondRefOf(b.NameRef("\\_SB_")), b.CondRefOf(b.NameRef("\\NOPE"))),
+        "SCMP": _results(
+            b.LLess(S("abc"), S("abd")),
+            b.LGreater(S("b"), S("abc")),
+            b.LEqual(Bf(b"\x01\x02"), Bf(b"\x01\x02")),
+        ),
+        "RFOF": (
+            b.Store(I(5), L0),
+            b.Store(b.RefOf(L0), L1),
+            b.Return(b.Add(b.DerefOf(L1), I(1))),
+        ),
+        "BUFX": (
+            b.Store(Bf(b"\x10\x20\x30"), L0),
+            b.Store(I(0x99), b.Index(L0, I(1))),
+            b.Return(L0),
+        ),
+    }
+    methods = [b.Method(name, 0, False, 0, body) for name, body in cases.items()]
+    table = b.DefinitionBlock("DSDT", tuple(methods), revision=2).encode()
+    calls: list[tuple[str, tuple[int, ...]]] = [(f"\\{name}", ()) for name in cases]
+    judge = run_acpiexec(acpiexec, table, commands(calls), tmp_path)
+    mine = ours(table, calls)
+    mismatches = {
+        name: (m, j) for name, m, j in zip(cases, mine, judge.results, strict=True) if m != j
+    }
+    assert mismatches == {}

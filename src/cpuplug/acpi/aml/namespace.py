@@ -72,14 +72,22 @@ def parse_path(path: str) -> tuple[bool, int, tuple[str, ...]]:
 class Namespace:
     """The tree, rooted at ``\\``, with the scopes ACPI predefines."""
 
-    PREDEFINED_SCOPES = ("_GPE", "_PR_", "_SB_", "_SI_", "_TZ_")
+    PREDEFINED_SCOPES = {
+        "_GPE": "Scope",
+        "_PR_": "Scope",
+        "_SB_": "Device",
+        "_SI_": "Scope",
+        "_TZ_": "Device",
+    }
+    """The root's predefined children and their types, as ACPICA creates them
+    (``\\_SB`` and ``\\_TZ`` are Devices: ``ObjectType(\\_SB)`` is 6)."""
 
     def __init__(self) -> None:
         from cpuplug.acpi.aml.objects import Container
 
         self.root = Node("\\", None, Container("Scope"))
-        for name in self.PREDEFINED_SCOPES:
-            self.root.children[name] = Node(name, self.root, Container("Scope"))
+        for name, kind in self.PREDEFINED_SCOPES.items():
+            self.root.children[name] = Node(name, self.root, Container(kind))
 
     def lookup(self, path: str, scope: Node | None = None) -> Node | None:
         """The node ``path`` names, searched from ``scope`` (default root); None if absent."""
