@@ -275,8 +275,8 @@ def _results(*values: b.Node) -> tuple[b.Node, ...]:
 
 
 def test_assorted_operators_match_acpiexec(acpiexec: str, tmp_path: Path) -> None:
-    S, Bf, I = b.String, b.Buffer, b.Integer  # noqa: N806
-    L0, L1 = b.Local(0), b.Local(1)  # noqa: N806
+    S, Bf, I = b.String, b.Buffer, b.Integer  # noqa: E741
+    L0, L1 = b.Local(0), b.Local(1)
     cases: dict[str, tuple[b.Node, ...]] = {
         "TOBC": _results(b.ToBCD(I(1234)), b.FromBCD(I(0x5678))),
         "FSB_": _results(
