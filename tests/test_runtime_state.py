@@ -307,7 +307,7 @@ def test_ps_on_an_empty_root(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_cpus_zero_means_no_limit_and_flags_merge() -> None:
     from cpuplug.cli import build_parser
-    from cpuplug.runtime.cli import resources_from_args
+    from cpuplug.runtime.commands import resources_from_args
     from cpuplug.runtime.sandbox import Resources
 
     def parse(*argv: str) -> Resources:

@@ -1,0 +1,302 @@
+"""The runtime's commands behind ``cpuplug run|update|exec|ps|inspect|events|stop|rm|demo``.
+
+Every value a user types is parsed here, with one-line :class:`UsageError`
+messages (exit code 2 through ``cpuplug.cli``) rather than argparse's usage dump,
+so ``--cpus abc`` and ``--cpus -1`` read the same way as an unknown sandbox.
+Human output uses ``rich``; ``--json`` output is stable for scripts.  The
+parsers are in :mod:`cpuplug.runtime.cli`, which imports this module only when
+one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cpuplug.errors import UsageError
+from cpuplug.runtime.bundle import read_bundle
+from cpuplug.runtime.config import HOTPLUG_MODES, load_config
+from cpuplug.runtime.sandbox import (
+    MAX_CFS_PERIOD_US,
+    MIN_CFS_US,
+    Resources,
+    RunRequest,
+    Runtime,
+    UpdateResult,
+)
+from cpuplug.runtime.sizing import DOCKER_PERIOD, cpus_to_quota, parse_cpu_list, parse_cpus
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _int(option: str, text: str | None, minimum: int | None = None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UsageError(f"invalid {option} value {text!r}: expected an integer") from None
+    if minimum is not None and value < minimum:
+        raise UsageError(f"invalid {option} value {text!r}: must be >= {minimum}")
+    return value
+
+
+def resources_from_args(args: argparse.Namespace) -> Resources:
+    """``--cpus`` | ``--cpu-quota``/``--cpu-period``, ``--cpuset-cpus`` → Resources."""
+    quota = _int("--cpu-quota", args.cpu_quota)
+    period = _int("--cpu-period", args.cpu_period)
+    if period is not None and not MIN_CFS_US <= period <= MAX_CFS_PERIOD_US:
+        raise UsageError(
+            f"invalid --cpu-period value {args.cpu_period!r}: "
+            f"must be {MIN_CFS_US}..{MAX_CFS_PERIOD_US} (µs)"
+        )
+    if quota is not None and quota != -1 and quota < MIN_CFS_US:
+        raise UsageError(
+            f"invalid --cpu-quota value {args.cpu_quota!r}: must be >= {MIN_CFS_US} (µs) or -1"
+        )
+    if args.cpus is not None:
+        if quota is not None or period is not None:
+            raise UsageError("conflicting options: --cpus and --cpu-quota/--cpu-period")
+        cpus = parse_cpus(args.cpus)
+        if cpus == 0:
+            quota, period = -1, DOCKER_PERIOD  # docker: --cpus 0 means no limit
+        else:
+            quota, period = cpus_to_quota(cpus)
+            if quota < MIN_CFS_US:
+                raise UsageError(
+                    f"invalid --cpus value {args.cpus!r}: the smallest limit is "
+                    f"{MIN_CFS_US / DOCKER_PERIOD:g} CPUs"
+                )
+    cpuset = args.cpuset_cpus
+    if cpuset is not None:
+        parse_cpu_list(cpuset)
+    return Resources(quota=quota, period=period, cpuset=cpuset)
+
+
+def _runtime(args: argparse.Namespace, config: Any = None) -> Runtime:
+    return Runtime(getattr(args, "root", None), config)
+
+
+def _cmd(rest: list[str]) -> list[str]:
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    max_cpus = _int("--max-cpus", args.max_cpus, minimum=1)
+    if args.mode is not None and args.mode not in HOTPLUG_MODES:
+        raise UsageError(f"invalid --mode {args.mode!r}: use one of {', '.join(HOTPLUG_MODES)}")
+    cfg = cfg.with_overrides(default_maxvcpus=max_cpus, hotplug_mode=args.mode)
+    cmd = _cmd(args.cmd)
+    resources = resources_from_args(args)
+    if args.bundle is not None:
+        if cmd:
+            raise UsageError("give either --bundle or a command, not both")
+        b = read_bundle(args.bundle)
+        cmd = b.args
+        resources = Resources(
+            quota=resources.quota if resources.quota is not None else b.quota,
+            period=resources.period if resources.period is not None else b.period,
+            cpuset=resources.cpuset if resources.cpuset is not None else b.cpuset,
+        )
+    if not cmd:
+        raise UsageError("run needs a command: cpuplug run [OPTIONS] -- CMD ARGS...")
+    rt = _runtime(args, cfg)
+    err = _err()
+    t0 = time.monotonic()
+    st = rt.run(
+        RunRequest(cmd=cmd, resources=resources, name=args.name),
+        on_step=None if args.detach else (lambda s: err.print(f"[dim]{s}[/dim]")),
+    )
+    if st.warning:
+        err.print(f"[yellow]warning:[/yellow] {st.warning}")
+    if args.detach:
+        print(st.name)
+    else:
+        _out().print(
+            f"sandbox [bold]{st.name}[/bold] running: {len(st.plugged)} vCPUs "
+            f"(max {st.maxcpus}), ready in {time.monotonic() - t0:.2f}s"
+        )
+    return 0
+
+
+def print_update(result: UpdateResult, console: Console, err: Console) -> None:
+    if result.warning:
+        err.print(f"[yellow]warning:[/yellow] {result.warning}")
+    change = (
+        f"vCPUs {result.before} -> {result.after}"
+        if result.before != result.after
+        else f"vCPUs unchanged at {result.after}"
+    )
+    quota = (
+        f"quota {result.quota}/{result.period}" if result.quota is not None else "quota unlimited"
+    )
+    detail = []
+    if result.added:
+        detail.append("added " + ",".join(map(str, result.added)))
+    if result.removed:
+        detail.append("removed " + ",".join(map(str, result.removed)))
+    extra = f" ({'; '.join(detail)})" if detail else ""
+    console.print(f"{result.name}: {change}{extra}, {quota}, {result.seconds * 1000:.1f} ms")
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    resources = resources_from_args(args)
+    if resources == Resources():
+        raise UsageError("update needs --cpus, --cpu-quota/--cpu-period or --cpuset-cpus")
+    result = _runtime(args).update(args.name, resources)
+    print_update(result, _out(), _err())
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    cmd = _cmd(args.cmd)
+    if not cmd:
+        raise UsageError("exec needs a command: cpuplug exec NAME -- CMD ARGS...")
+    res = _runtime(args).exec(args.name, cmd)
+    sys.stdout.write(str(res.get("stdout", "")))
+    sys.stderr.write(str(res.get("stderr", "")))
+    return int(res.get("exit_code", 1))
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = _runtime(args).ps()
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "STATUS", "VCPUS", "CPUS", "MODE", "PID", "CREATED"):
+        table.add_column(col)
+    for r in rows:
+        age = time.time() - r["created"]
+        table.add_row(
+            r["name"],
+            r["status"],
+            f"{r['vcpus']}/{r['maxcpus']}",
+            r["cpus"],
+            r["mode"],
+            str(r["pid"] or "-"),
+            f"{age:.0f}s ago",
+        )
+    _out().print(table)
+    return 0
+
+
+def vcpu_table(rows: list[dict[str, Any]], title: str = "vCPUs") -> Table:
+    def mark(v: bool | None) -> str:
+        return "-" if v is None else ("[green]yes[/green]" if v else "no")
+
+    table = Table(title=title, header_style="bold")
+    for col in ("vCPU", "plugged", "enabled", "online", "host thread"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            str(r["vcpu"]),
+            mark(r["plugged"]),
+            mark(r["enabled"]),
+            mark(r["online"]),
+            str(r["thread_id"] or "-"),
+        )
+    return table
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = _runtime(args).inspect(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return 0
+    out = _out()
+    cfg = info["config"]
+    out.print(
+        f"[bold]{info['name']}[/bold]  status={info['status']}  vmm pid={info['vmm_pid']}  "
+        f"mode={cfg['hotplug_mode']}  static={cfg['static_sandbox_resource_mgmt']}  "
+        f"maxcpus={cfg['maxcpus']}  default_vcpus={cfg['default_vcpus']}"
+    )
+    if info.get("warning"):
+        out.print(f"[yellow]warning:[/yellow] {info['warning']}")
+    if info.get("reconciled"):
+        out.print("[yellow]state reconciled with the VMM[/yellow]")
+    out.print(vcpu_table(info["vcpus"]))
+    limits = Table(title="cgroup limits", header_style="bold")
+    for col in ("container", "quota", "period", "cpuset", "usage (s)", "throttled"):
+        limits.add_column(col)
+    for c in info["containers"]:
+        stats = info.get("cgroups", {}).get(c["id"], {})
+        cpu = stats.get("cpu", {})
+        limits.add_row(
+            c["id"],
+            str(c["quota"]),
+            str(c["period"]),
+            str(stats.get("cpuset_effective", "-")),
+            f"{cpu.get('usage_usec', 0) / 1e6:.2f}",
+            str(cpu.get("nr_throttled", "-")),
+        )
+    out.print(limits)
+    out.print(history_table(info["history"]))
+    return 0
+
+
+def history_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(title="recent events", header_style="bold")
+    for col in ("time", "op", "detail", "ms"):
+        table.add_column(col)
+    for h in history:
+        detail = {k: v for k, v in h.items() if k not in ("op", "at", "ms", "steps")}
+        steps = h.get("steps") or []
+        if steps:
+            detail["steps"] = ", ".join(f"{s['step']}:{s['ms']}" for s in steps)
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(h.get("at", 0))),
+            str(h.get("op")),
+            " ".join(f"{k}={v}" for k, v in detail.items()),
+            str(h.get("ms", "")),
+        )
+    return table
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    for h in rt.events(args.name):
+        print(json.dumps(h, sort_keys=True, default=str), flush=True)
+    if args.follow:
+        for ev in rt.follow(args.name):
+            print(
+                json.dumps(
+                    {"event": ev.name, "data": ev.data, "timestamp": ev.timestamp}, sort_keys=True
+                ),
+                flush=True,
+            )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    _runtime(args).stop(args.name)
+    print(args.name)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    _runtime(args).rm(args.name, force=args.force)
+    print(args.name)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cpuplug.runtime.demo import run_demo
+
+    return run_demo(root=args.root, console=_out())
