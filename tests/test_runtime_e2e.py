@@ -157,6 +157,13 @@ def test_refused_eject_fails_fast_and_sandbox_still_works(cli: Cli) -> None:
     assert info["pending"] is None
     cli.ok("exec", "r", "--", "sh", "-c", "echo 1 > /sys/devices/system/cpu/cpu0/online")
     assert cli.nproc("r") == 2
+    # once the guest can let it go, the same removal succeeds (and the slot can come back)
+    assert (
+        "vCPUs 2 -> 1 (removed 1), quota unlimited" in cli.ok("update", "--cpus", "0", "r").stdout
+    )
+    assert cli.nproc("r") == 1
+    assert "vCPUs 1 -> 2" in cli.ok("update", "--cpus", "1", "r").stdout
+    assert cli.nproc("r") == 2
 
 
 def test_vmm_killed_mid_update(cli: Cli) -> None:

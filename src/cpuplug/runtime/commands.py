@@ -144,7 +144,9 @@ def print_update(result: UpdateResult, console: Console, err: Console) -> None:
         else f"vCPUs unchanged at {result.after}"
     )
     quota = (
-        f"quota {result.quota}/{result.period}" if result.quota is not None else "quota unlimited"
+        f"quota {result.quota}/{result.period}"
+        if result.quota is not None and result.quota >= 0
+        else "quota unlimited"
     )
     detail = []
     if result.added:
