@@ -303,3 +303,21 @@ def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
         assert not [p for p in root.iterdir()], "demo must clean up its sandbox"
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_kata_historical_cpuset_update_bugs(cli: Cli) -> None:
+    """agent#257 (cpuset updated twice → wrong nproc), runtime#1093 (--cpuset-cpus 1 on a
+    1-vCPU VM fails) and agent#256 (a failed cpuset update blocks later updates)."""
+    cli.ok("run", "--name", "h", "--max-cpus", "8", "--", "sleep", "600")
+    assert cli.nproc("h") == 1
+    assert "vCPUs 1 -> 2" in cli.ok("update", "--cpuset-cpus", "1", "h").stdout
+    assert cli.nproc("h") == 2
+    cli.ok("update", "--cpuset-cpus", "0-2", "h")
+    assert cli.nproc("h") == 4
+    cli.ok("update", "--cpuset-cpus", "0", "h")
+    assert cli.nproc("h") == 2
+    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0-1"
+    bad = cli("update", "--cpuset-cpus", "0-", "h")
+    assert bad.returncode == 2
+    cli.ok("update", "--cpus", "2", "h")  # quota now wins over the cpuset count
+    assert cli.nproc("h") == 3
