@@ -183,6 +183,7 @@ def test_device_add_thread_exists_and_cpu_on_allowed_before_ged_event(
     b.m.ged.raise_event = spy  # type: ignore[method-assign]
     b.m.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
     assert seen == {"thread_alive": True, "insert": True, "cpu_on": 0}
+    assert isinstance(b.m.vcpus.states[3].thread, Cpu)  # what the guest is handed
     assert b.kernel.started.get(timeout=TIMEOUT) == (mpidr(3), 0x8000, 0)
 
 

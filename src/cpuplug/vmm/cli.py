@@ -13,9 +13,10 @@ import asyncio
 import logging
 import re
 import signal
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
-from cpuplug.acpi.virt import MODES, MachineConfig
+from cpuplug.acpi.virt import GICR_REGION2_BASE, MODES, RAM_BASE, MachineConfig
 from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import CPU_MODELS, DEFAULT_KERNEL, MachineEvent, VirtMachine
 
@@ -30,7 +31,11 @@ def parse_memory_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise UsageError(f"--memory: cannot parse {text!r} (expected e.g. 256M or 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    limit = GICR_REGION2_BASE - RAM_BASE  # RAM must end below the second GICR region
+    if size > limit:
+        raise UsageError(f"--memory: {text} does not fit the memory map (at most {limit >> 30}G)")
+    return size
 
 
 def parse_unix_address(option: str, text: str) -> str:
@@ -62,6 +67,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--cpu-model", default="max", help=f"CPU model: {' | '.join(CPU_MODELS)}")
     parser.add_argument("--console", metavar="FILE", help="also write the guest console here")
     parser.set_defaults(func=run)
+    # Like every cpuplug error: one line, exit 2 (argparse would print the usage too).
+    parser.error = _one_line_error
+
+
+def _one_line_error(message: str) -> NoReturn:
+    sys.stderr.write(f"cpuplug vmm: error: {message}\n")
+    sys.exit(2)
 
 
 def build_machine(args: argparse.Namespace) -> tuple[VirtMachine, str]:

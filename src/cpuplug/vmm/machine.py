@@ -217,7 +217,12 @@ class VirtMachine:
             except OSError as exc:
                 raise UsageError(f"cannot open console file {console_path}: {exc}") from exc
         self.uart = Pl011Uart(self._console_sink if self._console_file is not None else None)
-        self.ram = GuestRam(virt.RAM_BASE, config.ram_size)
+        try:
+            self.ram = GuestRam(virt.RAM_BASE, config.ram_size)
+        except MemoryError:
+            if self._console_file is not None:
+                self._console_file.close()
+            raise UsageError(f"cannot allocate {config.ram_size >> 20} MiB of guest RAM") from None
         self.bus = MmioBus()
         self.bus.register(virt.GICD_BASE, virt.GICD_SIZE, self.gic.distributor, "gicd")
         for base, region in self.gic.redistributor_regions():
