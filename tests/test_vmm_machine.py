@@ -548,6 +548,25 @@ def test_agent_channel_relays_both_ways_and_closes_both_ways(
     assert b.m.agent_channel.accept(0.01) is None
 
 
+def test_agent_channel_answers_a_half_closed_host(boot: Callable[..., Booted]) -> None:
+    """``echo request | socat - UNIX:agent.sock``: the host shuts its write side, then reads."""
+    b = boot()
+    assert b.m.agent.path is not None
+    host = socket.socket(socket.AF_UNIX)
+    host.settimeout(TIMEOUT)
+    host.connect(b.m.agent.path)
+    host.sendall(b"request")
+    host.shutdown(socket.SHUT_WR)
+    guest = b.m.agent_channel.accept(TIMEOUT)
+    assert guest is not None
+    assert recv_exactly(guest, 7) == b"request"
+    assert guest.recv(16, TIMEOUT) == b""
+    guest.send(b"reply")
+    guest.close()
+    assert recv_all(host) == b"reply"
+    host.close()
+
+
 def test_agent_channel_moves_large_data_with_backpressure(boot: Callable[..., Booted]) -> None:
     b = boot()
     assert b.m.agent.path is not None

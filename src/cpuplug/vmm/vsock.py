@@ -12,7 +12,8 @@ connections are open, so the VMM's thread count stays "plugged vCPUs + a fixed
 overhead" (SPEC §1, §10 measure it). Closing either end closes the other:
 
 * host closes → the guest's ``recv`` returns ``b""`` once buffered bytes are
-  read, and a later ``send`` raises :class:`BrokenPipeError`;
+  read; the guest may still answer a host that only half-closed, and ``send``
+  raises :class:`BrokenPipeError` once the host end is really gone;
 * guest ``close()`` → pending guest bytes are flushed, then the host socket is
   closed, so the host reads EOF.
 
@@ -101,7 +102,7 @@ class ChannelStream:
                     and not self._guest_closed
                 ):
                     self._cond.wait()
-                if self._host_gone or self._host_eof or self._guest_closed:
+                if self._host_gone or self._guest_closed:
                     raise BrokenPipeError("agent channel connection closed")
                 room = BUFFER_LIMIT - len(self._outbound)
                 self._outbound += view[:room]
@@ -132,7 +133,9 @@ class ChannelStream:
         with self._cond:
             if self._host_gone:
                 return True
-            return (self._guest_closed or self._host_eof) and not self._outbound
+            # After a host EOF the guest may still answer (a half-closed host
+            # reads on), so the host end is closed once the guest closes too.
+            return self._guest_closed and not self._outbound
 
     def _on_readable(self) -> None:
         try:
