@@ -375,6 +375,63 @@ def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
         b.m.device_add("max-arm-cpu", "x", {"core-id": 3})
 
 
+def test_racing_management_and_guest_keep_vmm_state_consistent(
+    boot: Callable[..., Booted],
+) -> None:
+    """device_add/device_del from one thread, eject writes and CPU_ON from two "guest"
+    threads, all at once: afterwards threads, vCPU table and hotplug block agree."""
+    import random
+
+    b = boot(maxcpus=6)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    deleted: list[MachineEvent] = []  # list.append is atomic: listeners run on vCPU threads
+    b.m.add_event_listener(lambda e: deleted.append(e) if e.name == "DEVICE_DELETED" else None)
+
+    def management(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(20000):  # until enough adds met ejects, with a bound
+            if len(deleted) >= 25:
+                break
+            slot = rng.randrange(1, 6)
+            try:
+                if rng.random() < 0.6:
+                    b.m.device_add("max-arm-cpu", f"c{slot}", {"core-id": slot})
+                else:
+                    b.m.device_del(f"c{slot}")
+            except MachineError:
+                pass  # plugged / not plugged / being ejected: the machine says no
+        stop.set()
+
+    def guest(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not stop.is_set():
+                slot = rng.randrange(1, 6)
+                if rng.random() < 0.5:
+                    assert b.cpu_on(slot) in (0, -3, -4, -5)
+                else:
+                    # Not the AML's locking on purpose: two guest threads race here.
+                    b.m.memory.store(CPUHP_BASE + SELECTOR, 4, slot)
+                    b.m.memory.store(CPUHP_BASE + FLAGS, 1, 0x08)
+        except BaseException as exc:  # reported below, not swallowed
+            errors.append(exc)
+
+    workers = [threading.Thread(target=management, args=(1,))] + [
+        threading.Thread(target=guest, args=(seed,)) for seed in (2, 3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(TIMEOUT)
+    assert not errors
+    plugged = {s.index for s in b.m.vcpus.states if s.plugged}
+    assert plugged == {i for i in range(6) if b.m.cpuhp.is_enabled(i)}
+    wait_for(lambda: b.m.vcpus.live_threads() == len(plugged))
+    assert len(deleted) >= 25
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
