@@ -629,3 +629,31 @@ def test_task_blocked_on_hotplug_lock_does_not_deadlock_offline_of_its_cpu(vm: B
     assert task.wait(10)
     assert result == [errno.EAGAIN]
     assert vm.cpus("online") == "0"
+
+
+def test_acpi_bus_sysfs_status_and_eject_from_the_guest(vm: Booted) -> None:
+    """``ACPI0007:NN/status`` is the raw _STA; writing 1 to ``eject`` is the 0x103 path."""
+    dev = "/sys/bus/acpi/devices/ACPI0007:02"
+    assert vm.read(f"{dev}/path") == "\\_SB.CPUS.C002\n"
+    assert vm.read(f"{dev}/status") == "13\n"  # 0x0D: present, not enabled
+    assert not vm.kernel.vfs.exists("/sys/bus/acpi/devices/ACPI0007:00/eject")  # no _EJ0
+    plug(vm, 2)
+    assert vm.read(f"{dev}/status") == "15\n"
+    with pytest.raises(GuestOSError) as exc:
+        vm.kernel.vfs.write(f"{dev}/eject", "0")
+    assert exc.value.errno == errno.EINVAL
+    vm.kernel.vfs.write(f"{dev}/eject", "1\n")
+    assert vm.ost() == (3, 0x84)  # in progress: literal 0x03 even here, as Linux
+    assert vm.wait_event("DEVICE_DELETED")["device"] == "cpu-2"
+    assert vm.ost() == (0x103, 0)
+    assert vm.cpus("enabled") == "0-1"
+
+
+def test_disabled_processor_hotplug_profile_refuses_ejects(vm: Booted) -> None:
+    plug(vm, 2)
+    vm.kernel.vfs.write("/sys/firmware/acpi/hotplug/processor/enabled", "0")
+    vm.machine.device_del("cpu-2")
+    assert vm.ost() == (3, 0x80)  # no "in progress" first
+    assert vm.cpus("enabled") == "0-2"
+    assert vm.machine.vcpus.is_plugged(2)
+    assert vm.kernel.log.contains("Eject disabled")

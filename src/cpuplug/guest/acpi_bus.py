@@ -97,6 +97,12 @@ class AcpiDevice:
     uid: int | str | None
     cpu: int | None = None  # logical CPU, for processors that map to one
     attached: bool = False  # a scan handler claimed it (processor: cpuN registered)
+    instance: int = 0  # Linux's pnp.instance_no: the NN of "ACPI0007:NN"
+
+    @property
+    def name(self) -> str:
+        """The device's name on the ACPI bus, as ``/sys/bus/acpi/devices`` shows it."""
+        return f"{self.hid or 'device'}:{self.instance:02x}"
 
     @property
     def parent(self) -> str:
@@ -143,6 +149,9 @@ class AcpiBus:
         self.interp.map_region("SystemMemory", MmioRegion(memory))
         self.interp.on_notify(self._notify)
         self.devices: dict[str, AcpiDevice] = {}
+        self.on_device: Callable[[AcpiDevice], None] = lambda _dev: None
+        self.processor_hotplug_enabled = True  # /sys/firmware/acpi/hotplug/processor/enabled
+        self._instances: dict[str | None, int] = {}
         self._namespace_devices: list[tuple[str, str]] = []  # (path, kind), after load()
         self.ged_lines: list[GedLine] = []
         self._uids: dict[tuple[str, object], str] = {}
@@ -254,7 +263,9 @@ class AcpiBus:
             hid = self._hid_text(self._try_value(path + "._HID"))
         uid_raw = self._try_value(path + "._UID")
         uid: int | str | None = uid_raw if isinstance(uid_raw, int | str) else None
-        dev = AcpiDevice(path, hid, uid)
+        instance = self._instances.get(hid, 0)
+        self._instances[hid] = instance + 1
+        dev = AcpiDevice(path, hid, uid, instance=instance)
         if hid == HID_PROCESSOR:
             key = (HID_PROCESSOR, uid)
             if key in self._uids and self._uids[key] != path:
@@ -263,6 +274,7 @@ class AcpiBus:
             self._uids[key] = path
             dev.cpu = self._map_cpu(uid)
         self.devices[path] = dev
+        self.on_device(dev)
         return dev
 
     def _map_cpu(self, uid: int | str | None) -> int | None:
@@ -400,8 +412,8 @@ class AcpiBus:
                     self.worker_busy.clear()
 
     def _hotplug_event(self, dev: AcpiDevice, value: int) -> None:
-        if value == NOTIFY_EJECT_REQUEST:
-            self._eject(dev)
+        if value in (NOTIFY_EJECT_REQUEST, OST_EC_OSPM_EJECT):
+            self._eject(dev, value)
             return
         try:
             with self.cpus.hotplug_locked():
@@ -428,11 +440,19 @@ class AcpiBus:
             return
         self.scan(dev.path if bus_check else dev.parent)
 
-    def _eject(self, dev: AcpiDevice) -> None:
-        """``acpi_scan_hot_remove`` for a processor (Notify 3), final ``_OST`` included."""
+    def _eject(self, dev: AcpiDevice, source: int = NOTIFY_EJECT_REQUEST) -> None:
+        """``acpi_scan_hot_remove`` for a processor, final ``_OST`` included.
+
+        ``source`` is 0x03 for a Notify, 0x103 for an eject written to sysfs;
+        the in-progress ``_OST`` says 0x03 in both cases, as Linux does.
+        """
         path = dev.path
+        if dev.hid == HID_PROCESSOR and not self.processor_hotplug_enabled:
+            self.log.info(f"ACPI: {path}: Eject disabled")
+            self.ost(path, source, OST_SC_EJECT_NOT_SUPPORTED)
+            return
         if not self.interp.exists(path + "._EJ0"):
-            self.ost(path, NOTIFY_EJECT_REQUEST, OST_SC_EJECT_NOT_SUPPORTED)
+            self.ost(path, source, OST_SC_EJECT_NOT_SUPPORTED)
             return
         self.ost(path, NOTIFY_EJECT_REQUEST, OST_SC_EJECT_IN_PROGRESS)
         status = OST_SC_SUCCESS
@@ -442,7 +462,11 @@ class AcpiBus:
         except CpuHotplugError as exc:
             self.log.warn(f"ACPI: {path}: eject failed: {exc}")
             status = OST_SC_NON_SPECIFIC_FAILURE
-        self.ost(path, NOTIFY_EJECT_REQUEST, status)
+        self.ost(path, source, status)
+
+    def request_eject(self, dev: AcpiDevice) -> None:
+        """``eject_store``: writing 1 to ``/sys/bus/acpi/devices/<dev>/eject`` (source 0x103)."""
+        self.queue_work(lambda: self._hotplug_event(dev, OST_EC_OSPM_EJECT))
 
     def _eject_locked(self, dev: AcpiDevice) -> int:
         path = dev.path

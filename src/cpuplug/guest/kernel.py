@@ -41,7 +41,7 @@ from typing import Any
 
 from cpuplug.acpi.errors import AcpiError
 from cpuplug.guest import psci
-from cpuplug.guest.acpi_bus import AcpiBus
+from cpuplug.guest.acpi_bus import AcpiBus, AcpiDevice
 from cpuplug.guest.boot import (
     BootError,
     check_psci_conduit,
@@ -122,6 +122,7 @@ class GuestKernel:
         self.cpus.on_unregister = self._sysfs_remove_cpu
         self.cpus.on_dying = self._migrate_irqs
         self.cpus.defer = self.acpi.queue_work
+        self.acpi.on_device = self._sysfs_add_acpi_device
 
     # ------------------------------------------------------------ the masks
 
@@ -303,6 +304,34 @@ class GuestKernel:
             self.vfs.register(f"{SYS_CPU}/{name}", self._mask_reader(mask))
         self.vfs.register("/proc/version", lambda: f"Linux version {KERNEL_RELEASE}\n")
         self.vfs.register("/proc/stat", self._proc_stat)
+        self.vfs.register(
+            "/sys/firmware/acpi/hotplug/processor/enabled",
+            lambda: "1\n" if self.acpi.processor_hotplug_enabled else "0\n",
+            self._write_processor_hotplug,
+        )
+
+    def _write_processor_hotplug(self, data: str) -> None:
+        self.acpi.processor_hotplug_enabled = kstrtobool(data)
+
+    def _sysfs_add_acpi_device(self, dev: AcpiDevice) -> None:
+        """``/sys/bus/acpi/devices/<HID>:<NN>/{path,status[,eject]}``."""
+        base = f"/sys/bus/acpi/devices/{dev.name}"
+
+        def status() -> str:
+            try:
+                return f"{self.acpi.sta(dev.path)}\n"
+            except AcpiError as exc:
+                raise GuestOSError(errno.EIO, f"{base}/status") from exc
+
+        def eject(data: str) -> None:
+            if not data or data[0] != "1":
+                raise GuestOSError(errno.EINVAL, f"{base}/eject")
+            self.acpi.request_eject(dev)
+
+        self.vfs.register(f"{base}/path", lambda: dev.path + "\n")
+        self.vfs.register(f"{base}/status", status)
+        if self.acpi.interp.exists(dev.path + "._EJ0"):
+            self.vfs.register(f"{base}/eject", lambda: "", eject)
 
     def _proc_stat(self) -> str:
         """``/proc/stat``'s CPU lines: user time per CPU in USER_HZ (1/100 s) ticks.
