@@ -70,11 +70,17 @@ def cli() -> Iterator[Cli]:
     try:
         yield c
     finally:
-        for name in (p.name for p in root.iterdir() if (p / "state.json").exists()):
-            c("rm", "-f", name, timeout=30)
+        pids = []
+        for state in root.glob("*/state.json"):
+            pids.append(json.loads(state.read_text()).get("vmm_pid"))
+            c("rm", "-f", state.parent.name, timeout=60)
         leftovers = [p.name for p in root.iterdir()]
         shutil.rmtree(root, ignore_errors=True)
         assert not leftovers, f"sandboxes left behind: {leftovers}"
+        alive = [pid for pid in pids if pid and process_alive(pid, None)]
+        for pid in alive:  # never leave a VMM running, even when the test fails
+            os.kill(pid, 9)
+        assert not alive, f"VMM processes survived rm -f: {alive}"
 
 
 def vmm_threads(pid: int) -> set[int]:

@@ -287,16 +287,23 @@ def process_start_ticks(pid: int) -> int | None:
 
 
 def process_alive(pid: int | None, start_ticks: int | None) -> bool:
-    """True if ``pid`` still runs *and* is the same process (start time matches)."""
+    """True if ``pid`` still runs *and* is the same process (start time matches).
+
+    A zombie is dead (only not yet reaped — our VMMs are re-parented to init when
+    the ``run`` command exits), but a zombie *thread-group leader* whose other
+    threads still run is alive: Linux shows the leader as ``Z`` once the main
+    thread has exited, while the process goes on.
+    """
     if pid is None:
         return False
     ticks = process_start_ticks(pid)
-    if ticks is None:
+    if ticks is None or (start_ticks is not None and ticks != start_ticks):
         return False
     try:
-        st = Path(f"/proc/{pid}/stat").read_text()
-        if st[st.rindex(")") + 2] == "Z":
-            return False  # a zombie is dead, only not yet reaped
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    return start_ticks is None or ticks == start_ticks
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    state = fields.get("State", "").strip()[:1]
+    threads = int(fields.get("Threads", "1").strip() or 1)
+    return not (state in ("Z", "X") and threads <= 1)
