@@ -550,13 +550,11 @@ def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
         return Hello()
 
     console = tmp_path / "console.log"
-    m = VirtMachine(MachineConfig(), kernel=entry, console_path=console)  # type: ignore[arg-type]
-    m.start()
-    try:
+    before = threading.active_count()
+    with VirtMachine(MachineConfig(), kernel=entry, console_path=console) as m:  # type: ignore[arg-type]
         wait_for(lambda: "hello from the guest\n" in m.console_text())
-    finally:
-        m.shutdown()
     assert console.read_text() == "hello from the guest\n"
+    assert threading.active_count() == before
 
 
 def test_system_powerdown_raises_ged_power_button(boot: Callable[..., Booted]) -> None:

@@ -276,6 +276,15 @@ class VirtMachine:
             raise
         self.run_state = "running"
 
+    def __enter__(self) -> VirtMachine:
+        """``with VirtMachine(config, kernel=...) as machine:`` starts it ..."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """... and always shuts it down (threads ended, sockets removed)."""
+        self.shutdown()
+
     def _load_kernel(self) -> Kernel:
         """Call the kernel entry point once, before any vCPU runs (``cpuplug.hw``)."""
         assert self._kernel_entry is not None
