@@ -13,23 +13,34 @@ from collections.abc import Sequence
 
 from cpuplug.errors import CpuplugError, UsageError
 
-# Each module has ``add_parser(subparsers)`` which registers commands whose
-# parsers carry ``func(args) -> int`` as a default.
-_PARTS = ("cpuplug.acpi.cli", "cpuplug.vmm.cli", "cpuplug.runtime.cli")
+# Each module has ``add_parser(subparsers)`` which registers the commands named
+# here, whose parsers carry ``func(args) -> int`` as a default. The names let
+# ``main`` import only the party a command belongs to: the acpi and vmm parsers
+# pull in table builders, and every runtime command would otherwise pay for them.
+_PARTS: dict[str, tuple[str, ...]] = {
+    "cpuplug.acpi.cli": ("acpi",),
+    "cpuplug.vmm.cli": ("vmm",),
+    "cpuplug.runtime.cli": (
+        "run", "update", "exec", "ps", "inspect", "events", "stop", "rm", "demo",
+    ),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command``'s party, or for every party when it is unknown."""
     parser = argparse.ArgumentParser(
         prog="cpuplug", description="ACPI-based vCPU hotplug for arm64 container sandboxes"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _PARTS:
+    owners = [name for name, commands in _PARTS.items() if command in commands]
+    for name in owners or _PARTS:
         importlib.import_module(name).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)
