@@ -136,10 +136,51 @@ async def measure(maxcpus: int, runs: int) -> dict[str, list[float]]:
     return out
 
 
+async def measure_batch(maxcpus: int, batch: int, runs: int) -> dict[str, list[float]]:
+    """``batch`` device_adds back to back → all registered → all online → all removed."""
+    out: dict[str, list[float]] = {"batch_add_to_osts": [], "batch_add_to_online": [],
+                                   "batch_del_to_deleted": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        stack = Stack(workdir, maxcpus)
+        try:
+            await stack.connect()
+            for _ in range(runs):
+                slots = range(1, batch + 1)
+                t0 = time.perf_counter()
+                for slot in slots:
+                    await stack.qmp.execute(
+                        "device_add", {"driver": "max-arm-cpu", "id": f"cpu-{slot}",
+                                       "core-id": slot}
+                    )
+                for _slot in slots:
+                    await stack.event("ACPI_DEVICE_OST", ost_is(1, 0))
+                out["batch_add_to_osts"].append(time.perf_counter() - t0)
+                stack.agent(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": batch + 1, "cpu_only": True})
+                out["batch_add_to_online"].append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                for slot in reversed(slots):
+                    await stack.qmp.execute("device_del", {"id": f"cpu-{slot}"})
+                deleted = finals = 0
+                async with asyncio.timeout(60):
+                    while deleted < batch or finals < batch:
+                        ev = await stack.qmp.events.get()
+                        if ev["event"] == "DEVICE_DELETED":
+                            deleted += 1
+                            if deleted == batch:
+                                out["batch_del_to_deleted"].append(time.perf_counter() - t1)
+                        elif ev["event"] == "ACPI_DEVICE_OST" and ost_is(3, 0)(ev["data"]):
+                            finals += 1
+        finally:
+            await stack.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--maxcpus", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 4, 16, 63],
+                        help="batch sizes measured at maxcpus 64 (none: skip)")
     args = parser.parse_args()
     print(f"guest hotplug latency, medians of {args.runs} runs (ms); reference = QEMU 7.2 TCG")
     print(f"{'maxcpus':>7}  {'metric':<18} {'cpuplug':>9} {'reference':>10} {'ref/ours':>9}")
@@ -151,6 +192,18 @@ def main() -> int:
             ref_s = f"{ref:10.1f}" if ref is not None else f"{'-':>10}"
             ratio = f"{ref / ms:8.1f}x" if ref is not None else f"{'-':>9}"
             print(f"{maxcpus:>7}  {metric:<18} {ms:9.2f} {ref_s} {ratio}")
+    if args.batch:
+        print(f"\nbatches at maxcpus 64, medians of {max(3, args.runs // 5)} runs (ms)")
+        print(f"{'k':>4}  {'all OST(1,0)':>12} {'all online':>11} {'all deleted':>12}"
+              f" {'per vCPU (add→online)':>22}")
+        base: float | None = None
+        for k in args.batch:
+            r = asyncio.run(measure_batch(64, k, max(3, args.runs // 5)))
+            osts, onl, dele = (statistics.median(r[m]) * 1000 for m in (
+                "batch_add_to_osts", "batch_add_to_online", "batch_del_to_deleted"))
+            base = onl if base is None else base
+            print(f"{k:>4}  {osts:12.2f} {onl:11.2f} {dele:12.2f} {onl / k:16.2f}"
+                  f" ({onl / base:4.1f}x k=1)")
     return 0
 
 

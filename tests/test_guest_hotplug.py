@@ -424,6 +424,10 @@ class Vmm:
         """Let time pass while polling guest state that has no event to wait on."""
         threading.Event().wait(seconds)
 
+    def kmsg(self) -> str:
+        text: str = self.agent(ap.Method.READ_FILE, {"path": "/dev/kmsg"})["data"]
+        return text
+
     def thread_ids(self) -> set[int]:
         return {int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")}
 
@@ -578,9 +582,10 @@ def test_e2e_storm_of_adds_and_removes_stays_consistent(vmm: Vmm) -> None:
         if settled or time.monotonic() > deadline:
             break
         vmm.event_wait(0.05)
-    assert enabled == set(vcpus.values())
-    assert set(vcpus) <= tasks, "a plugged vCPU has no live thread"
-    assert tasks - set(vcpus) == others0, (tasks, vcpus, tasks0, vcpus0)
+    why = (enabled, vcpus, tasks0, vcpus0, tasks, vmm.kmsg()[-3000:])
+    assert enabled == set(vcpus.values()), why
+    assert set(vcpus) <= tasks, why
+    assert tasks - set(vcpus) == others0, why
 
 
 def test_task_offlining_its_own_cpu_completes_after_its_slice(vm: Booted) -> None:

@@ -304,6 +304,7 @@ class GuestKernel:
             self.vfs.register(f"{SYS_CPU}/{name}", self._mask_reader(mask))
         self.vfs.register("/proc/version", lambda: f"Linux version {KERNEL_RELEASE}\n")
         self.vfs.register("/proc/stat", self._proc_stat)
+        self.vfs.register("/dev/kmsg", self.log.dmesg)  # read: the ring buffer, as dmesg
         self.vfs.register(
             "/sys/firmware/acpi/hotplug/processor/enabled",
             lambda: "1\n" if self.acpi.processor_hotplug_enabled else "0\n",
