@@ -662,3 +662,20 @@ def test_disabled_processor_hotplug_profile_refuses_ejects(vm: Booted) -> None:
     assert vm.cpus("enabled") == "0-2"
     assert vm.machine.vcpus.is_plugged(2)
     assert vm.kernel.log.contains("Eject disabled")
+
+
+def test_a_bug_in_hotplug_work_does_not_kill_the_worker(vm: Booted) -> None:
+    def boom() -> None:
+        raise RuntimeError("kernel bug")
+
+    vm.kernel.acpi.queue_work(boom)
+    plug(vm, 2)  # the next event is still served
+    assert vm.kernel.log.contains("BUG: kacpi_hotplug: RuntimeError('kernel bug')")
+
+
+def test_registration_rolls_back_when_its_sysfs_files_fail(vm: Booted) -> None:
+    vm.kernel.vfs.register(f"{SYS}/cpu3/online", lambda: "x\n")  # squat the path
+    with vm.kernel.cpus.hotplug_locked(), pytest.raises(guest_cpu.CpuHotplugError) as exc:
+        vm.kernel.cpus.register(3)
+    assert exc.value.errno == errno.EEXIST
+    assert vm.cpus("enabled") == "0-1"

@@ -352,7 +352,10 @@ class AcpiBus:
             for gsi in pending:
                 for line in self.ged_lines:
                     if line.gsi == gsi:
-                        self._run_ged_method(line)
+                        try:
+                            self._run_ged_method(line)
+                        except Exception as exc:  # as in the worker: log, keep serving
+                            self.log.err(f"BUG: irq/{gsi}-ACPI:Ged: {exc!r}")
 
     def _run_ged_method(self, line: GedLine) -> None:
         try:
@@ -407,6 +410,10 @@ class AcpiBus:
                 item()
             except CpuHotplugError as exc:
                 self.log.warn(f"ACPI: hotplug work failed: {exc}")
+            except Exception as exc:
+                # A bug here must not take hotplug down for good (Linux would oops
+                # this kworker); log it like an oops and serve the next event.
+                self.log.err(f"BUG: kacpi_hotplug: {exc!r}")
             finally:
                 if self._work.empty():
                     self.worker_busy.clear()

@@ -247,7 +247,13 @@ class CpuManager:
             if warn:
                 self.log.err("Changing CPU present bit is not supported")
             raise CpuHotplugError(errno.ENODEV, f"CPU{n} is not present")
-        self.on_register(n)
+        try:
+            self.on_register(n)  # the sysfs files; undo the registration if they fail
+        except CpuplugError as exc:
+            with self._lock:
+                per.registered = False
+                per.acpi_path = None
+            raise CpuHotplugError(getattr(exc, "errno", errno.EIO), f"cpu{n}: {exc}") from exc
         self.log.info(f"ACPI: CPU{n} has been hot-added")
         self.events.emit(EventName.CPU_REGISTERED, cpu=n)
 
