@@ -334,9 +334,9 @@ def test_bad_resource_templates_raise(raw: bytes) -> None:
 
 
 def test_definition_block_header() -> None:
-    block = DefinitionBlock("SSDT", (Name("X", Ones),), 1, TableIds(oem_id="CPPLUG"))
+    block = DefinitionBlock("SSDT", (Name("X", Ones),), 1, TableIds(oem_id="CPUPLG"))
     raw = block.encode()
     assert raw[:4] == b"SSDT" and int.from_bytes(raw[4:8], "little") == len(raw) == 36 + 6
-    assert raw[8] == 1 and sum(raw) & 0xFF == 0 and raw[10:16] == b"CPPLUG"
+    assert raw[8] == 1 and sum(raw) & 0xFF == 0 and raw[10:16] == b"CPUPLG"
     assert raw[36:] == block.aml() == bytes.fromhex("0858" + "5f5f5f" + "ff")
     assert Sdt.parse(raw).body == raw[36:]

@@ -82,7 +82,7 @@ def test_header_and_round_trip(dsdts: dict[int, bytes], maxcpus: int) -> None:
     raw = dsdts[maxcpus]
     sdt = Sdt.parse(raw)  # checks length and checksum
     assert sdt.signature == "DSDT" and sdt.revision == 2
-    assert sdt.ids.oem_id == "CPPLUG"
+    assert sdt.ids.oem_id == "CPUPLG"
     assert decode_table(raw).encode() == raw
     assert decode_table(raw) == dsdt_block(MachineConfig(cpus=1, maxcpus=maxcpus))
 

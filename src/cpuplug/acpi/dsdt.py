@@ -83,7 +83,7 @@ __all__ = [
     "pres_device",
 ]
 
-DSDT_IDS = TableIds(oem_id="CPPLUG", oem_table_id="CPUPLUG", oem_revision=1)
+DSDT_IDS = TableIds()  # the same ids as every other table of this machine
 DSDT_REVISION = 2  # 64-bit integers
 
 CPUS_PATH = "\\_SB.CPUS"

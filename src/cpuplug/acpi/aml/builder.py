@@ -7,7 +7,7 @@ Build a table the way its ASL reads::
         Name("_HID", String("CPAG0001")),
         Name("_CRS", ResourceTemplate(Memory32Fixed(0x0A00_0000, 0x1000))),
     ))
-    block = DefinitionBlock("DSDT", (dev,), revision=2, ids=TableIds(oem_id="CPPLUG"))
+    block = DefinitionBlock("DSDT", (dev,), revision=2, ids=TableIds(oem_id="CPUPLG"))
     table_bytes = block.encode()
 
 Every node class of :mod:`cpuplug.acpi.aml.nodes` is re-exported here (that module
