@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import mmap
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +75,10 @@ class GuestRam:
             raise BusError(f"bad RAM range base={base:#x} size={size:#x}")
         self.base = base
         self.size = size
-        self._mem = bytearray(size)
+        # Anonymous mmap, not bytearray: the kernel hands out zero pages lazily,
+        # so a VMM's RSS follows the guest memory actually touched (as QEMU's
+        # does) and per-sandbox RSS can be compared between hotplug modes.
+        self._mem = mmap.mmap(-1, size)
 
     @property
     def end(self) -> int:
