@@ -679,3 +679,25 @@ def test_registration_rolls_back_when_its_sysfs_files_fail(vm: Booted) -> None:
         vm.kernel.cpus.register(3)
     assert exc.value.errno == errno.EEXIST
     assert vm.cpus("enabled") == "0-1"
+
+
+def test_other_notify_values_are_only_logged(vm: Booted) -> None:
+    vm.kernel.acpi.interp.evaluate("\\_SB.CPUS.CTFY", 2, 2)  # Device Wake
+    assert vm.kernel.acpi.wait_idle(10)
+    assert vm.kernel.log.contains("ACPI: \\_SB.CPUS.C002: Unsupported event type 0x2")
+    assert vm.events.empty()  # no _OST, hence no ACPI_DEVICE_OST
+
+
+def test_bus_check_rescans_below_the_notified_node(vm: Booted) -> None:
+    vm.kernel.acpi.ged_lines.clear()  # the guest ignores the GED: no scan by itself
+    vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+    assert vm.kernel.acpi.wait_idle(10)
+    assert vm.cpus("enabled") == "0-1"
+    vm.kernel.acpi.interp.evaluate("\\_SB.CPUS.CTFY", 0, 0)  # Notify(C000, Bus Check)
+    assert vm.ost() == (0, 0)
+    assert vm.cpus("enabled") == "0-1"  # a bus check on C000 rescans C000 only
+    vm.kernel.acpi.queue_work(
+        lambda: vm.kernel.acpi._hotplug_event(vm.kernel.acpi.devices["\\_SB.CPUS"], 0)
+    )
+    assert vm.kernel.acpi.wait_idle(10)
+    assert vm.cpus("enabled") == "0-2"
