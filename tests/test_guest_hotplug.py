@@ -701,3 +701,38 @@ def test_bus_check_rescans_below_the_notified_node(vm: Booted) -> None:
     )
     assert vm.kernel.acpi.wait_idle(10)
     assert vm.cpus("enabled") == "0-2"
+
+
+def test_offline_request_racing_the_end_of_boot_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent starts before the boot CPU enters its run loop; an offline of CPU0 in
+    that window must still take effect (it once hung 5 s and failed with EIO)."""
+    from cpuplug.guest.kernel import GuestKernel
+
+    results: list[object] = []
+
+    def racing_agent(self: GuestKernel) -> None:
+        def offline0() -> None:
+            try:
+                self.cpu_offline(0)
+                results.append("ok")
+            except GuestOSError as exc:
+                results.append(exc)
+
+        t = threading.Thread(target=offline0)
+        t.start()
+        per = self.cpus._cpus[0]
+        wait_until(lambda: per.going_down, what="offline request pending")
+        results.append(t)
+
+    monkeypatch.setattr(GuestKernel, "_launch_agent", racing_agent)
+    b = Booted(MachineConfig(cpus=2, maxcpus=2), start_agent=True)
+    try:
+        thread = results.pop(0)
+        assert isinstance(thread, threading.Thread)
+        thread.join(10)
+        assert results == ["ok"]
+        assert b.cpus("online") == "1"
+    finally:
+        b.close()

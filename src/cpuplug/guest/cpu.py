@@ -436,9 +436,10 @@ class CpuManager:
         with self._cond:
             per = self._cpus[n]
             per.hw = hw
-            per.going_down = False
             per.dead = False
             per.online = True
+            # going_down is left alone: an offline request may already have come in
+            # (the boot CPU is online before it gets here) and must not be lost.
             self._cond.notify_all()
         _this.logical, _this.hw = n, hw
         if announce:
@@ -457,6 +458,7 @@ class CpuManager:
                 per.online = False
                 per.hw = None
                 per.dead = True
+                per.going_down = False  # served; the next CPU_ON starts afresh
                 self._cond.notify_all()
             _this.logical, _this.hw = None, None
         ret = psci.cpu_off(hw)  # raises VcpuStop: CPU_OFF does not return
