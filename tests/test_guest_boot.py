@@ -100,7 +100,9 @@ def test_enumeration_follows_madt_order_and_flags() -> None:
 def test_boot_cpu_is_logical_zero_wherever_it_sits() -> None:
     found = enumerate_cpus(madt((7, 0x7, OC), (1, 0x101, E), (2, 0x2, OC)), boot_mpidr=0x101)
     assert [(s.logical, s.uid, s.mpidr) for s in found.slots] == [
-        (0, 1, 0x101), (1, 7, 0x7), (2, 2, 0x2)
+        (0, 1, 0x101),
+        (1, 7, 0x7),
+        (2, 2, 0x2),
     ]
 
 
