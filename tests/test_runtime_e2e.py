@@ -7,12 +7,15 @@ files through ``exec cat``) and what the host sees (VMM threads in /proc).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from cpuplug.guest.userland import STRESS_CHUNK
 from cpuplug.runtime.state import process_alive
 
 pytestmark = pytest.mark.slow
@@ -87,17 +91,60 @@ def vmm_threads(pid: int) -> set[int]:
     return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
 
 
+def cpu_usage_usec(cli: Cli, name: str) -> int:
+    """The container cgroup's ``cpu.stat`` usage_usec, as ``inspect`` reports it."""
+    return int(cli.inspect(name)["cgroups"][name]["cpu"]["usage_usec"])
+
+
 def usage_rate(cli: Cli, name: str, window: float = 1.5) -> float:
     """CPU-seconds per second the container's cgroup used over ``window``."""
-
-    def usage() -> int:
-        return int(cli.inspect(name)["cgroups"][name]["cpu"]["usage_usec"])
-
-    a = usage()
+    a = cpu_usage_usec(cli, name)
     t0 = time.monotonic()
     time.sleep(window)  # the measurement window itself
-    b = usage()
+    b = cpu_usage_usec(cli, name)
     return (b - a) / 1e6 / (time.monotonic() - t0)
+
+
+STRESS_RE = re.compile(r"\(([\d.]+) MiB/s\) on CPUs (\S+)")
+
+
+def stress_usage(cli: Cli, name: str, seconds: float) -> tuple[float, str, float]:
+    """``exec stress --cpu 2 --timeout seconds`` in the container.
+
+    Returns its hashing rate (MiB/s), the CPUs its hogs ran on, and the CPU-seconds
+    per second the container's cgroup used over the exec (the window of
+    :func:`usage_rate`, here filled with real work instead of a sleep).
+    """
+    a = cpu_usage_usec(cli, name)
+    t0 = time.monotonic()
+    out = cli.ok("exec", name, "--", "stress", "--cpu", "2", "--timeout", str(seconds)).stdout
+    b = cpu_usage_usec(cli, name)
+    rate = (b - a) / 1e6 / (time.monotonic() - t0)
+    m = STRESS_RE.search(out)
+    assert m is not None, out
+    return float(m.group(1)), m.group(2), rate
+
+
+def host_hash_rate(threads: int, seconds: float) -> float:
+    """MiB/s of plain host threads hashing as the guest's ``stress`` does (SHA-256 of
+    ``STRESS_CHUNK`` bytes, which releases the GIL): what this host allows right now.
+    The same measurement as ``bench/bench_guest.py::host_rate``."""
+    buf = os.urandom(STRESS_CHUNK)
+    done = [0] * threads
+    deadline = time.perf_counter() + seconds
+
+    def hog(i: int) -> None:
+        while time.perf_counter() < deadline:
+            hashlib.sha256(buf).digest()
+            done[i] += 1
+
+    pool = [threading.Thread(target=hog, args=(i,)) for i in range(threads)]
+    t0 = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(done) * STRESS_CHUNK / (1 << 20) / (time.perf_counter() - t0)
 
 
 def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
@@ -200,20 +247,45 @@ def test_update_killed_between_device_add_and_online_is_reconciled(cli: Cli) -> 
 
 
 def test_throughput_follows_vcpus_and_cpu_max_limits_it(cli: Cli, tmp_path: Path) -> None:
+    """A second vCPU doubles the container's CPU time *and* its real work; cpu.max caps it.
+
+    CPU-seconds per second alone would also grow for a guest whose vCPUs took turns
+    (one GIL, no parallelism), so an exec'd ``stress --cpu 2`` (next to the main
+    ``stress --cpu 4``) must hash > 1.3x as many MiB/s on 2 vCPUs as on 1 — when this
+    host itself runs two hashing threads >= 1.5x faster than one, measured before the
+    sandbox exists and again after it is gone (a host loaded by something else in
+    either moment skips that one check instead of failing it).
+    """
+
+    b1, b2 = host_hash_rate(1, 0.5), host_hash_rate(2, 0.5)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[hypervisor.qemu]\ndefault_vcpus = 1\ndefault_maxvcpus = 4\n")
     cli.ok("run", "--name", "t", "--config", str(cfg), "--", "stress", "--cpu", "4")
     assert cli.nproc("t") == 1
-    one = usage_rate(cli, "t")
+    work_one, cpus_one, one = stress_usage(cli, "t", 1.5)
+    assert cpus_one == "0"
     cli.ok("update", "--cpuset-cpus", "0", "t")  # cpuset size 1 + default 1 → 2 vCPUs
     assert cli.nproc("t") == 2
-    two = usage_rate(cli, "t")
+    work_two, cpus_two, two = stress_usage(cli, "t", 1.5)
+    assert cpus_two == "0-1", "the exec'd hogs ran on both vCPUs"
     assert two > 1.3 * one, f"1 vCPU: {one:.2f} CPU-s/s, 2 vCPUs: {two:.2f}"
     cli.ok("update", "--cpu-quota", "40000", "--cpu-period", "100000", "t")
     assert cli.nproc("t") == 2  # ceil(0.4 + 1) = 2: quota only
     limited = usage_rate(cli, "t")
     assert limited < 0.6, f"cpu.max 40000/100000 but {limited:.2f} CPU-s/s"
     assert int(cli.inspect("t")["cgroups"]["t"]["cpu"]["nr_throttled"]) > 0
+    cli.ok("rm", "-f", "t")
+    a1, a2 = host_hash_rate(1, 0.5), host_hash_rate(2, 0.5)
+
+    numbers = (
+        f"guest stress: {work_one:.0f} MiB/s on 1 vCPU, {work_two:.0f} on 2"
+        f" ({work_two / work_one:.2f}x); host threads before: {b1:.0f} MiB/s on 1,"
+        f" {b2:.0f} on 2 ({b2 / b1:.2f}x), after: {a1:.0f} on 1, {a2:.0f} on 2 ({a2 / a1:.2f}x)"
+    )
+    print(numbers)
+    if min(b2 / b1, a2 / a1) < 1.5:
+        pytest.skip(f"host does not scale to 2 threads, real-work check not meaningful: {numbers}")
+    assert work_two > 1.3 * work_one, numbers
 
 
 def test_bundle_and_static_config(cli: Cli, tmp_path: Path) -> None:
