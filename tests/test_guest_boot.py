@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from tests.guest_fakes import Booted
 
+from cpuplug import psci_abi
 from cpuplug.acpi import tables as T
 from cpuplug.acpi.aml.resources import Interrupt, encode_resources
 from cpuplug.acpi.virt import GED_GSI, GICD_BASE, MachineConfig, build_machine_tables, mpidr
-from cpuplug.guest import psci
 from cpuplug.guest.acpi_bus import parse_interrupts
 from cpuplug.guest.boot import BootError, check_psci_conduit, enumerate_cpus, read_tables
 from cpuplug.guest.kernel import GICD_IROUTER, GuestKernel, kstrtobool
@@ -66,7 +66,7 @@ class HaltingCpu:
     mpidr = 0
 
     def hvc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0) -> int:
-        return 0x10001 if x0 == psci.PSCI_VERSION else psci.DENIED
+        return 0x10001 if x0 == psci_abi.PSCI_VERSION else psci_abi.DENIED
 
     def wait_for_interrupt(self, timeout: float | None) -> int | None:
         raise VcpuStop
@@ -210,8 +210,12 @@ def test_boot_masks_in_acpi_mode(vm: Booted) -> None:
 
 def test_cpu_on_tried_for_every_possible_cpu_denied_is_silent(vm: Booted) -> None:
     calls = vm.hvc_calls  # type: ignore[attr-defined]
-    cpu_on = {x1: ret for (x0, x1, _x2, _x3, ret) in calls if x0 == psci.CPU_ON}
-    assert cpu_on == {mpidr(1): psci.SUCCESS, mpidr(2): psci.DENIED, mpidr(3): psci.DENIED}
+    cpu_on = {x1: ret for (x0, x1, _x2, _x3, ret) in calls if x0 == psci_abi.CPU_ON_64}
+    assert cpu_on == {
+        mpidr(1): psci_abi.SUCCESS,
+        mpidr(2): psci_abi.DENIED,
+        mpidr(3): psci_abi.DENIED,
+    }
     assert not vm.kernel.log.contains("failed to boot")
     assert vm.kernel.debug.secondary_entries() == [mpidr(1)]
 

@@ -11,15 +11,17 @@ from hypothesis import strategies as st
 
 from cpuplug.acpi.virt import cpu_index_of_mpidr, mpidr
 from cpuplug.hw import VcpuStop
-from cpuplug.vmm.psci import (
+from cpuplug.psci_abi import (
     AFFINITY_INFO_32,
     AFFINITY_INFO_64,
     ALREADY_ON,
     CPU_OFF,
     CPU_ON_32,
     CPU_ON_64,
+    CPU_SUSPEND_64,
     DENIED,
     INVALID_PARAMS,
+    MIGRATE_INFO_TYPE,
     NOT_SUPPORTED,
     ON_PENDING,
     PSCI_FEATURES,
@@ -27,12 +29,8 @@ from cpuplug.vmm.psci import (
     SUCCESS,
     SYSTEM_OFF,
     SYSTEM_RESET,
-    CpuOnResult,
-    Psci,
 )
-
-CPU_SUSPEND_64 = 0xC400_0001
-MIGRATE_INFO_TYPE = 0x8400_0006
+from cpuplug.vmm.psci import CpuOnResult, Psci
 
 
 class Power(enum.Enum):

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from cpuplug import psci_abi
 from cpuplug.agent_protocol import EventName, format_cpu_list
 from cpuplug.errors import CpuplugError
 from cpuplug.guest import psci
@@ -328,7 +329,7 @@ class CpuManager:
                 return
             mpidr = per.mpidr
         ret = self._hvc(lambda hw: psci.cpu_on(hw, mpidr, psci.SECONDARY_ENTRY, n))
-        if ret != psci.SUCCESS:
+        if ret != psci_abi.SUCCESS:
             err = psci.to_errno(ret)
             if err != errno.EPERM:  # "arm64: psci: Ignore DENIED CPUs" (6.11)
                 self.log.err(f"psci: failed to boot CPU{n} ({-err})")
@@ -399,11 +400,11 @@ class CpuManager:
         """
         start = time.monotonic()
         step = 0.0001
-        state = psci.AFFINITY_ON
+        state = psci_abi.AFFINITY_ON
         while True:
             state = self._hvc(lambda hw: psci.affinity_info(hw, mpidr), avoid=n)
             elapsed = time.monotonic() - start
-            if state == psci.AFFINITY_OFF:
+            if state == psci_abi.AFFINITY_OFF:
                 self.log.info(f"psci: CPU{n} killed (polled {int(elapsed * 1000)} ms)")
                 return
             if elapsed >= KILL_POLL_LIMIT:

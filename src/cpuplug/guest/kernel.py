@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from cpuplug import psci_abi
 from cpuplug.acpi.errors import AcpiError
 from cpuplug.guest import psci
 from cpuplug.guest.acpi_bus import AcpiBus, AcpiDevice
@@ -247,7 +248,7 @@ class GuestKernel:
     def _power_off(self) -> None:
         """Orderly power-off (power button): PSCI SYSTEM_OFF from some online CPU."""
         self.log.info("reboot: Power down")
-        self.cpus._hvc(lambda hw: hw.hvc(psci.SYSTEM_OFF))
+        self.cpus._hvc(lambda hw: hw.hvc(psci_abi.SYSTEM_OFF))
 
     # ------------------------------------------------------------ interrupts
 

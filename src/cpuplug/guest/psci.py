@@ -1,9 +1,10 @@
-"""Guest-side PSCI: function ids, return codes and Linux's errno mapping (SPEC §5).
+"""Guest-side PSCI: the calls arm64 Linux makes and its errno mapping (SPEC §5).
 
-The calls go through ``Cpu.hvc`` (the FADT says PSCI over HVC); the numbers are
-those of ``include/uapi/linux/psci.h``, and :func:`to_errno` is Linux's
-``psci_to_linux_errno``: only DENIED, NOT_SUPPORTED, INVALID_PARAMS and
-INVALID_ADDRESS map to something specific, every other failure is EINVAL.
+The calls go through ``Cpu.hvc`` (the FADT says PSCI over HVC) using the SMC64
+ids, as Linux does; the numbers are the shared ABI of :mod:`cpuplug.psci_abi`,
+and :func:`to_errno` is Linux's ``psci_to_linux_errno``: only DENIED,
+NOT_SUPPORTED, INVALID_PARAMS and INVALID_ADDRESS map to something specific,
+every other failure is EINVAL.
 """
 
 from __future__ import annotations
@@ -11,30 +12,17 @@ from __future__ import annotations
 import errno
 
 from cpuplug.hw import Cpu
-
-PSCI_VERSION = 0x8400_0000
-CPU_SUSPEND = 0xC400_0001
-CPU_OFF = 0x8400_0002
-CPU_ON = 0xC400_0003
-AFFINITY_INFO = 0xC400_0004
-SYSTEM_OFF = 0x8400_0008
-SYSTEM_RESET = 0x8400_0009
-PSCI_FEATURES = 0x8400_000A
-
-SUCCESS = 0
-NOT_SUPPORTED = -1
-INVALID_PARAMS = -2
-DENIED = -3
-ALREADY_ON = -4
-ON_PENDING = -5
-INTERNAL_FAILURE = -6
-NOT_PRESENT = -7
-DISABLED = -8
-INVALID_ADDRESS = -9
-
-AFFINITY_ON = 0
-AFFINITY_OFF = 1
-AFFINITY_ON_PENDING = 2
+from cpuplug.psci_abi import (
+    AFFINITY_INFO_64,
+    CPU_OFF,
+    CPU_ON_64,
+    DENIED,
+    INVALID_ADDRESS,
+    INVALID_PARAMS,
+    NOT_SUPPORTED,
+    PSCI_VERSION,
+    SUCCESS,
+)
 
 CPU_OFF_POWER_STATE = 0x10000
 """What arm64 Linux passes to CPU_OFF (a power-down state)."""
@@ -68,7 +56,7 @@ def version(cpu: Cpu) -> tuple[int, int]:
 
 def cpu_on(cpu: Cpu, target_mpidr: int, entry: int, context: int = 0) -> int:
     """Raw PSCI return code of CPU_ON for ``target_mpidr``."""
-    return cpu.hvc(CPU_ON, target_mpidr, entry, context)
+    return cpu.hvc(CPU_ON_64, target_mpidr, entry, context)
 
 
 def cpu_off(cpu: Cpu) -> int:
@@ -78,4 +66,4 @@ def cpu_off(cpu: Cpu) -> int:
 
 def affinity_info(cpu: Cpu, target_mpidr: int) -> int:
     """0 ON, 1 OFF, 2 ON_PENDING, or a negative PSCI error."""
-    return cpu.hvc(AFFINITY_INFO, target_mpidr, 0)
+    return cpu.hvc(AFFINITY_INFO_64, target_mpidr, 0)

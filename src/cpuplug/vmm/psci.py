@@ -16,7 +16,8 @@ after telling the table/machine, so the guest's ``hvc`` unwinds to the vCPU
 thread's loop whatever the caller does with the return path.
 
 Arguments follow SMCCC: the function id is ``w0``; SMC32 functions (bit 30
-clear) take 32-bit arguments, so ``x1..x3`` are truncated for them.
+clear) take 32-bit arguments, so ``x1..x3`` are truncated for them. The numbers
+are the shared ABI of :mod:`cpuplug.psci_abi`; only the behaviour lives here.
 """
 
 from __future__ import annotations
@@ -25,54 +26,34 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from cpuplug.hw import VcpuStop
+from cpuplug.psci_abi import (
+    AFFINITY_INFO_32,
+    AFFINITY_INFO_64,
+    ALREADY_ON,
+    CPU_OFF,
+    CPU_ON_32,
+    CPU_ON_64,
+    DENIED,
+    INTERNAL_FAILURE,
+    INVALID_PARAMS,
+    NOT_SUPPORTED,
+    ON_PENDING,
+    PSCI_FEATURES,
+    PSCI_VERSION,
+    PSCI_VERSION_1_1,
+    SMC64,
+    SUCCESS,
+    SYSTEM_OFF,
+    SYSTEM_RESET,
+)
 
 __all__ = [
-    "AFFINITY_INFO_32",
-    "AFFINITY_INFO_64",
-    "ALREADY_ON",
-    "CPU_OFF",
-    "CPU_ON_32",
-    "CPU_ON_64",
-    "DENIED",
-    "INTERNAL_FAILURE",
-    "INVALID_PARAMS",
-    "NOT_SUPPORTED",
-    "ON_PENDING",
-    "PSCI_FEATURES",
-    "PSCI_VERSION",
-    "PSCI_VERSION_1_1",
-    "SUCCESS",
-    "SYSTEM_OFF",
-    "SYSTEM_RESET",
     "CpuOnResult",
     "PowerStateLike",
     "Psci",
     "VcpuTable",
 ]
 
-# Function ids.
-PSCI_VERSION = 0x8400_0000
-CPU_OFF = 0x8400_0002
-CPU_ON_32 = 0x8400_0003
-CPU_ON_64 = 0xC400_0003
-AFFINITY_INFO_32 = 0x8400_0004
-AFFINITY_INFO_64 = 0xC400_0004
-SYSTEM_OFF = 0x8400_0008
-SYSTEM_RESET = 0x8400_0009
-PSCI_FEATURES = 0x8400_000A
-
-PSCI_VERSION_1_1 = 0x0001_0001
-
-# Return codes.
-SUCCESS = 0
-NOT_SUPPORTED = -1
-INVALID_PARAMS = -2
-DENIED = -3
-ALREADY_ON = -4
-ON_PENDING = -5
-INTERNAL_FAILURE = -6
-
-_SMC64 = 1 << 30
 _U32 = 0xFFFF_FFFF
 _U64 = (1 << 64) - 1
 
@@ -153,7 +134,7 @@ class Psci:
     def call(self, caller_index: int, x0: int, x1: int = 0, x2: int = 0, x3: int = 0) -> int:
         """Handle one HVC; returns the signed result for x0 (or raises VcpuStop)."""
         fid = x0 & _U32
-        width = _U64 if fid & _SMC64 else _U32
+        width = _U64 if fid & SMC64 else _U32
         x1, x2, x3 = x1 & width, x2 & width, x3 & width
         if fid == PSCI_VERSION:
             return PSCI_VERSION_1_1

@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 from cpuplug.acpi.virt import cpu_index_of_mpidr, mpidr
 from cpuplug.errors import CpuplugError
 from cpuplug.hw import Cpu, Kernel, VcpuStop
+from cpuplug.psci_abi import AFFINITY_OFF, AFFINITY_ON, AFFINITY_ON_PENDING, NOT_SUPPORTED
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ class VcpuError(CpuplugError):
 class PowerState(enum.Enum):
     """PSCI's view of a vCPU (AFFINITY_INFO: 0 ON, 1 OFF, 2 ON_PENDING)."""
 
-    ON = 0
-    OFF = 1
-    ON_PENDING = 2
+    ON = AFFINITY_ON
+    OFF = AFFINITY_OFF
+    ON_PENDING = AFFINITY_ON_PENDING
 
 
 class InterruptController(Protocol):
@@ -562,4 +563,4 @@ class VcpuSet:
 
 
 def _no_psci(caller: int, x0: int, x1: int, x2: int, x3: int) -> int:
-    return -1  # NOT_SUPPORTED until the machine wires PSCI in
+    return NOT_SUPPORTED  # until the machine wires PSCI in
