@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
@@ -626,4 +627,36 @@ def test_read_tables_refuses_implausible_lengths() -> None:
         return bytes(image[offset : offset + length])
 
     with pytest.raises(TableError, match="implausible length"):
+        t.read_tables(read, tables.rsdp_address)
+
+
+
+def test_read_tables_says_a_revision_0_rsdp_has_no_xsdt() -> None:
+    tables = virt.build_machine_tables(virt.MachineConfig(cpus=1, maxcpus=2), dsdt=_TEST_DSDT)
+    image = bytearray(tables.image)
+    rsdp_at = tables.rsdp_address - tables.base_address
+    image[rsdp_at : rsdp_at + 20] = t.Rsdp(revision=0).build()
+
+    def read(address: int, length: int) -> bytes:
+        offset = address - tables.base_address
+        return bytes(image[offset : offset + length])
+
+    with pytest.raises(TableError, match="revision 0: no XSDT"):
+        t.read_tables(read, tables.rsdp_address)
+
+
+def test_read_tables_refuses_a_table_address_of_0() -> None:
+    tables = virt.build_machine_tables(virt.MachineConfig(cpus=1, maxcpus=2), dsdt=_TEST_DSDT)
+    image = bytearray(tables.image)
+    xsdt_at = tables.addresses["XSDT"] - tables.base_address
+    xsdt = t.Xsdt.parse(tables.blobs["XSDT"])
+    patched = dataclasses.replace(xsdt, entries=(0, *xsdt.entries[1:])).build()
+    image[xsdt_at : xsdt_at + len(patched)] = patched
+
+    def read(address: int, length: int) -> bytes:
+        assert address != 0, "read_tables read guest memory at address 0"
+        offset = address - tables.base_address
+        return bytes(image[offset : offset + length])
+
+    with pytest.raises(TableError, match="table address is 0"):
         t.read_tables(read, tables.rsdp_address)

@@ -1178,12 +1178,16 @@ def read_tables(read: Callable[[int, int], bytes], rsdp_address: int) -> list[tu
     """Every table reachable from the RSDP, as ``(address, table)``, the way a guest finds them.
 
     ``read(address, length)`` returns guest memory. The order is RSDP, XSDT,
-    each XSDT entry in order, then the DSDT named by the FADT. Each table is
-    read header first, then whole, so a corrupt length is caught before a huge
-    read; every fault is a :class:`TableError`.
+    each XSDT entry in order, then the DSDT named by the (first) FADT. Each
+    table is read header first, then whole, so a corrupt length is caught before
+    a huge read; a table address of 0 is refused rather than read; every fault
+    is a :class:`TableError`. The guest kernel boots from this walk, so what it
+    refuses here is what a kernel cannot boot from.
     """
 
     def read_sdt(address: int, what: str) -> AnyTable:
+        if address == 0:
+            raise TableError(what, 0, "table address is 0")
         header = bytes(read(address, HEADER_SIZE))
         if len(header) < HEADER_SIZE:
             raise TableError(what, 0, f"cannot read a header at {address:#x}")
@@ -1192,20 +1196,24 @@ def read_tables(read: Callable[[int, int], bytes], rsdp_address: int) -> list[tu
             raise TableError(what, _LENGTH_AT, f"implausible length {length} at {address:#x}")
         return parse_table(bytes(read(address, length)))
 
-    rsdp = Rsdp.parse(bytes(read(rsdp_address, Rsdp.LAYOUT.size)))
+    raw = bytes(read(rsdp_address, Rsdp.LAYOUT.size))
+    revision_at = Rsdp.LAYOUT.offset_of("revision")
+    if len(raw) > revision_at and raw[revision_at] < 2:
+        raw = raw[: Rsdp.V1_SIZE]  # the 20-byte ACPI 1.0 RSDP: parse it to say so clearly
+    rsdp = Rsdp.parse(raw)
     if rsdp.revision < 2 or not rsdp.xsdt_address:
-        raise TableError("RSDP", 24, "no XSDT (revision 2 RSDP required)")
+        raise TableError("RSDP", 24, f"revision {rsdp.revision}: no XSDT (revision 2 required)")
     found: list[tuple[int, AnyTable]] = [(rsdp_address, rsdp)]
     xsdt = read_sdt(rsdp.xsdt_address, "XSDT")
     if not isinstance(xsdt, Xsdt):
         raise TableError(xsdt.signature, 0, "RSDP's XSDT address holds another table")
     found.append((rsdp.xsdt_address, xsdt))
-    dsdt_address = 0
+    fadt: Fadt | None = None
     for address in xsdt.entries:
         table = read_sdt(address, "XSDT entry")
         found.append((address, table))
-        if isinstance(table, Fadt):
-            dsdt_address = table.dsdt_address
-    if dsdt_address:
-        found.append((dsdt_address, read_sdt(dsdt_address, "DSDT")))
+        if isinstance(table, Fadt) and fadt is None:
+            fadt = table
+    if fadt is not None and fadt.dsdt_address:
+        found.append((fadt.dsdt_address, read_sdt(fadt.dsdt_address, "DSDT")))
     return found

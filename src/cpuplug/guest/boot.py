@@ -20,7 +20,6 @@ from cpuplug.acpi.errors import TableError
 from cpuplug.acpi.tables import (
     ARM_PSCI_COMPLIANT,
     ARM_PSCI_USE_HVC,
-    HEADER_SIZE,
     SPACE_SYSTEM_MEMORY,
     Fadt,
     Gicc,
@@ -29,16 +28,13 @@ from cpuplug.acpi.tables import (
     Sdt,
     Spcr,
     Xsdt,
-    parse_table,
 )
+from cpuplug.acpi.tables import read_tables as walk_tables
 from cpuplug.errors import CpuplugError
 from cpuplug.hw import PhysicalAddressSpace
 
 MPIDR_HWID_BITMASK = 0xFF_00FF_FFFF
 """Affinity bits of MPIDR_EL1 (Aff3..Aff0) as Linux's ``MPIDR_HWID_BITMASK``."""
-
-MAX_TABLE_SIZE = 16 * 1024 * 1024
-"""A table claiming to be larger than this is treated as corrupt, not read."""
 
 NR_CPUS = 512
 """This kernel's configured ``NR_CPUS`` (arm64 defconfig uses 512 too)."""
@@ -89,50 +85,41 @@ class CpuEnumeration:
         return None
 
 
-def _read_table(memory: PhysicalAddressSpace, address: int, what: str) -> bytes:
-    if address == 0:
-        raise BootError(f"{what}: table address is 0")
-    header = memory.read_bytes(address, HEADER_SIZE)
-    length = int.from_bytes(header[4:8], "little")
-    if not HEADER_SIZE <= length <= MAX_TABLE_SIZE:
-        raise BootError(f"{what} at {address:#x}: implausible length {length}")
-    return memory.read_bytes(address, length)
-
-
 def read_tables(memory: PhysicalAddressSpace, rsdp_address: int) -> FirmwareTables:
-    """RSDP → XSDT → FADT/MADT/DSDT/SSDT/SPCR, every checksum verified."""
+    """RSDP → XSDT → FADT/MADT/DSDT/SSDT/SPCR, every checksum verified.
+
+    The walk is :func:`cpuplug.acpi.tables.read_tables` (the one table reader);
+    this picks what the kernel uses from it -- the first FADT, MADT and SPCR,
+    every SSDT, the DSDT the FADT names -- and refuses a set it cannot boot from.
+    """
     try:
-        raw = memory.read_bytes(rsdp_address, 36)
-        if raw[15] < 2:
-            raise BootError(f"RSDP at {rsdp_address:#x}: revision {raw[15]} has no XSDT")
-        rsdp = parse_table(raw)
-        assert isinstance(rsdp, Rsdp)
-        xsdt = parse_table(_read_table(memory, rsdp.xsdt_address, "XSDT"))
-        if not isinstance(xsdt, Xsdt):
-            raise BootError(f"RSDP points at a {xsdt.signature}, not an XSDT")
-        fadt: Fadt | None = None
-        madt: Madt | None = None
-        spcr: Spcr | None = None
-        ssdts: list[Sdt] = []
-        for address in xsdt.entries:
-            table = parse_table(_read_table(memory, address, f"table at {address:#x}"))
-            if isinstance(table, Fadt) and fadt is None:
-                fadt = table
-            elif isinstance(table, Madt) and madt is None:
-                madt = table
-            elif isinstance(table, Spcr) and spcr is None:
-                spcr = table
-            elif isinstance(table, Sdt) and table.signature == "SSDT":
-                ssdts.append(table)
-        if fadt is None:
-            raise BootError("no FADT in the XSDT")
-        if madt is None:
-            raise BootError("no MADT in the XSDT")
-        dsdt = parse_table(_read_table(memory, fadt.dsdt_address, "DSDT"))
-        if not isinstance(dsdt, Sdt) or dsdt.signature != "DSDT":
-            raise BootError(f"FADT's DSDT pointer leads to a {dsdt.signature}")
+        found = walk_tables(memory.read_bytes, rsdp_address)
     except TableError as exc:
         raise BootError(f"ACPI: {exc}") from exc
+    rsdp, xsdt = found[0][1], found[1][1]
+    assert isinstance(rsdp, Rsdp) and isinstance(xsdt, Xsdt)
+    fadt: Fadt | None = None
+    madt: Madt | None = None
+    spcr: Spcr | None = None
+    ssdts: list[Sdt] = []
+    for _, table in found[2 : 2 + len(xsdt.entries)]:
+        if isinstance(table, Fadt) and fadt is None:
+            fadt = table
+        elif isinstance(table, Madt) and madt is None:
+            madt = table
+        elif isinstance(table, Spcr) and spcr is None:
+            spcr = table
+        elif isinstance(table, Sdt) and table.signature == "SSDT":
+            ssdts.append(table)
+    if fadt is None:
+        raise BootError("no FADT in the XSDT")
+    if madt is None:
+        raise BootError("no MADT in the XSDT")
+    if fadt.dsdt_address == 0:
+        raise BootError("DSDT: table address is 0")
+    dsdt = found[-1][1]
+    if not isinstance(dsdt, Sdt) or dsdt.signature != "DSDT":
+        raise BootError(f"FADT's DSDT pointer leads to a {dsdt.signature}")
     return FirmwareTables(rsdp, xsdt, fadt, madt, dsdt, tuple(ssdts), spcr)
 
 
