@@ -35,7 +35,7 @@ from cpuplug.acpi.aml.interp import (
     to_python,
     to_str,
 )
-from cpuplug.acpi.aml.namespace import Namespace, Node, parse_path
+from cpuplug.acpi.aml.namespace import Node, resolver
 from cpuplug.acpi.aml.objects import (
     OBJECT_TYPE_CODES,
     Alias,
@@ -59,54 +59,11 @@ from cpuplug.acpi.errors import AmlError, AmlLimitError
 Expr = Callable[[Frame], Any]
 IntExpr = Callable[[Frame], int]
 Storer = Callable[[Frame, Any], None]
-Finder = Callable[[Namespace, Node], "Node | None"]
 
 
 def compile_method(method: Method) -> Stmt:
     """The runtime's hook: a method's body as one statement closure."""
     return Compiler(method.int_bits).block(method.body)
-
-
-def resolver(path: str) -> Finder:
-    """A function finding ``path`` from a scope (ACPI 6.5 §5.3 search rules)."""
-    absolute, ups, segs = parse_path(path)
-    if absolute:
-
-        def from_root(ns: Namespace, scope: Node) -> Node | None:
-            cur: Node | None = ns.root
-            for seg in segs:
-                assert cur is not None
-                cur = cur.children.get(seg)
-                if cur is None:
-                    return None
-            return cur
-
-        return from_root
-    if ups == 0 and len(segs) == 1:
-        seg = segs[0]
-
-        def search(ns: Namespace, scope: Node) -> Node | None:
-            cur: Node | None = scope
-            while cur is not None:
-                found = cur.children.get(seg)
-                if found is not None:
-                    return found
-                cur = cur.parent
-            return None
-
-        return search
-
-    def relative(ns: Namespace, scope: Node) -> Node | None:
-        cur: Node | None = scope
-        for _ in range(ups):
-            cur = cur.parent if cur is not None else None
-        for seg in segs:
-            if cur is None:
-                return None
-            cur = cur.children.get(seg)
-        return cur
-
-    return relative
 
 
 def _follow(node: Node) -> Node:

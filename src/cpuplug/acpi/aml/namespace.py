@@ -11,7 +11,7 @@ then in each parent up to the root; a multi-segment or prefixed path is not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cpuplug.acpi.aml.nodes import split_name
@@ -69,6 +69,59 @@ def parse_path(path: str) -> tuple[bool, int, tuple[str, ...]]:
     return prefix == "\\", prefix.count("^"), segs
 
 
+Finder = Callable[["Namespace", Node], "Node | None"]
+"""Finds one path from a scope; made once per path by :func:`resolver`."""
+
+
+def resolver(path: str) -> Finder:
+    """A function finding ``path`` from a scope (ACPI 6.5 §5.3 search rules).
+
+    The path is parsed once, here, so compiled AML pays only for the walk on each
+    run; :meth:`Namespace.lookup` uses the same walk for a path given at run time.
+    """
+    return _finder(*parse_path(path))
+
+
+def _finder(absolute: bool, ups: int, segs: tuple[str, ...]) -> Finder:
+    if absolute:
+
+        def from_root(ns: Namespace, scope: Node) -> Node | None:
+            cur: Node | None = ns.root
+            for seg in segs:
+                assert cur is not None
+                cur = cur.children.get(seg)
+                if cur is None:
+                    return None
+            return cur
+
+        return from_root
+    if ups == 0 and len(segs) == 1:
+        seg = segs[0]
+
+        def search(ns: Namespace, scope: Node) -> Node | None:
+            cur: Node | None = scope
+            while cur is not None:
+                found = cur.children.get(seg)
+                if found is not None:
+                    return found
+                cur = cur.parent
+            return None
+
+        return search
+
+    def relative(ns: Namespace, scope: Node) -> Node | None:
+        cur: Node | None = scope
+        for _ in range(ups):
+            cur = cur.parent if cur is not None else None
+        for seg in segs:
+            if cur is None:
+                return None
+            cur = cur.children.get(seg)
+        return cur
+
+    return relative
+
+
 class Namespace:
     """The tree, rooted at ``\\``, with the scopes ACPI predefines."""
 
@@ -90,35 +143,15 @@ class Namespace:
             self.root.children[name] = Node(name, self.root, Container(kind))
 
     def lookup(self, path: str, scope: Node | None = None) -> Node | None:
-        """The node ``path`` names, searched from ``scope`` (default root); None if absent."""
+        """The node ``path`` names, searched from ``scope`` (default root); None if absent.
+
+        With no scope the path is read from the root, where a ``^`` has nowhere to go
+        and is ignored.
+        """
         absolute, ups, segs = parse_path(path)
-        if absolute or scope is None:
-            start: Node | None = self.root
-        else:
-            start = scope
-            for _ in range(ups):
-                start = start.parent if start is not None else None
-                if start is None:
-                    return None
-        assert start is not None
-        if not segs:
-            return start
-        if not absolute and ups == 0 and len(segs) == 1:
-            node: Node | None = start
-            seg = segs[0]
-            while node is not None:
-                found = node.children.get(seg)
-                if found is not None:
-                    return found
-                node = node.parent
-            return None
-        cur: Node | None = start
-        for seg in segs:
-            assert cur is not None
-            cur = cur.children.get(seg)
-            if cur is None:
-                return None
-        return cur
+        if scope is None:
+            absolute, scope = True, self.root
+        return _finder(absolute, ups, segs)(self, scope)
 
     def resolve(self, path: str, scope: Node | None = None) -> Node:
         node = self.lookup(path, scope)
