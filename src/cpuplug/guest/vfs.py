@@ -237,12 +237,7 @@ class Vfs:
             if parts[-1] in parent.children:
                 raise GuestOSError(_errno.EEXIST, norm)
             hook = self._nearest_hook(parts[:-1], "mkdir")
-        if hook is None:
-            raise GuestOSError(_errno.EPERM, norm)
-        try:
-            hook(norm)
-        except GuestOSError as exc:
-            raise exc.with_path(norm) from None
+        _run_hook(hook, norm)
 
     def rmdir(self, path: str) -> None:
         """Remove a directory through the hook of an ancestor (cgroupfs); else EPERM."""
@@ -255,29 +250,23 @@ class Vfs:
             raise GuestOSError(_errno.ENOTDIR, norm)
         with self._lock:
             hook = self._nearest_hook(parts[:-1], "rmdir")
-        if hook is None:
-            raise GuestOSError(_errno.EPERM, norm)
-        try:
-            hook(norm)
-        except GuestOSError as exc:
-            raise exc.with_path(norm) from None
+        _run_hook(hook, norm)
 
     # ------------------------------------------------------------ internals
 
     def _lookup(self, path: str) -> _Dir | _File:
-        parts = _split(path)
         with self._lock:
-            node: _Dir | _File = self._root
-            for part in parts:
-                if not isinstance(node, _Dir):
-                    raise GuestOSError(_errno.ENOTDIR, normpath(path))
-                child = node.children.get(part)
-                if child is None:
-                    raise GuestOSError(_errno.ENOENT, normpath(path))
-                node = child
-            return node
+            return self._walk(_split(path), path)
 
     def _lookup_dir(self, parts: list[str], path: str) -> _Dir:
+        """The directory ``parts`` names; the caller holds the lock."""
+        node = self._walk(parts, path)
+        if not isinstance(node, _Dir):
+            raise GuestOSError(_errno.ENOTDIR, normpath(path))
+        return node
+
+    def _walk(self, parts: list[str], path: str) -> _Dir | _File:
+        """The node at ``parts`` (errors name ``path``); the caller holds the lock."""
         node: _Dir | _File = self._root
         for part in parts:
             if not isinstance(node, _Dir):
@@ -286,8 +275,6 @@ class Vfs:
             if child is None:
                 raise GuestOSError(_errno.ENOENT, normpath(path))
             node = child
-        if not isinstance(node, _Dir):
-            raise GuestOSError(_errno.ENOTDIR, normpath(path))
         return node
 
     def _ensure_dir(self, parts: list[str], path: str) -> _Dir:
@@ -310,3 +297,13 @@ class Vfs:
             if isinstance(node, _Dir) and getattr(node, which) is not None:
                 found = getattr(node, which)
         return found
+
+
+def _run_hook(hook: DirHook | None, path: str) -> None:
+    """mkdir/rmdir through a directory hook: EPERM where no filesystem takes it."""
+    if hook is None:
+        raise GuestOSError(_errno.EPERM, path)
+    try:
+        hook(path)
+    except GuestOSError as exc:
+        raise exc.with_path(path) from None
