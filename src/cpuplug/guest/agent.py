@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import re
 import threading
 import time
@@ -52,11 +53,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cpuplug import agent_protocol as ap
-from cpuplug.guest.cgroup import Cgroup, CgroupTree, parse_cpu_max
+from cpuplug.guest.cgroup import Cgroup, parse_cpu_max
 from cpuplug.guest.klog import KernelEvent
-from cpuplug.guest.sched import Scheduler
-from cpuplug.guest.userland import Process, ProgramNotFound, spawn
-from cpuplug.guest.vfs import GuestOSError, Vfs
+from cpuplug.guest.userland import Os, Process, ProgramNotFound, spawn
+from cpuplug.guest.vfs import GuestOSError
 from cpuplug.hw import AgentChannel, Stream
 
 __all__ = ["MAX_CONNECTIONS", "Agent", "AgentKernel", "start"]
@@ -67,6 +67,9 @@ ONLINE_RETRIES = 100  # Kata: 100 retries ...
 ONLINE_RETRY_INTERVAL = 0.05  # ... 50 ms apart (~5 s)
 EXEC_DEFAULT_TIMEOUT = 60.0  # Kata's defaultRequestTimeout
 KILL_WAIT = 5.0
+EXEC_MAX_TIMEOUT = 365 * 24 * 3600.0
+"""Longest ExecProcess timeout, in seconds: beyond it (or ``1e999`` = infinity) the
+wait itself cannot be expressed (``OverflowError``), so it is refused up front."""
 RECV_CHUNK = 64 * 1024
 POLL = 0.25  # how often blocked threads re-check the stop flag (stop also closes streams)
 
@@ -101,17 +104,9 @@ class _HasChannel(Protocol):
     def agent_channel(self) -> AgentChannel: ...
 
 
-class AgentKernel(Protocol):
-    """What the agent needs from the kernel object (``GuestKernel`` provides it)."""
-
-    @property
-    def vfs(self) -> Vfs: ...
-
-    @property
-    def sched(self) -> Scheduler: ...
-
-    @property
-    def cgroups(self) -> CgroupTree: ...
+class AgentKernel(Os, Protocol):
+    """What the agent needs from the kernel object (``GuestKernel`` provides it):
+    what the programs it spawns need, and the kernel's events."""
 
     @property
     def events(self) -> EventSource: ...
@@ -411,6 +406,13 @@ class Agent:
     def _exec_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         c = self._container(p["container_id"])
         timeout = float(p.get("timeout", EXEC_DEFAULT_TIMEOUT))
+        if not (math.isfinite(timeout) and timeout <= EXEC_MAX_TIMEOUT):
+            # Checked before spawning: a wait that fails after the spawn would
+            # leave the process running, unwaited, in the container.
+            raise ap.ProtocolError(
+                ap.ErrorCode.EINVAL,
+                f"ExecProcess: 'timeout' must be at most {EXEC_MAX_TIMEOUT:g} seconds",
+            )
         proc = self._spawn(c, list(p["cmd"]))
         if not proc.wait(timeout):
             proc.kill(9)
@@ -518,6 +520,13 @@ class Agent:
 
     def _online_cpu_mem(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         want: int = p["nb_cpus"]
+        possible = len(self._read_cpus("possible"))
+        if want > possible:
+            # Can never be met: answer now, not after every retry (Kata retries).
+            raise ap.ProtocolError(
+                ap.ErrorCode.EINVAL,
+                f"OnlineCPUMem: 'nb_cpus' {want} exceeds the {possible} possible CPUs",
+            )
         with self._sandbox:
             if want > 0:
                 self._online_cpus(want)
