@@ -1,5 +1,8 @@
 """Shared test fixtures.
 
+``vmm`` starts real ``cpuplug vmm`` processes (modules with another kind of VMM
+fixture define their own ``vmm``).
+
 ACPICA (iasl, acpiexec) is the outside judge of our tables and AML. Locally a
 missing ACPICA skips those tests; in CI (CI=true) it fails them, so the judge
 can never silently go away.
@@ -9,9 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from vmm_test_kernel import VmmProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -43,3 +51,20 @@ def vectors() -> Path:
     if not VECTORS.is_dir():
         pytest.fail(f"shared vectors missing at {VECTORS}")
     return VECTORS
+
+
+@pytest.fixture
+def vmm() -> Iterator[Callable[..., VmmProcess]]:
+    """Factory for VMM processes; every one is stopped and its directory removed."""
+    started: list[tuple[VmmProcess, str]] = []
+
+    def make(smp: str = "cpus=1,maxcpus=4", **kw: Any) -> VmmProcess:
+        workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")  # short: unix socket paths
+        process = VmmProcess(workdir, smp, **kw)
+        started.append((process, workdir))
+        return process.start()
+
+    yield make
+    for process, workdir in started:
+        process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

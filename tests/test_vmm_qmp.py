@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,22 +30,6 @@ from cpuplug.vmm.qmp import JsonSplitter, ParseFault, QmpServer
 from vmm_test_kernel import ROOT, VmmProcess
 
 TIMEOUT = 15.0
-
-
-@pytest.fixture
-def vmm() -> Iterator[Callable[..., VmmProcess]]:
-    started: list[tuple[VmmProcess, str]] = []
-
-    def make(smp: str = "cpus=1,maxcpus=4", **kw: Any) -> VmmProcess:
-        workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")
-        process = VmmProcess(workdir, smp, **kw)
-        started.append((process, workdir))
-        return process.start()
-
-    yield make
-    for process, workdir in started:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def connect(process: VmmProcess, negotiate: bool = True) -> QMPClient:

@@ -9,10 +9,8 @@ read from ``/proc/<vmm pid>/task`` (SPEC §1: a host thread per plugged vCPU onl
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,23 +30,6 @@ TIMEOUT = 15.0
 FIXED_OVERHEAD = 2
 """Threads of the VMM process that are not vCPUs: the main (asyncio/QMP) thread and
 the agent channel's single relay thread."""
-
-
-@pytest.fixture
-def vmm() -> Iterator[Callable[..., VmmProcess]]:
-    """Factory for VMM processes; every one is stopped and its directory removed."""
-    started: list[tuple[VmmProcess, str]] = []
-
-    def make(smp: str = "cpus=1,maxcpus=4", **kw: Any) -> VmmProcess:
-        workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")  # short: unix socket paths
-        process = VmmProcess(workdir, smp, **kw)
-        started.append((process, workdir))
-        return process.start()
-
-    yield make
-    for process, workdir in started:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def qmp(process: VmmProcess) -> QMPClient:
