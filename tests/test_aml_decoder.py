@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import string
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +47,7 @@ from cpuplug.acpi.aml.decoder import (
     decode_table,
     find_methods,
 )
+from cpuplug.acpi.aml.nodes import walk
 from cpuplug.acpi.errors import AmlError, TableError
 
 QEMU_DSDT = Path(__file__).resolve().parents[2] / "shared/vectors/x86-q35-cphp/DSDT.dat"
@@ -56,20 +56,6 @@ QEMU_DSDT = Path(__file__).resolve().parents[2] / "shared/vectors/x86-q35-cphp/D
 @pytest.fixture
 def qemu_dsdt(vectors: Path) -> bytes:
     return (vectors / "x86-q35-cphp/DSDT.dat").read_bytes()
-
-
-def walk(node: object) -> Iterator[n.Node]:
-    """Every node in a tree, depth first."""
-    if isinstance(node, n.Node):
-        yield node
-    if isinstance(node, tuple):
-        for item in node:
-            yield from walk(item)
-        return
-    for name in getattr(node, "__dataclass_fields__", {}):
-        value = getattr(node, name)
-        if isinstance(value, n.Node | tuple):
-            yield from walk(value)
 
 
 def find(nodes: object, cls: type[n.Node], name: str) -> n.Node:

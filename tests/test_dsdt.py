@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from cpuplug.acpi.aml.builder import (
     String,
 )
 from cpuplug.acpi.aml.decoder import decode_table
+from cpuplug.acpi.aml.nodes import walk
 from cpuplug.acpi.aml.resources import EndTag, parse_resources
 from cpuplug.acpi.dsdt import build_dsdt, cpu_device_name, cpus_device, dsdt_block, pres_device
 from cpuplug.acpi.errors import AmlError
@@ -33,19 +33,6 @@ from cpuplug.acpi.tables import Sdt
 from cpuplug.acpi.virt import MachineConfig
 
 SIZES = (1, 8, 300, 512)
-
-
-def walk(node: object) -> Iterator[n.Node]:
-    if isinstance(node, n.Node):
-        yield node
-    if isinstance(node, tuple):
-        for item in node:
-            yield from walk(item)
-        return
-    for name in getattr(node, "__dataclass_fields__", {}):
-        value = getattr(node, name)
-        if isinstance(value, n.Node | tuple):
-            yield from walk(value)
 
 
 def child(parent: n.Node, cls: type[n.Node], name: str) -> n.Node:

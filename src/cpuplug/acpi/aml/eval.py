@@ -13,7 +13,6 @@ A statement closure returns ``None`` or a control signal (``BREAK``, ``CONTINUE`
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -357,13 +356,7 @@ def _chain_arg(node: n.Node) -> int | None:
 
 
 def _mentions_arg(node: object, index: int) -> bool:
-    if isinstance(node, n.Arg):
-        return node.index == index
-    if isinstance(node, tuple):
-        return any(_mentions_arg(x, index) for x in node)
-    if isinstance(node, n.Node) and dataclasses.is_dataclass(node):
-        return any(_mentions_arg(getattr(node, f.name), index) for f in dataclasses.fields(node))
-    return False
+    return any(isinstance(x, n.Arg) and x.index == index for x in n.walk(node))
 
 
 def _if_chain_end(body: Sequence[n.Node], start: int) -> int:

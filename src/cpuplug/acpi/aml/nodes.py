@@ -77,6 +77,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -192,6 +193,7 @@ __all__ = [
     "encode_pkglen",
     "normalize_name",
     "split_name",
+    "walk",
 ]
 
 ONES = (1 << 64) - 1
@@ -326,6 +328,24 @@ class Node:
     def encode(self) -> bytes:
         """This node's AML bytes."""
         raise NotImplementedError
+
+
+def walk(tree: object) -> Iterator[Node]:
+    """Every node in ``tree`` (a node or a tuple of them), depth first, parents first.
+
+    Follows every dataclass field that holds a node or a tuple, so it needs no
+    per-class knowledge of where the children are.
+    """
+    if isinstance(tree, Node):
+        yield tree
+    if isinstance(tree, tuple):
+        for item in tree:
+            yield from walk(item)
+        return
+    for name in getattr(tree, "__dataclass_fields__", {}):
+        value = getattr(tree, name)
+        if isinstance(value, Node | tuple):
+            yield from walk(value)
 
 
 class Op(Node):
