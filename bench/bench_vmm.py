@@ -35,9 +35,8 @@ from qemu.qmp import QMPClient  # noqa: E402
 from tests.vmm_test_kernel import VmmProcess  # noqa: E402
 
 from cpuplug.acpi.virt import mpidr  # noqa: E402
+from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64  # noqa: E402
 
-CPU_ON = 0xC400_0003
-AFFINITY_INFO = 0xC400_0004
 CPUHP_FLAGS = 0x090C_0004
 CPUHP_SELECTOR = 0x090C_0000
 
@@ -107,8 +106,8 @@ def round_trips(maxcpus: int, reps: int) -> dict[str, float]:
                 "device_add", {"driver": "max-arm-cpu", "id": f"b{core}", "core-id": core}
             )
             t1 = time.perf_counter()
-            assert probe.hvc(CPU_ON, mpidr(core), 0, 0) == 0
-            while probe.hvc(AFFINITY_INFO, mpidr(core), 0) != 0:
+            assert probe.hvc(CPU_ON_64, mpidr(core), 0, 0) == 0
+            while probe.hvc(AFFINITY_INFO_64, mpidr(core), 0) != 0:
                 pass
             t2 = time.perf_counter()
             results["add"].append(t1 - t0)

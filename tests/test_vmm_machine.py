@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from cpuplug.acpi import virt
 from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, MachineConfig, mpidr
 from cpuplug.hw import Cpu, Machine
+from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_OFF, CPU_ON_64, SYSTEM_OFF
 from cpuplug.vmm.machine import (
     KernelLoadError,
     MachineError,
@@ -33,10 +34,6 @@ from cpuplug.vmm.machine import (
 from cpuplug.vmm.vcpu import PowerState
 from vmm_test_kernel import walk_tables
 
-CPU_ON = 0xC400_0003
-CPU_OFF = 0x8400_0002
-AFFINITY_INFO = 0xC400_0004
-SYSTEM_OFF = 0x8400_0008
 SELECTOR, FLAGS, COMMAND, DATA = 0x0, 0x4, 0x5, 0x8
 TIMEOUT = 10.0
 
@@ -98,7 +95,7 @@ class Booted:
                 return event
 
     def cpu_on(self, index: int, entry: int = 0x8000, context: int = 0) -> int:
-        return self.m.psci.call(0, CPU_ON, mpidr(index), entry, context)
+        return self.m.psci.call(0, CPU_ON_64, mpidr(index), entry, context)
 
 
 @pytest.fixture
@@ -273,11 +270,11 @@ def test_boot_cpu_and_unplugged_slot_ignore_eject(boot: Callable[..., Booted]) -
 def test_cpu_on_denied_unplugged_starts_plugged_already_on(boot: Callable[..., Booted]) -> None:
     b = boot()
     assert b.cpu_on(2) == -3  # DENIED: the host has not given the guest vCPU 2
-    assert b.m.psci.call(0, CPU_ON, 0x7777, 0, 0) == -2  # no such MPIDR
+    assert b.m.psci.call(0, CPU_ON_64, 0x7777, 0, 0) == -2  # no such MPIDR
     b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
     assert b.cpu_on(2, entry=0x1234, context=99) == 0
     assert b.kernel.started.get(timeout=TIMEOUT) == (mpidr(2), 0x1234, 99)
-    assert b.m.psci.call(0, AFFINITY_INFO, mpidr(2), 0) == 0
+    assert b.m.psci.call(0, AFFINITY_INFO_64, mpidr(2), 0) == 0
     assert b.cpu_on(2) == -4  # ALREADY_ON
 
 
@@ -291,7 +288,7 @@ def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
     assert b.cpu_on(1, context=1) == 0
     b.kernel.started.get(timeout=TIMEOUT)
     wait_for(lambda: b.m.power_state(1) is PowerState.OFF)
-    assert b.m.psci.call(0, AFFINITY_INFO, mpidr(1), 0) == 1
+    assert b.m.psci.call(0, AFFINITY_INFO_64, mpidr(1), 0) == 1
     thread = b.m.vcpus.states[1].thread
     assert thread is not None and thread.alive  # powered off, not ended
     assert b.cpu_on(1, context=2) == 0

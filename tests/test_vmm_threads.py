@@ -17,13 +17,11 @@ import pytest
 from qemu.qmp import QMPClient
 
 from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, GED_GSI, mpidr
+from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64, PSCI_VERSION
 from vmm_test_kernel import CONTEXT_CPU_OFF, ProbeClient, VmmProcess, walk_tables
 
 pytestmark = pytest.mark.slow
 
-CPU_ON = 0xC400_0003
-AFFINITY_INFO = 0xC400_0004
-PSCI_VERSION = 0x8400_0000
 SELECTOR, FLAGS, COMMAND, DATA = 0x0, 0x4, 0x5, 0x8
 TIMEOUT = 15.0
 
@@ -165,19 +163,19 @@ def test_cpu_on_denied_started_already_on(vmm: Callable[..., VmmProcess]) -> Non
     async def run() -> None:
         client = await qmp(process)
         assert probe.hvc(PSCI_VERSION) == 0x0001_0001
-        assert probe.hvc(CPU_ON, mpidr(2), 0x4000, 7) == -3  # unplugged: DENIED
+        assert probe.hvc(CPU_ON_64, mpidr(2), 0x4000, 7) == -3  # unplugged: DENIED
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c2", "core-id": 2})
-        assert probe.hvc(CPU_ON, mpidr(2), 0x4000, 7) == 0
+        assert probe.hvc(CPU_ON_64, mpidr(2), 0x4000, 7) == 0
         deadline = time.monotonic() + TIMEOUT
-        while probe.hvc(AFFINITY_INFO, mpidr(2), 0) != 0:
+        while probe.hvc(AFFINITY_INFO_64, mpidr(2), 0) != 0:
             assert time.monotonic() < deadline
         assert probe.started() == [[mpidr(2), 0x4000, 7]]
-        assert probe.hvc(CPU_ON, mpidr(2), 0x4000, 7) == -4  # ALREADY_ON
+        assert probe.hvc(CPU_ON_64, mpidr(2), 0x4000, 7) == -4  # ALREADY_ON
         # A secondary that powers itself off: the thread waits, AFFINITY_INFO says OFF.
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c3", "core-id": 3})
-        assert probe.hvc(CPU_ON, mpidr(3), 0, CONTEXT_CPU_OFF) == 0
+        assert probe.hvc(CPU_ON_64, mpidr(3), 0, CONTEXT_CPU_OFF) == 0
         deadline = time.monotonic() + TIMEOUT
-        while probe.hvc(AFFINITY_INFO, mpidr(3), 0) != 1 or len(probe.started()) < 2:
+        while probe.hvc(AFFINITY_INFO_64, mpidr(3), 0) != 1 or len(probe.started()) < 2:
             assert time.monotonic() < deadline
         assert len(process.task_ids()) == 3 + FIXED_OVERHEAD  # vCPU 3 still has its thread
         await client.disconnect()

@@ -22,7 +22,8 @@ A secondary vCPU started by CPU_ON records ``[mpidr, entry, context]`` and then
 sits in WFI; if ``context`` is :data:`CONTEXT_CPU_OFF` it calls PSCI CPU_OFF
 right away instead (so a test can watch a vCPU power itself off).
 
-It imports only the hardware interface, never the VMM: it is guest code.
+It imports only the hardware interface and the PSCI numbers (``cpuplug.psci_abi``),
+never the VMM: it is guest code.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cpuplug.hw import Cpu, Machine, Stream
+from cpuplug.psci_abi import CPU_OFF
 
-CPU_OFF = 0x8400_0002
 CONTEXT_CPU_OFF = 0xDEAD
 POLL = 0.002
 
