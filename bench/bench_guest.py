@@ -33,11 +33,9 @@ import asyncio
 import hashlib
 import os
 import re
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from qemu.qmp import QMPClient  # noqa: E402
-from tests.vmm_test_kernel import VmmProcess  # noqa: E402
+from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug import agent_protocol as ap  # noqa: E402
 
@@ -88,13 +86,11 @@ def stamp(event: Any) -> float:
 
 
 def hotplug(maxcpus: int, reps: int) -> dict[str, float]:
-    workdir = tempfile.mkdtemp(prefix="bguest", dir="/tmp")
-    process = VmmProcess(workdir, f"cpus=1,maxcpus={maxcpus}", kernel=KERNEL).start()
     samples: dict[str, list[float]] = {
         name: [] for name in ("rtt", "ost", "online", "deleted", "final_ost")
     }
 
-    async def run() -> None:
+    async def run(process: VmmProcess) -> None:
         client = QMPClient("bench-guest")
         await client.connect(process.qmp_path)
         agent = Agent(process.agent_path)
@@ -136,11 +132,8 @@ def hotplug(maxcpus: int, reps: int) -> dict[str, float]:
             agent.close()
             await client.disconnect()
 
-    try:
-        asyncio.run(run())
-    finally:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_vmm(f"cpus=1,maxcpus={maxcpus}", prefix="bguest", kernel=KERNEL) as process:
+        asyncio.run(run(process))
     return {name: median_ms(values) for name, values in samples.items()}
 
 
@@ -174,10 +167,7 @@ def host_rate(threads: int, seconds: float) -> float:
 
 
 def scaling(seconds: float) -> tuple[float, float]:
-    workdir = tempfile.mkdtemp(prefix="bguest", dir="/tmp")
-    process = VmmProcess(workdir, "cpus=1,maxcpus=2", kernel=KERNEL).start()
-
-    async def run() -> tuple[float, float]:
+    async def run(process: VmmProcess) -> tuple[float, float]:
         client = QMPClient("bench-guest")
         await client.connect(process.qmp_path)
         agent = Agent(process.agent_path)
@@ -192,11 +182,8 @@ def scaling(seconds: float) -> tuple[float, float]:
             agent.close()
             await client.disconnect()
 
-    try:
-        return asyncio.run(run())
-    finally:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_vmm("cpus=1,maxcpus=2", prefix="bguest", kernel=KERNEL) as process:
+        return asyncio.run(run(process))
 
 
 def main() -> int:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from qemu.qmp import QMPClient  # noqa: E402
-from tests.vmm_test_kernel import VmmProcess  # noqa: E402
+from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug.acpi.virt import mpidr  # noqa: E402
 from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64  # noqa: E402
@@ -68,29 +66,19 @@ async def negotiate(process: VmmProcess) -> None:
 def start_to_ready(maxcpus: int, reps: int, kernel: str) -> float:
     samples = []
     for _ in range(reps):
-        workdir = tempfile.mkdtemp(prefix="bvmm", dir="/tmp")
-        process = VmmProcess(workdir, f"cpus=1,maxcpus={maxcpus}", kernel=kernel)
-        try:
-            t0 = time.perf_counter()
-            process.start()
-
+        t0 = time.perf_counter()
+        with running_vmm(f"cpus=1,maxcpus={maxcpus}", prefix="bvmm", kernel=kernel) as process:
             asyncio.run(negotiate(process))
             samples.append(time.perf_counter() - t0)
-        finally:
-            process.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
     return median_ms(samples)
 
 
 def round_trips(maxcpus: int, reps: int) -> dict[str, float]:
     """query-status RTT, device_add RTT, probe RTT, plug → running."""
-    workdir = tempfile.mkdtemp(prefix="bvmm", dir="/tmp")
-    process = VmmProcess(workdir, f"cpus=1,maxcpus={maxcpus}")
-    process.start()
-    probe = process.probe()
     results: dict[str, list[float]] = {"status": [], "add": [], "probe": [], "running": []}
 
-    async def run() -> None:
+    async def run(process: VmmProcess) -> None:
+        probe = process.probe()
         client = await ready(process)
         for i in range(reps):
             core = 1 + i % (maxcpus - 1)
@@ -125,27 +113,19 @@ def round_trips(maxcpus: int, reps: int) -> dict[str, float]:
                     break
         await client.disconnect()
 
-    try:
-        asyncio.run(run())
-    finally:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with running_vmm(f"cpus=1,maxcpus={maxcpus}", prefix="bvmm") as process:
+        asyncio.run(run(process))
     return {name: median_ms(samples) for name, samples in results.items()}
 
 
 def idle_footprint(maxcpus: int, mode: str) -> tuple[int, int]:
     """Threads and RSS (KiB) of an idle VMM with one plugged vCPU (``--kernel none``)."""
-    workdir = tempfile.mkdtemp(prefix="bvmm", dir="/tmp")
-    process = VmmProcess(workdir, f"cpus=1,maxcpus={maxcpus}", mode=mode, kernel="none")
-    try:
-        process.start()
+    smp = f"cpus=1,maxcpus={maxcpus}"
+    with running_vmm(smp, prefix="bvmm", mode=mode, kernel="none") as process:
         threads = len(process.task_ids())
         status = Path(f"/proc/{process.pid}/status").read_text()
         rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
         return threads, rss
-    finally:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> int:

@@ -10,16 +10,16 @@ can never silently go away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vmm_test_kernel import VmmProcess
+from vmm_test_kernel import VmmProcess, running_vmm
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -56,15 +56,9 @@ def vectors() -> Path:
 @pytest.fixture
 def vmm() -> Iterator[Callable[..., VmmProcess]]:
     """Factory for VMM processes; every one is stopped and its directory removed."""
-    started: list[tuple[VmmProcess, str]] = []
+    with contextlib.ExitStack() as started:
 
-    def make(smp: str = "cpus=1,maxcpus=4", **kw: Any) -> VmmProcess:
-        workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")  # short: unix socket paths
-        process = VmmProcess(workdir, smp, **kw)
-        started.append((process, workdir))
-        return process.start()
+        def make(smp: str = "cpus=1,maxcpus=4", **kw: Any) -> VmmProcess:
+            return started.enter_context(running_vmm(smp, **kw))
 
-    yield make
-    for process, workdir in started:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        yield make

@@ -28,15 +28,19 @@ never the VMM: it is guest code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from cpuplug.hw import Cpu, Machine, Stream
 from cpuplug.psci_abi import CPU_OFF
@@ -225,6 +229,22 @@ class VmmProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def running_vmm(
+    smp: str = "cpus=1,maxcpus=4", *, prefix: str = "vmm", **kw: Any
+) -> Iterator[VmmProcess]:
+    """A started :class:`VmmProcess` in a fresh directory under /tmp (short: unix
+    socket paths are limited to ~100 bytes); on leaving, the process is stopped --
+    also when it failed to start -- and the directory removed."""
+    workdir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    process = VmmProcess(workdir, smp, **kw)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class ProbeClient:
