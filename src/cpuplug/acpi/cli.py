@@ -28,6 +28,9 @@ from cpuplug.errors import CpuplugError, UsageError
 
 DEFAULT_SMP = "cpus=1,maxcpus=8"
 DEFAULT_OUT = "acpi-tables"
+MAX_TABLE_FILE = 64 << 20
+"""Largest file ``acpi dump`` reads (64 MiB; real DSDTs are well under 1 MiB): the
+read is bounded so that ``acpi dump /dev/zero`` is an error, not a MemoryError."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -137,21 +140,45 @@ def run_dump(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            data = path.read_bytes()
+            data = read_table_file(path)
         except OSError as exc:
             print(f"cpuplug: error: {path}: {exc.strerror or exc}", file=sys.stderr)
+            status = 1
+            continue
+        except CpuplugError as exc:
+            print(f"cpuplug: error: {path}: {exc}", file=sys.stderr)
             status = 1
             continue
         try:
             lines, ok = describe(data)
         except AcpiError as exc:
-            print(f"cpuplug: error: {path}: {exc}", file=sys.stderr)
+            print(f"cpuplug: error: {path}: {printable(str(exc))}", file=sys.stderr)
             status = 1
             continue
-        _emit(sys.stdout, path, lines)
+        _emit(sys.stdout, path, [printable(line) for line in lines])
         if not ok:
             status = 1
     return status
+
+
+def read_table_file(path: Path) -> bytes:
+    """The file's bytes, at most :data:`MAX_TABLE_FILE` of them (``CpuplugError`` beyond)."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_TABLE_FILE + 1)
+    if len(data) > MAX_TABLE_FILE:
+        raise CpuplugError(f"larger than {MAX_TABLE_FILE >> 20} MiB, too large to be an ACPI table")
+    return data
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``).
+
+    Signatures and AML names come from the file being dumped: a garbage file must
+    not be able to send escape sequences to the user's terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _emit(stream: TextIO, path: Path, lines: list[str]) -> None:

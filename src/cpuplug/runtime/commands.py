@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -31,6 +32,14 @@ from cpuplug.runtime.sandbox import (
     UpdateResult,
 )
 from cpuplug.runtime.sizing import DOCKER_PERIOD, cpus_to_quota, parse_cpu_list, parse_cpus
+
+MAX_CFS_QUOTA_US = (1 << 44) - 1
+"""Linux's ``max_cfs_runtime`` in µs: a bigger ``cpu.max`` quota is EINVAL in the guest,
+so it is refused here, before a sandbox is started for nothing."""
+
+_CPUS_TEXT = re.compile(r"\s*[+-]?[0-9]{0,20}(\.[0-9]{0,20})?([eE][+-]?[0-9]{1,3})?\s*")
+"""What ``--cpus`` may look like before it is parsed exactly: ``Fraction("1e99999999")``
+computes ``10**99999999`` and hangs the command, so exponents and digit runs are bounded."""
 
 
 def _out() -> Console:
@@ -69,6 +78,8 @@ def resources_from_args(args: argparse.Namespace) -> Resources:
     if args.cpus is not None:
         if quota is not None or period is not None:
             raise UsageError("conflicting options: --cpus and --cpu-quota/--cpu-period")
+        if not _CPUS_TEXT.fullmatch(args.cpus):
+            raise UsageError(f"invalid --cpus value {args.cpus!r}: expected a number like 1.5")
         cpus = parse_cpus(args.cpus)
         if cpus == 0:
             quota, period = -1, DOCKER_PERIOD  # docker: --cpus 0 means no limit
@@ -82,7 +93,21 @@ def resources_from_args(args: argparse.Namespace) -> Resources:
     cpuset = args.cpuset_cpus
     if cpuset is not None:
         parse_cpu_list(cpuset)
-    return Resources(quota=quota, period=period, cpuset=cpuset)
+    resources = Resources(quota=quota, period=period, cpuset=cpuset)
+    if args.cpus is not None:
+        check_quota_bound(resources, f"--cpus value {args.cpus!r}")
+    else:
+        check_quota_bound(resources, f"--cpu-quota value {args.cpu_quota!r}")
+    return resources
+
+
+def check_quota_bound(resources: Resources, source: str) -> None:
+    """Refuse a quota the guest kernel would refuse (``> max_cfs_runtime``), up front."""
+    if resources.quota is not None and resources.quota > MAX_CFS_QUOTA_US:
+        raise UsageError(
+            f"invalid {source}: the CPU quota would exceed the kernel's maximum of "
+            f"{MAX_CFS_QUOTA_US} µs per period"
+        )
 
 
 def _runtime(args: argparse.Namespace, config: Any = None) -> Runtime:
@@ -114,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             period=resources.period if resources.period is not None else b.period,
             cpuset=resources.cpuset if resources.cpuset is not None else b.cpuset,
         )
+        check_quota_bound(resources, f"quota in {args.bundle}/config.json")
     if not cmd:
         raise UsageError("run needs a command: cpuplug run [OPTIONS] -- CMD ARGS...")
     rt = _runtime(args, cfg)

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from cpuplug.acpi.virt import GICR_REGION2_BASE, MODES, RAM_BASE, MachineConfig
 from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import CPU_MODELS, DEFAULT_KERNEL, MachineEvent, VirtMachine
+from cpuplug.vmm.qmp import claim_socket_path
 
 log = logging.getLogger("cpuplug.vmm")
 
@@ -87,6 +88,10 @@ def build_machine(args: argparse.Namespace) -> tuple[VirtMachine, str]:
     agent_path = parse_unix_address("--agent", args.agent)
     if qmp_path == agent_path:
         raise UsageError("--qmp and --agent must be different sockets")
+    # Before anything is created: a path that is the user's file, or another
+    # VMM's live socket, is refused rather than replaced (see claim_socket_path).
+    claim_socket_path(qmp_path, "--qmp")
+    claim_socket_path(agent_path, "--agent")
     machine = VirtMachine(
         config,
         kernel=args.kernel,
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(machine: VirtMachine, qmp_path: str) -> None:
     """Boot ``machine``, serve QMP until quit / signal / guest power-off, then tear down."""
-    from cpuplug.vmm.qmp import QmpServer  # the server module needs the machine module
+    from cpuplug.vmm.qmp import QmpServer
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()

@@ -23,15 +23,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
+import socket
 import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpuplug.errors import CpuplugError
+from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.vmm.machine import VirtMachine
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ MAX_DEPTH = 1024
 """Deepest accepted JSON nesting (QEMU's json-parser limit)."""
 
 _STRUCT = re.compile(rb'[{}\[\]"]')
-_STRING_SPECIAL = re.compile(rb'["\\]')
+_STRING_SPECIAL = re.compile(rb'["\\\x00-\x1f]')
 _TOKEN_END = re.compile(rb'[\s{}\[\]"]')
 _RESYNC = re.compile(rb"[\n{\[]")
 _WHITESPACE = b" \t\r\n"
@@ -163,6 +165,13 @@ class JsonSplitter:
                     self._pos = len(buf)
                     break
                 at = match.start()
+                if buf[at] < 0x20:
+                    # JSON strings never hold a raw control character (QEMU's lexer
+                    # refuses them too). Without this, a half line such as
+                    # ``{"execute": "query-st`` + newline would swallow every later
+                    # message into one endless string and the client would hang.
+                    self._abandon(at, out, "JSON parse error, control character in string")
+                    return True
                 if buf[at] == ord("\\"):
                     if at + 1 >= len(buf):
                         self._pos = at  # the escaped character has not arrived yet
@@ -196,6 +205,14 @@ class JsonSplitter:
                     return True
         self._check_size(out)
         return False
+
+    def _abandon(self, end: int, out: list[bytes | ParseFault], desc: str) -> None:
+        """Drop the value being scanned (one error), then resynchronise like bad tokens."""
+        if not self._discard:
+            out.append(ParseFault(desc))
+        del self._buf[:end]
+        self._reset()
+        self._recovering = True
 
     def _check_size(self, out: list[bytes | ParseFault]) -> None:
         if not self._discard and len(self._buf) > self._max_size:
@@ -252,6 +269,42 @@ def check_arguments(arguments: Mapping[str, Any], spec: ArgSpec) -> None:
             raise QmpError(f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES[kind]}")
 
 
+def claim_socket_path(path: str, what: str) -> None:
+    """Make ``path`` free for a listening unix socket, refusing what is not ours to take.
+
+    A stale socket file (nobody accepts on it: a crashed VMM's) is removed, as
+    QEMU does. QEMU also unlinks a *live* socket and binds over it, so a second
+    VMM given the same path silently cuts the first one off from its management
+    (and removes the path when it exits); cpuplug refuses instead. A regular file
+    or directory at the path is the user's and is never removed. Raises
+    :class:`UsageError` naming the socket role ``what``.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot use {what} socket {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+        raise UsageError(f"{what} socket path {path} is {kind}; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:  # nobody listening: stale
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except BlockingIOError:  # listening, backlog full: very much alive
+        pass
+    except OSError as exc:
+        raise UsageError(f"cannot use {what} socket {path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise UsageError(f"{what} socket {path} is in use by another process")
+
+
 def is_json_type(value: object, kind: type) -> bool:
     """Whether a decoded JSON value has JSON type ``kind`` (a bool is not an integer)."""
     if kind is int:
@@ -300,6 +353,7 @@ class QmpServer:
         self.path = os.fspath(path)
         self._on_quit = on_quit
         self._server: asyncio.AbstractServer | None = None
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -327,9 +381,7 @@ class QmpServer:
     async def start(self) -> None:
         """Listen on the socket path (mode 0600; a stale socket file is replaced)."""
         self._loop = asyncio.get_running_loop()
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
+        claim_socket_path(self.path, "QMP")
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve_client, self.path)
@@ -337,6 +389,8 @@ class QmpServer:
             raise QmpError(f"cannot listen on QMP socket {self.path}: {exc}") from exc
         finally:
             os.umask(old_umask)
+        st = os.lstat(self.path)
+        self._bound = (st.st_dev, st.st_ino)
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
@@ -355,8 +409,14 @@ class QmpServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        # Only the socket file this server created: after a failed start the path
+        # may be the user's file or directory, or another process's socket.
+        if self._bound is not None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._bound:
+                    os.unlink(self.path)
+            self._bound = None
 
     # -- events -------------------------------------------------------------------------
 
@@ -440,7 +500,7 @@ class QmpServer:
         if isinstance(item, ParseFault):
             return _error(item.desc)
         try:
-            message = json.loads(item)
+            message = parse_message(item)
         except (ValueError, RecursionError) as exc:
             return _error(f"JSON parse error, {_json_reason(exc)}")
         if not isinstance(message, dict):
@@ -537,6 +597,54 @@ class QmpServer:
         return {}
 
 
+class _JsonRefused(ValueError):
+    """Valid to Python's json module, but not JSON a QMP server may accept."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of duplicate keys, so '{"execute": "query-status",
+    # "execute": "quit"}' would quietly run quit; QEMU's parser refuses it.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _JsonRefused(f"duplicate key '{key}'")
+        result[key] = value
+    return result
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: echoed in an id it would become 'Infinity'
+        raise _JsonRefused(f"number {text[:32]} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise _JsonRefused(f"integer of {len(text)} digits is too long")
+    return int(text)
+
+
+def _constant(name: str) -> Any:
+    raise _JsonRefused(f"invalid token '{name}'")  # NaN / Infinity are not JSON
+
+
+_MAX_INT_DIGITS = 1000
+
+
+def parse_message(data: bytes) -> Any:
+    """Strict JSON: what ``json.loads`` accepts beyond RFC 8259 is a parse error.
+
+    Refused: duplicate object keys, ``NaN``/``Infinity`` and numbers that only
+    decode to infinity (a reply echoing such an ``id`` would not be JSON any
+    client could read), and integers too long to convert.
+    """
+    return json.loads(
+        data, object_pairs_hook=_object, parse_float=_float, parse_int=_int,
+        parse_constant=_constant,
+    )  # fmt: skip
+
+
 def _error(desc: str, error_class: str = "GenericError") -> dict[str, object]:
     return {"error": {"class": error_class, "desc": desc}}
 
@@ -544,6 +652,8 @@ def _error(desc: str, error_class: str = "GenericError") -> dict[str, object]:
 def _json_reason(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "nesting too deep"
+    if isinstance(exc, _JsonRefused):
+        return str(exc)
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} at byte {exc.pos}"
     return str(exc)
