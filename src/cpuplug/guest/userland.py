@@ -245,33 +245,31 @@ def _sleep(p: Proc, args: list[str]) -> Body:
 
 
 def _mkdir(p: Proc, args: list[str]) -> Body:
-    status = 0
-    for arg in args or [""]:
-        if not arg:
-            p.err("mkdir: missing operand")
-            return 1
-        try:
-            p.os.vfs.mkdir(p.path(arg))
-        except GuestOSError as exc:
-            p.err(f"mkdir: cannot create directory '{arg}': {exc.strerror}")
-            status = 1
-    return status
+    return _each_dir(p, args, "mkdir", p.os.vfs.mkdir, "cannot create directory")
     yield
 
 
 def _rmdir(p: Proc, args: list[str]) -> Body:
+    return _each_dir(p, args, "rmdir", p.os.vfs.rmdir, "failed to remove")
+    yield
+
+
+def _each_dir(
+    p: Proc, args: list[str], cmd: str, op: Callable[[str], None], failed: str
+) -> int:
+    """mkdir/rmdir's loop: every operand is tried, a failure is reported and sets
+    the exit status, a missing operand stops at once (coreutils' behaviour)."""
     status = 0
     for arg in args or [""]:
         if not arg:
-            p.err("rmdir: missing operand")
+            p.err(f"{cmd}: missing operand")
             return 1
         try:
-            p.os.vfs.rmdir(p.path(arg))
+            op(p.path(arg))
         except GuestOSError as exc:
-            p.err(f"rmdir: failed to remove '{arg}': {exc.strerror}")
+            p.err(f"{cmd}: {failed} '{arg}': {exc.strerror}")
             status = 1
     return status
-    yield
 
 
 class _Work:
