@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from cpuplug.acpi.virt import cpu_index_of_mpidr, mpidr
@@ -91,6 +91,10 @@ class VcpuState:
     thread_id: int | None = None
     """Host (native) thread id of the current vCPU thread; ``None`` when unplugged."""
     thread: VcpuThread | None = None
+
+    def snapshot(self) -> VcpuState:
+        """A copy to hand out of the lock: the fields as they are now, no thread handle."""
+        return replace(self, thread=None)
 
     @property
     def hotpluggable_props(self) -> dict[str, int]:
@@ -421,15 +425,7 @@ class VcpuSet:
             thread = state.thread
             if not state.plugged or thread is None:
                 raise VcpuError(f"vCPU {index} is not plugged")
-            snapshot = VcpuState(
-                index=state.index,
-                mpidr=state.mpidr,
-                plugged=True,
-                power=state.power,
-                device_id=state.device_id,
-                qom_path=state.qom_path,
-                thread_id=state.thread_id,
-            )
+            snapshot = state.snapshot()
             self._clear(state)
 
         def ended() -> None:
@@ -530,19 +526,7 @@ class VcpuSet:
     def plugged(self) -> list[VcpuState]:
         """Snapshots of the plugged vCPUs, in index order."""
         with self._lock:
-            return [
-                VcpuState(
-                    index=s.index,
-                    mpidr=s.mpidr,
-                    plugged=True,
-                    power=s.power,
-                    device_id=s.device_id,
-                    qom_path=s.qom_path,
-                    thread_id=s.thread_id,
-                )
-                for s in self.states
-                if s.plugged
-            ]
+            return [s.snapshot() for s in self.states if s.plugged]
 
     def plugged_count(self) -> int:
         with self._lock:
