@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +67,32 @@ def test_acpi_dump_does_not_send_a_files_control_bytes_to_the_terminal(
     out, err = capsys.readouterr()
     assert "\x1b" not in out and "\x1b" not in err and "\x07" not in err
     assert "\\x1b[2J" in out and "\\x1b]0;" in err
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """``cpuplug acpi dump DSDT.dat | head -1`` ended in a BrokenPipeError traceback."""
+    dsdt = tmp_path / "DSDT.dat"
+    config = virt.MachineConfig.from_smp("cpus=1,maxcpus=512")
+    dsdt.write_bytes(virt.build_machine_tables(config).blobs["DSDT"])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpuplug", "acpi", "dump", str(dsdt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert proc.stdout.read(5) == str(dsdt).encode()[:5]
+        proc.stdout.close()  # far more output than a pipe buffer is still to come
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + 13
+        assert err == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
 
 
 # ----------------------------------------------------------------------------- QMP wire

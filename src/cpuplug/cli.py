@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,7 +53,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # ``cpuplug acpi dump DSDT.dat | head``: the reader left; that is not an
+        # error to report. stdout is pointed at /dev/null so the interpreter's
+        # final flush does not raise again, and the exit code is a SIGPIPE death's.
+        _silence_stdout()
+        return 128 + 13
+    except OSError as exc:
+        # An environment failure no command wrapped (full disk, EIO on a state
+        # file): still one line, never a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cpuplug: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return rc
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout already closed or not a real file
+        pass
 
 
 if __name__ == "__main__":
