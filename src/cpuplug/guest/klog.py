@@ -13,8 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cpuplug.hw import PhysicalAddressSpace
+
+_T = TypeVar("_T")
 
 UARTDR = 0x0
 """PL011 data register offset."""
@@ -89,15 +92,7 @@ class KernelLog:
 
     def subscribe(self, cb: Callable[[LogLine], None]) -> Callable[[], None]:
         """Call ``cb`` for every new line (outside the log lock); returns an unsubscriber."""
-        with self._lock:
-            self._listeners.append(cb)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if cb in self._listeners:
-                    self._listeners.remove(cb)
-
-        return unsubscribe
+        return _subscribe(self._lock, self._listeners, cb)
 
     def _emit(self, line: LogLine) -> None:
         if self._uart is None or self._memory is None:
@@ -130,15 +125,7 @@ class Uevents:
         self._history: deque[KernelEvent] = deque(maxlen=RING_LINES)
 
     def subscribe(self, cb: Callable[[KernelEvent], None]) -> Callable[[], None]:
-        with self._lock:
-            self._subs.append(cb)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if cb in self._subs:
-                    self._subs.remove(cb)
-
-        return unsubscribe
+        return _subscribe(self._lock, self._subs, cb)
 
     def emit(self, name: str, **data: int) -> None:
         event = KernelEvent(name, dict(data), time.time())
@@ -154,3 +141,16 @@ class Uevents:
     def history(self) -> list[KernelEvent]:
         with self._lock:
             return list(self._history)
+
+
+def _subscribe(lock: threading.Lock, subscribers: list[_T], cb: _T) -> Callable[[], None]:
+    """Add ``cb`` under ``lock``; the returned function removes it (once, idempotently)."""
+    with lock:
+        subscribers.append(cb)
+
+    def unsubscribe() -> None:
+        with lock:
+            if cb in subscribers:
+                subscribers.remove(cb)
+
+    return unsubscribe
