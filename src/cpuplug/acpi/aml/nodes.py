@@ -1193,46 +1193,41 @@ class External(Op):
 
 
 @dataclass(frozen=True, slots=True)
-class Scope(Node):
+class _NamedBlock(Node):
+    """``Keyword(name){body}`` for the blocks that differ only in their opcode."""
+
+    OPCODE: ClassVar[int]
+
+    name: str
+    body: tuple[Node, ...] = ()
+
+    def __post_init__(self) -> None:
+        _normalize(self, "name")
+        _tuple(self, "body")
+
+    def encode(self) -> bytes:
+        return _pkg(self.OPCODE, encode_name(self.name) + _terms(self.body))
+
+
+@dataclass(frozen=True, slots=True)
+class Scope(_NamedBlock):
     """``Scope(name){body}``: open an existing namespace node."""
 
-    name: str
-    body: tuple[Node, ...] = ()
-
-    def __post_init__(self) -> None:
-        _normalize(self, "name")
-        _tuple(self, "body")
-
-    def encode(self) -> bytes:
-        return _pkg(op.SCOPE_OP, encode_name(self.name) + _terms(self.body))
+    OPCODE = op.SCOPE_OP
 
 
 @dataclass(frozen=True, slots=True)
-class Device(Node):
+class Device(_NamedBlock):
     """``Device(name){body}``."""
 
-    name: str
-    body: tuple[Node, ...] = ()
-
-    def __post_init__(self) -> None:
-        _normalize(self, "name")
-        _tuple(self, "body")
-
-    def encode(self) -> bytes:
-        return _pkg(op.DEVICE_OP, encode_name(self.name) + _terms(self.body))
+    OPCODE = op.DEVICE_OP
 
 
 @dataclass(frozen=True, slots=True)
-class ThermalZone(Node):
-    name: str
-    body: tuple[Node, ...] = ()
+class ThermalZone(_NamedBlock):
+    """``ThermalZone(name){body}``."""
 
-    def __post_init__(self) -> None:
-        _normalize(self, "name")
-        _tuple(self, "body")
-
-    def encode(self) -> bytes:
-        return _pkg(op.THERMAL_ZONE_OP, encode_name(self.name) + _terms(self.body))
+    OPCODE = op.THERMAL_ZONE_OP
 
 
 @dataclass(frozen=True, slots=True)
