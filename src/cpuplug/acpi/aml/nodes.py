@@ -1409,8 +1409,28 @@ def _field_flags(access_type: int, lock: bool, update_rule: int) -> int:
     return access_type | (0x10 if lock else 0) | (update_rule << 5)
 
 
+class _FieldList:
+    """What Field, IndexField and BankField share: the element list and the flags
+    byte (access type, lock, update rule), checked on construction."""
+
+    __slots__ = ()
+    elements: tuple[FieldElement, ...]
+    access_type: int
+    lock: bool
+    update_rule: int
+
+    def _check_field_list(self) -> None:
+        _tuple(self, "elements")
+        object.__setattr__(self, "lock", bool(self.lock))
+        _field_flags(self.access_type, self.lock, self.update_rule)
+
+    @property
+    def flags(self) -> int:
+        return _field_flags(self.access_type, self.lock, self.update_rule)
+
+
 @dataclass(frozen=True, slots=True)
-class Field(Node):
+class Field(_FieldList, Node):
     """``Field(region, access_type, lock, update_rule){elements}``.
 
     ``access_type``: ``opcodes.ACCESS_TYPES`` (AnyAcc 0 .. BufferAcc 5);
@@ -1426,13 +1446,7 @@ class Field(Node):
 
     def __post_init__(self) -> None:
         _normalize(self, "region")
-        _tuple(self, "elements")
-        object.__setattr__(self, "lock", bool(self.lock))
-        _field_flags(self.access_type, self.lock, self.update_rule)
-
-    @property
-    def flags(self) -> int:
-        return _field_flags(self.access_type, self.lock, self.update_rule)
+        self._check_field_list()
 
     def encode(self) -> bytes:
         body = encode_name(self.region) + bytes((self.flags,)) + _terms(self.elements)
@@ -1440,7 +1454,7 @@ class Field(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class IndexField(Node):
+class IndexField(_FieldList, Node):
     """``IndexField(index, data, access_type, lock, update_rule){elements}``."""
 
     index: str
@@ -1453,13 +1467,7 @@ class IndexField(Node):
     def __post_init__(self) -> None:
         _normalize(self, "index")
         _normalize(self, "data")
-        _tuple(self, "elements")
-        object.__setattr__(self, "lock", bool(self.lock))
-        _field_flags(self.access_type, self.lock, self.update_rule)
-
-    @property
-    def flags(self) -> int:
-        return _field_flags(self.access_type, self.lock, self.update_rule)
+        self._check_field_list()
 
     def encode(self) -> bytes:
         body = (
@@ -1472,7 +1480,7 @@ class IndexField(Node):
 
 
 @dataclass(frozen=True, slots=True)
-class BankField(Node):
+class BankField(_FieldList, Node):
     """``BankField(region, bank, bank_value, access_type, lock, update_rule){elements}``."""
 
     region: str
@@ -1486,13 +1494,7 @@ class BankField(Node):
     def __post_init__(self) -> None:
         _normalize(self, "region")
         _normalize(self, "bank")
-        _tuple(self, "elements")
-        object.__setattr__(self, "lock", bool(self.lock))
-        _field_flags(self.access_type, self.lock, self.update_rule)
-
-    @property
-    def flags(self) -> int:
-        return _field_flags(self.access_type, self.lock, self.update_rule)
+        self._check_field_list()
 
     def encode(self) -> bytes:
         body = (
