@@ -69,6 +69,18 @@ def test_acpi_dump_does_not_send_a_files_control_bytes_to_the_terminal(
     assert "\\x1b[2J" in out and "\\x1b]0;" in err
 
 
+def test_acpi_tables_with_an_empty_out_does_not_write_into_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out "$DIR"`` with DIR unset was ``Path("")`` = ``.``: tables landed in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["acpi", "tables", "--out", ""])
+    assert info.value.code == 2
+    assert "empty directory name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     """``cpuplug acpi dump DSDT.dat | head -1`` ended in a BrokenPipeError traceback."""
     dsdt = tmp_path / "DSDT.dat"

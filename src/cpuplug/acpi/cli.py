@@ -63,7 +63,7 @@ def add_parser(subparsers: Any) -> None:
     )
     tables.add_argument(
         "--out",
-        type=Path,
+        type=_directory,
         default=Path(DEFAULT_OUT),
         help=f"directory to write into, created if missing (default ./{DEFAULT_OUT})",
     )
@@ -82,6 +82,14 @@ def add_parser(subparsers: Any) -> None:
     )
     dump.add_argument("files", nargs="+", type=Path, metavar="FILE")
     dump.set_defaults(func=run_dump)
+
+
+def _directory(text: str) -> Path:
+    # Path("") is ".": an unset shell variable (--out "$DIR") would write into
+    # the current directory.
+    if not text:
+        raise argparse.ArgumentTypeError("empty directory name")
+    return Path(text)
 
 
 def _address(text: str) -> int:
