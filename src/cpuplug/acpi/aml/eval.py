@@ -315,16 +315,7 @@ class Compiler:
         inner = self.expr(target)
 
         def value(frame: Frame) -> Any:
-            v = inner(frame)
-            while True:
-                if isinstance(v, ElementRef):
-                    v = deref_element(v)
-                elif isinstance(v, NodeRef):
-                    v = _follow(v.node).obj
-                elif isinstance(v, LocalRef):
-                    v = v.slots[v.index]
-                else:
-                    return v
+            return _container_of(inner(frame))
 
         return value
 
@@ -1267,6 +1258,8 @@ def _lnot(c: Compiler, node: n.LNot) -> Expr:
 
 
 def _container_of(v: Any) -> Any:
+    """What a reference (element, named object, Local/Arg slot), or a chain of them,
+    finally designates; any other value is itself."""
     while True:
         if isinstance(v, ElementRef):
             v = deref_element(v)
