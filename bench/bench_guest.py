@@ -33,7 +33,6 @@ import asyncio
 import hashlib
 import os
 import re
-import socket
 import statistics
 import sys
 import threading
@@ -49,23 +48,18 @@ from qemu.qmp import QMPClient  # noqa: E402
 from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug import agent_protocol as ap  # noqa: E402
+from cpuplug.runtime.agent_client import AgentClient  # noqa: E402
 
 KERNEL = "cpuplug.guest.kernel:start"
 REAL_STACK_MS = {"ost": 21.5, "online": 196.6, "deleted": 61.3}  # vectors/README.md
 
 
-class Agent:
+class Agent(AgentClient):
+    """The runtime's agent client, connected at once, 60 s per call."""
+
     def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.ids = 0
-
-    def call(self, method: ap.Method, params: dict[str, Any], timeout: float = 60) -> Any:
-        self.ids += 1
-        return ap.call(self.sock, method, params, timeout=timeout, req_id=self.ids)
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(path, timeout=60)
+        self.connect()
 
 
 def median_ms(samples: list[float]) -> float:
