@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -615,48 +616,46 @@ def test_machine_tables_refuse_a_broken_dsdt() -> None:
         virt.build_machine_tables(virt.MachineConfig(), dsdt=_TEST_DSDT[:-1])
 
 
-def test_read_tables_refuses_implausible_lengths() -> None:
+def _small_image() -> tuple[virt.MachineTables, bytearray]:
+    """A small machine's tables and a copy of their image for a test to corrupt."""
     tables = virt.build_machine_tables(virt.MachineConfig(cpus=1, maxcpus=2), dsdt=_TEST_DSDT)
-    image = bytearray(tables.image)
-    xsdt_at = tables.addresses["XSDT"] - tables.base_address
-    struct.pack_into("<I", image, xsdt_at + 4, 0xFFFF_FFF0)
+    return tables, bytearray(tables.image)
+
+
+def _reader(tables: virt.MachineTables, image: bytearray) -> Callable[[int, int], bytes]:
+    """Guest memory over ``image`` that fails the test on a read ``read_tables`` must
+    never make: one trusting a huge length, or one below the tables (address 0)."""
 
     def read(address: int, length: int) -> bytes:
         assert length < 1 << 20, "read_tables must not trust a length before checking it"
         offset = address - tables.base_address
+        assert offset >= 0, f"read_tables read below the tables, at {address:#x}"
         return bytes(image[offset : offset + length])
 
-    with pytest.raises(TableError, match="implausible length"):
-        t.read_tables(read, tables.rsdp_address)
+    return read
 
+
+def test_read_tables_refuses_implausible_lengths() -> None:
+    tables, image = _small_image()
+    xsdt_at = tables.addresses["XSDT"] - tables.base_address
+    struct.pack_into("<I", image, xsdt_at + 4, 0xFFFF_FFF0)
+    with pytest.raises(TableError, match="implausible length"):
+        t.read_tables(_reader(tables, image), tables.rsdp_address)
 
 
 def test_read_tables_says_a_revision_0_rsdp_has_no_xsdt() -> None:
-    tables = virt.build_machine_tables(virt.MachineConfig(cpus=1, maxcpus=2), dsdt=_TEST_DSDT)
-    image = bytearray(tables.image)
+    tables, image = _small_image()
     rsdp_at = tables.rsdp_address - tables.base_address
     image[rsdp_at : rsdp_at + 20] = t.Rsdp(revision=0).build()
-
-    def read(address: int, length: int) -> bytes:
-        offset = address - tables.base_address
-        return bytes(image[offset : offset + length])
-
     with pytest.raises(TableError, match="revision 0: no XSDT"):
-        t.read_tables(read, tables.rsdp_address)
+        t.read_tables(_reader(tables, image), tables.rsdp_address)
 
 
 def test_read_tables_refuses_a_table_address_of_0() -> None:
-    tables = virt.build_machine_tables(virt.MachineConfig(cpus=1, maxcpus=2), dsdt=_TEST_DSDT)
-    image = bytearray(tables.image)
+    tables, image = _small_image()
     xsdt_at = tables.addresses["XSDT"] - tables.base_address
     xsdt = t.Xsdt.parse(tables.blobs["XSDT"])
     patched = dataclasses.replace(xsdt, entries=(0, *xsdt.entries[1:])).build()
     image[xsdt_at : xsdt_at + len(patched)] = patched
-
-    def read(address: int, length: int) -> bytes:
-        assert address != 0, "read_tables read guest memory at address 0"
-        offset = address - tables.base_address
-        return bytes(image[offset : offset + length])
-
     with pytest.raises(TableError, match="table address is 0"):
-        t.read_tables(read, tables.rsdp_address)
+        t.read_tables(_reader(tables, image), tables.rsdp_address)
