@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import re
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from qemu.qmp import QMPClient  # noqa: E402
+from tests.hostload import host_hash_rate  # noqa: E402
 from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug import agent_protocol as ap  # noqa: E402
@@ -141,25 +140,6 @@ def stress_rate(agent: Agent, seconds: float) -> float:
     return float(m.group(1))
 
 
-def host_rate(threads: int, seconds: float) -> float:
-    """MiB/s of plain host threads hashing the same way (what the host allows right now)."""
-    buf = os.urandom(1 << 20)
-    done = [0] * threads
-    deadline = time.perf_counter() + seconds
-
-    def hog(i: int) -> None:
-        while time.perf_counter() < deadline:
-            hashlib.sha256(buf).digest()
-            done[i] += 1
-
-    pool = [threading.Thread(target=hog, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(done) / seconds
-
-
 def scaling(seconds: float) -> tuple[float, float]:
     async def run(process: VmmProcess) -> tuple[float, float]:
         client = QMPClient("bench-guest")
@@ -204,7 +184,7 @@ def main() -> int:
             real = f"{REAL_STACK_MS[key]:>14.1f}" if key in REAL_STACK_MS else f"{'-':>14}"
             print(f"{maxcpus:>7} {label:<34} {r[key] / rtt:>8.1f} {r[key]:>9.2f} {real}")
     one, two = scaling(args.stress_seconds)
-    h1, h2 = host_rate(1, args.stress_seconds), host_rate(2, args.stress_seconds)
+    h1, h2 = host_hash_rate(1, args.stress_seconds), host_hash_rate(2, args.stress_seconds)
     print(
         f"\nstress --cpu 2 in the guest: {one:.0f} MiB/s on 1 vCPU, {two:.0f} MiB/s on 2;"
         f" 2 vCPUs / 1 vCPU = {two / one:.2f}"

@@ -7,7 +7,6 @@ files through ``exec cat``) and what the host sees (VMM threads in /proc).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,15 +14,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.hostload import host_hash_rate
 
-from cpuplug.guest.userland import STRESS_CHUNK
 from cpuplug.runtime.state import process_alive
 
 pytestmark = pytest.mark.slow
@@ -123,28 +121,6 @@ def stress_usage(cli: Cli, name: str, seconds: float) -> tuple[float, str, float
     m = STRESS_RE.search(out)
     assert m is not None, out
     return float(m.group(1)), m.group(2), rate
-
-
-def host_hash_rate(threads: int, seconds: float) -> float:
-    """MiB/s of plain host threads hashing as the guest's ``stress`` does (SHA-256 of
-    ``STRESS_CHUNK`` bytes, which releases the GIL): what this host allows right now.
-    The same measurement as ``bench/bench_guest.py::host_rate``."""
-    buf = os.urandom(STRESS_CHUNK)
-    done = [0] * threads
-    deadline = time.perf_counter() + seconds
-
-    def hog(i: int) -> None:
-        while time.perf_counter() < deadline:
-            hashlib.sha256(buf).digest()
-            done[i] += 1
-
-    pool = [threading.Thread(target=hog, args=(i,)) for i in range(threads)]
-    t0 = time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(done) * STRESS_CHUNK / (1 << 20) / (time.perf_counter() - t0)
 
 
 def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
