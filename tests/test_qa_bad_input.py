@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,12 +308,11 @@ def root(tmp_path: Path) -> Iterator[Path]:
 def test_cpus_with_a_giant_exponent_is_a_usage_error_not_a_hang(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``Fraction("1e99999999")`` computes a 100-million-digit integer: the CLI hung."""
-    t0 = time.monotonic()
+    """``Fraction("1e99999999")`` computes a 100-million-digit integer: the CLI hung
+    (without the fix this test ends at the pytest timeout)."""
     for value in ("1e99999999", "1e-9999999", "1" * 100):
         assert main(["update", "--root", str(tmp_path), "sb", "--cpus", value]) == 2
         assert "invalid --cpus value" in capsys.readouterr().err
-    assert time.monotonic() - t0 < 5.0  # each was minutes of CPU before; generous bound
 
 
 @pytest.mark.parametrize(
@@ -351,7 +349,7 @@ def test_bundle_quota_beyond_the_kernels_maximum_is_refused_up_front(
 
 @pytest.fixture
 def agent_env() -> Iterator[Env]:
-    env = Env(FakeKernel(possible=4, online=1, enabled=1), retry_interval=0.5)
+    env = Env(FakeKernel(possible=4, online=1, enabled=2), retry_interval=0.01)
     yield env
     env.close()
 
@@ -374,10 +372,10 @@ def test_exec_timeout_too_large_is_einval_and_spawns_nothing(agent_env: Env) -> 
 
 
 def test_online_more_cpus_than_exist_fails_at_once(agent_env: Env) -> None:
-    """It used to retry 100 times (5 s here, as in Kata) for a request that can never succeed."""
-    t0 = time.monotonic()
+    """It used to retry 100 times (5 s with Kata's interval) for a request that can never
+    succeed, onlining what it could on the way, and then answer ETIMEDOUT."""
     err = agent_env.error(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 10**30})
     assert err.code is ap.ErrorCode.EINVAL and "exceeds the 4 possible CPUs" in err.message
-    assert time.monotonic() - t0 < agent_env.agent.retry_interval  # not even one retry
-    assert agent_env.kernel.online_writes == []
+    assert agent_env.kernel.online_writes == []  # refused before touching any CPU
     assert agent_env.call(ap.Method.GUEST_DETAILS)["online"] == "0"
+    assert agent_env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2})["online"] == [0, 1]
