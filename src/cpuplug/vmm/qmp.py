@@ -379,7 +379,11 @@ class QmpServer:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on the socket path (mode 0600; a stale socket file is replaced)."""
+        """Listen on the socket path (mode 0600; a stale socket file is replaced).
+
+        :class:`UsageError` if the path is someone else's (see
+        :func:`claim_socket_path`), :class:`QmpError` if listening fails.
+        """
         self._loop = asyncio.get_running_loop()
         claim_socket_path(self.path, "QMP")
         old_umask = os.umask(0o177)
