@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,14 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
 
 
 @pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for unix sockets (``sun_path`` holds 107 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="qa", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def machine() -> Iterator[VirtMachine]:
     vm = VirtMachine(virt.MachineConfig.from_smp("cpus=1,maxcpus=4"))
     vm.start()
@@ -160,12 +170,12 @@ def _qmp_exchange(vm: VirtMachine, path: str, data: bytes, replies: int) -> list
 
 
 def test_qmp_half_line_then_a_command_gets_an_error_and_the_command_runs(
-    machine: VirtMachine, tmp_path: Path
+    machine: VirtMachine, sock_dir: Path
 ) -> None:
     """A raw newline inside a string used to swallow every later message: the client hung."""
     got = _qmp_exchange(
         machine,
-        str(tmp_path / "q"),
+        str(sock_dir / "q"),
         b'{"execute": "query-st\n{"execute": "query-status", "id": 2}\n',
         2,
     )
@@ -174,12 +184,12 @@ def test_qmp_half_line_then_a_command_gets_an_error_and_the_command_runs(
 
 
 def test_qmp_duplicate_keys_are_refused_not_last_one_wins(
-    machine: VirtMachine, tmp_path: Path
+    machine: VirtMachine, sock_dir: Path
 ) -> None:
     """Python's json keeps the last key: this message used to run ``quit``."""
     got = _qmp_exchange(
         machine,
-        str(tmp_path / "q"),
+        str(sock_dir / "q"),
         b'{"execute": "query-status", "execute": "quit"}\n{"execute": "query-status"}\n',
         2,
     )
@@ -199,12 +209,12 @@ def test_qmp_duplicate_keys_are_refused_not_last_one_wins(
     ],
 )
 def test_qmp_numbers_json_cannot_carry_are_errors_and_replies_stay_json(
-    machine: VirtMachine, tmp_path: Path, value: bytes, desc: str
+    machine: VirtMachine, sock_dir: Path, value: bytes, desc: str
 ) -> None:
     """``"id": 1e999`` used to be echoed as ``Infinity``: a reply no strict client parses."""
     got = _qmp_exchange(
         machine,
-        str(tmp_path / "q"),
+        str(sock_dir / "q"),
         b'{"execute": "query-status", "id": ' + value + b'}\n{"execute": "query-status"}\n',
         2,
     )
@@ -216,12 +226,12 @@ def test_qmp_numbers_json_cannot_carry_are_errors_and_replies_stay_json(
 
 
 def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
-    machine: VirtMachine, tmp_path: Path
+    machine: VirtMachine, sock_dir: Path
 ) -> None:
     """A failed start used to end in close() unlinking the path: the user's file was deleted."""
-    precious = tmp_path / "notes.txt"
+    precious = sock_dir / "notes.txt"
     precious.write_text("keep me")
-    folder = tmp_path / "dir"
+    folder = sock_dir / "dir"
     folder.mkdir()
 
     async def go(path: Path) -> str:
@@ -240,12 +250,12 @@ def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
 
 
 def test_a_live_socket_is_not_stolen_but_a_stale_one_is_replaced(
-    machine: VirtMachine, tmp_path: Path
+    machine: VirtMachine, sock_dir: Path
 ) -> None:
     """QEMU unlinks and rebinds a live path, cutting off the process that owns it."""
-    live = tmp_path / "live"
+    live = sock_dir / "live"
     owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale = tmp_path / "stale"
+    stale = sock_dir / "stale"
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         owner.bind(str(live))
