@@ -80,7 +80,9 @@ def _madt_entries(madt: bytes) -> list[bytes]:
 
 
 @pytest.mark.parametrize("mode", ["acpi", "online-offline"])
-def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(mode: str) -> None:
+def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(
+    mode: virt.HotplugMode,
+) -> None:
     # 130 possible vCPUs: past Aff1 = 0 (i >= 16) and past the first GICR region (i >= 123).
     maxcpus = 130
     madt = _tables_by_signature(virt.MachineConfig(cpus=3, maxcpus=maxcpus, mode=mode))["APIC"]
@@ -210,3 +212,62 @@ def test_device_del_raises_the_ged_event_and_every_event_carries_a_timestamp(
 
     asyncio.run(go())
     assert process.wait() == 0
+
+
+# ------------------------------------------------------------------ §1 memory map, §5 PSCI
+
+
+@pytest.mark.slow
+def test_memory_map_of_spec_1_as_the_guest_sees_it(vmm: Callable[..., VmmProcess]) -> None:
+    # 130 possible vCPUs so that vCPU 123 lives in the second redistributor region.
+    probe = vmm("cpus=1,maxcpus=130").probe()
+    ram_end = 0x4000_0000 + 256 * 1024 * 1024  # RAM at 0x4000_0000, 256 MiB by default
+    probe.store(ram_end - 8, 8, 0x1122_3344_5566_7788)
+    assert probe.load(ram_end - 8, 8) == 0x1122_3344_5566_7788
+    probe.store(ram_end, 4, 0x55)  # past RAM: nothing there, reads as zero
+    assert probe.load(ram_end, 4) == 0
+    assert probe.load(0x0800_0000 + 0xFFE8, 4) >> 4 & 0xF == 3  # GICD: GICv3 PIDR2.ArchRev
+    for index, frame in ((0, 0x080A_0000), (122, 0x080A_0000 + 122 * 0x2_0000), (123, 1 << 38)):
+        affinity = probe.load(frame + 0x8 + 4, 4)  # GICR_TYPER[63:32] = the vCPU's affinity
+        assert affinity == ((index // 16) << 8) | (index % 16), index
+    assert probe.load(0x0908_0000, 4) == 0  # GED selector: nothing pending
+    probe.store(0x090C_0000, 4, 0)  # CPU hotplug block: vCPU 0 is enabled and present
+    assert probe.load(0x090C_0004, 1) == 0x21
+    probe.store(0x090C_0000, 4, 129)
+    assert probe.load(0x090C_0004, 1) == 0x20  # possible, not plugged: present only
+
+
+def test_psci_abi_numbers_are_the_spec_literals() -> None:
+    # Guest and VMM share cpuplug.psci_abi, so a wrong number there would go unnoticed
+    # by every test that compares against the module's own names.
+    from cpuplug import psci_abi as p
+
+    assert (p.PSCI_VERSION, p.CPU_ON_64, p.CPU_OFF, p.AFFINITY_INFO_64) == (
+        0x8400_0000, 0xC400_0003, 0x8400_0002, 0xC400_0004,
+    )  # fmt: skip
+    assert (p.SYSTEM_OFF, p.SYSTEM_RESET, p.PSCI_FEATURES) == (
+        0x8400_0008,
+        0x8400_0009,
+        0x8400_000A,
+    )
+    assert p.PSCI_VERSION_1_1 == 0x0001_0001
+    codes = [
+        p.SUCCESS, p.NOT_SUPPORTED, p.INVALID_PARAMS, p.DENIED, p.ALREADY_ON, p.ON_PENDING,
+        p.INTERNAL_FAILURE, p.NOT_PRESENT, p.DISABLED, p.INVALID_ADDRESS,
+    ]  # fmt: skip
+    assert codes == [0, -1, -2, -3, -4, -5, -6, -7, -8, -9]
+    assert (p.AFFINITY_ON, p.AFFINITY_OFF, p.AFFINITY_ON_PENDING) == (0, 1, 2)
+
+
+@pytest.mark.slow
+def test_psci_codes_over_hvc(vmm: Callable[..., VmmProcess]) -> None:
+    probe = vmm("cpus=1,maxcpus=4").probe()
+    assert probe.hvc(0x8400_000A, 0x8400_0001) == -1  # PSCI_FEATURES(CPU_SUSPEND): unknown
+    assert probe.hvc(0x8400_000A, 0x1234_5678) == -1
+    assert probe.hvc(0x8400_000A, 0xC400_0003) == 0  # CPU_ON is implemented
+    assert probe.hvc(0xC400_0003, 0x10, 0x4000, 0) == -2  # MPIDR Aff0 = 16: no such vCPU
+    assert probe.hvc(0xC400_0003, 0x4, 0x4000, 0) == -2  # vCPU 4 with maxcpus=4
+    assert probe.hvc(0xC400_0003, 0x3, 0x4000, 0) == -3  # possible but unplugged: DENIED
+    assert probe.hvc(0xC400_0003, 0x0, 0x4000, 0) == -4  # the caller itself
+    assert probe.hvc(0xC400_0004, 0x0, 0) == 0  # AFFINITY_INFO: ON
+    assert probe.hvc(0xC400_0004, 0x3, 0) == 1  # OFF
