@@ -271,3 +271,39 @@ def test_psci_codes_over_hvc(vmm: Callable[..., VmmProcess]) -> None:
     assert probe.hvc(0xC400_0003, 0x0, 0x4000, 0) == -4  # the caller itself
     assert probe.hvc(0xC400_0004, 0x0, 0) == 0  # AFFINITY_INFO: ON
     assert probe.hvc(0xC400_0004, 0x3, 0) == 1  # OFF
+
+
+# ------------------------------------------------------------------ §3 register block, literally
+
+
+@pytest.mark.slow
+def test_cpu_hotplug_block_offsets_and_commands_by_number(
+    vmm: Callable[..., VmmProcess],
+) -> None:
+    # The unit tests use cpuhp's own names for offsets and commands; here every number
+    # is the SPEC table's, written by the guest over MMIO.
+    process = vmm("cpus=1,maxcpus=20")
+    probe = process.probe()
+    probe.store(CPUHP + 0x0, 4, 17)
+    probe.store(CPUHP + 0x5, 1, 3)  # command 3: arch id
+    assert probe.load(CPUHP + 0x8, 4) == 0x0101  # lower 32 bits: MPIDR Aff1=1, Aff0=1
+    assert probe.load(CPUHP + 0x0, 4) == 0  # upper 32 bits
+    assert probe.load(CPUHP + 0x5, 1) == 0  # offset 5 reads 0
+    probe.store(CPUHP + 0x5, 1, 4)  # not a command: not stored
+    assert probe.load(CPUHP + 0x8, 4) == 0x0101
+    probe.store(CPUHP + 0x5, 1, 0)  # command 0: nothing pending, selector stays
+    assert probe.load(CPUHP + 0x8, 4) == 17
+    assert probe.load(CPUHP + 0x0, 4) == 0  # command data 2 under command 0
+    assert probe.load(CPUHP + 0x4, 1) == 0x20  # bit5 present, not enabled
+    probe.store(CPUHP + 0x0, 4, 20)  # selector = M
+    for offset, size in ((0x0, 4), (0x4, 1), (0x5, 1), (0x8, 4)):
+        assert probe.load(CPUHP + offset, size) == 0, offset
+    probe.store(CPUHP + 0x0, 4, 0)
+    probe.store(CPUHP + 0x5, 1, 3)
+    probe.store(CPUHP + 0x0, 4, 20)
+    probe.store(CPUHP + 0x5, 1, 0)  # dropped: the command stays 3
+    probe.store(CPUHP + 0x4, 1, 0x08)  # dropped: nothing is ejected
+    probe.store(CPUHP + 0x0, 4, 17)
+    assert probe.load(CPUHP + 0x8, 4) == 0x0101
+    probe.store(CPUHP + 0x0, 4, 0)
+    assert probe.load(CPUHP + 0x4, 1) == 0x21  # vCPU 0: enabled | present
