@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -307,3 +309,61 @@ def test_cpu_hotplug_block_offsets_and_commands_by_number(
     assert probe.load(CPUHP + 0x8, 4) == 0x0101
     probe.store(CPUHP + 0x0, 4, 0)
     assert probe.load(CPUHP + 0x4, 1) == 0x21  # vCPU 0: enabled | present
+
+
+# ------------------------------------------------------------------ §7 QMP wire details
+
+
+class _RawQmp:
+    """A bare QMP socket: what a client other than qemu.qmp may send (any JSON ``id``)."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        self.greeting = json.loads(self.file.readline())
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply: dict[str, Any] = json.loads(self.file.readline())
+            if "event" not in reply:
+                return reply
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_any_json_id_is_echoed_and_props_must_be_json_integers(
+    vmm: Callable[..., VmmProcess],
+) -> None:
+    process = vmm("cpus=1,maxcpus=4")
+    qmp = _RawQmp(process.qmp_path)
+    try:
+        assert set(qmp.greeting) == {"QMP"}
+        assert set(qmp.greeting["QMP"]) == {"version", "capabilities"}
+        assert qmp.greeting["QMP"]["capabilities"] == []
+        assert qmp.call({"execute": "qmp_capabilities", "id": 7}) == {"return": {}, "id": 7}
+        for id_ in ({"a": [1, None]}, [3], 2.5, "x"):
+            ok = qmp.call({"execute": "query-status", "id": id_})
+            assert ok["id"] == id_ and "return" in ok
+            bad = qmp.call({"execute": "no-such-command", "id": id_})
+            assert bad["id"] == id_ and bad["error"]["class"] == "CommandNotFound"
+        for value in (True, 1.0, "1", None, [1]):
+            reply = qmp.call(
+                {
+                    "execute": "device_add",
+                    "arguments": {"driver": "max-arm-cpu", "id": "c", "core-id": value},
+                }
+            )
+            assert reply["error"]["class"] == "GenericError", value
+            assert "core-id" in reply["error"]["desc"], value
+        hot = qmp.call({"execute": "query-hotpluggable-cpus"})["return"]
+        assert [("qom-path" in h) for h in hot] == [False, False, False, True]  # nothing plugged
+        added = {"driver": "max-arm-cpu", "id": "c", "core-id": 1}
+        assert qmp.call({"execute": "device_add", "arguments": added}) == {"return": {}}
+    finally:
+        qmp.close()
