@@ -16,12 +16,18 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
 from qemu.qmp import QMPClient
 
 from cpuplug.acpi import virt
+from cpuplug.runtime.config import RuntimeConfig
+from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
+from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
+from runtime_fakes import FakeWorld
 from vmm_test_kernel import VmmProcess
 
 TIMEOUT = 15.0
@@ -367,3 +373,41 @@ def test_any_json_id_is_echoed_and_props_must_be_json_integers(
         assert qmp.call({"execute": "device_add", "arguments": added}) == {"return": {}}
     finally:
         qmp.close()
+
+
+# ------------------------------------------------------------------ §8/§9 runtime, online/offline
+
+
+def test_runtime_online_offline_mode_boots_every_vcpu_and_only_moves_the_cpuset(
+    tmp_path: Path,
+) -> None:
+    """``hotplug_mode = "online-offline"``: all M vCPUs from boot, no device_add/del ever;
+    the container's cpuset is what follows the target (SPEC §8 config key, §9)."""
+    world = FakeWorld()
+    try:
+        rt = Runtime(
+            tmp_path,
+            RuntimeConfig(default_maxvcpus=8, hotplug_mode="online-offline"),
+            launcher=world.launcher,
+            connect_qmp=world.connect_qmp,
+            connect_agent=world.connect_agent,
+        )
+        st = rt.run(RunRequest(["true"], _cpus("2"), name="b1"))
+        assert (st.boot_vcpus, st.maxcpus, st.plugged) == (8, 8, list(range(8)))
+        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-2"  # target 3 of 8 online
+        rt.update("b1", _cpus("4"))
+        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-4"
+        rt.update("b1", _cpus("1"))
+        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-1"
+        assert world.agent.cgroups["b1"]["quota"] == 100000
+        assert not [c for c, _ in world.m.qmp_log if c.startswith("device_")]
+        assert sorted(world.m.plugged) == list(range(8))
+    finally:
+        world.cleanup()
+
+
+def _cpus(text: str) -> Resources:
+    """Docker's ``--cpus X``: period 100000, quota X·100000 (SPEC §8)."""
+    quota, period = cpus_to_quota(parse_cpus(text))
+    assert period == 100000 and quota == int(Fraction(text) * 100000)
+    return Resources(quota=quota, period=period)
