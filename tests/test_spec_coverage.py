@@ -27,6 +27,7 @@ from cpuplug.acpi import virt
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
+from guest_fakes import Booted
 from runtime_fakes import FakeWorld
 from vmm_test_kernel import VmmProcess
 
@@ -411,3 +412,23 @@ def _cpus(text: str) -> Resources:
     quota, period = cpus_to_quota(parse_cpus(text))
     assert period == 100000 and quota == int(Fraction(text) * 100000)
     return Resources(quota=quota, period=period)
+
+
+# ------------------------------------------------------------------ §6 guest _OST on failure
+
+
+def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregistered() -> None:
+    """SPEC §6: Device Check → ``_OST(1, 0)``, "or 1 on failure". The real guest kernel
+    on the in-process machine; registration of cpu2 fails because its sysfs path is taken."""
+    vm = Booted(virt.MachineConfig(cpus=2, maxcpus=4))
+    try:
+        vm.kernel.vfs.register("/sys/devices/system/cpu/cpu2/online", lambda: "x\n")
+        vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+        assert vm.ost() == (1, 1)
+        assert vm.cpus("enabled") == "0-1"
+        vm.kernel.vfs.unregister("/sys/devices/system/cpu/cpu2")
+        vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+        assert vm.ost() == (1, 0)  # the next hot-add still works, and its rescan of
+        assert vm.cpus("enabled") == "0-3"  # the parent picks up the enabled cpu2 too
+    finally:
+        vm.close()
