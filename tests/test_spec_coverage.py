@@ -432,3 +432,27 @@ def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregist
         assert vm.cpus("enabled") == "0-3"  # the parent picks up the enabled cpu2 too
     finally:
         vm.close()
+
+
+# ------------------------------------------------------------------ §7 ACPI_DEVICE_OST slot
+
+
+def test_ost_slot_is_the_decimal_index_also_past_nine() -> None:
+    """``"slot": "<i>"`` is the decimal index: a hex or padded form shows only at i ≥ 10."""
+    from cpuplug.vmm.cpuhp import CpuHotplugBlock, OstInfo
+
+    reports: list[OstInfo] = []
+    block = CpuHotplugBlock(
+        [((i // 16) << 8) | (i % 16) for i in range(300)], on_ost=reports.append
+    )
+    for index in (10, 15, 16, 255, 299):
+        block.write(0x0, 4, index)
+        block.write(0x5, 1, 1)
+        block.write(0x8, 4, 3)
+        block.write(0x5, 1, 2)
+        block.write(0x8, 4, 0x84)
+    assert [r.to_qmp()["slot"] for r in reports] == ["10", "15", "16", "255", "299"]
+    assert all(r.to_qmp()["slot-type"] == "CPU" for r in reports)
+    assert [o["slot"] for o in (i.to_qmp() for i in block.ospm_status())][9:12] == [
+        "9", "10", "11",
+    ]  # fmt: skip
