@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -317,3 +319,91 @@ def test_cpus_zero_means_no_limit_and_flags_merge() -> None:
     assert parse("--cpus", "1.5") == Resources(quota=150000, period=100000)
     assert parse("--cpu-quota", "50000", "--cpu-period", "50000") == Resources(50000, 50000)
     assert parse("--cpuset-cpus", "0-1") == Resources(cpuset="0-1")
+
+
+# ---------------------------------------------------------------- QA: broken state
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("maxcpus", "lots", "maxcpus must be int"),
+        ("maxcpus", 0, "maxcpus must be >= 1"),
+        ("static", "yes", "static must be bool"),
+        ("plugged", ["a"], "plugged must be list"),
+        ("default_vcpus", "many", "Fraction"),
+        ("containers", [{"id": 1, "cmd": []}], r"containers\[0\].id must be str"),
+        ("containers", {}, "containers must be a list"),
+        ("vmm_pid", 1.5, "vmm_pid must be int"),
+    ],
+)
+def test_wrong_types_in_state_are_one_line_errors(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    field: str,
+    value: object,
+    match: str,
+) -> None:
+    store = StateStore(tmp_path)
+    store.create("a")
+    doc = json.loads(make_state("a").to_json())
+    doc[field] = value
+    (tmp_path / "a" / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(StateError, match=match):
+        store.load("a")
+    assert main(["inspect", "--root", str(tmp_path), "a"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_broken_sandbox_is_listed_and_rm_f_stops_its_vmm(tmp_path: Path) -> None:
+    """QA: a corrupt state.json hid a running sandbox from ps and rm -f orphaned its VMM."""
+    from cpuplug.runtime.sandbox import Runtime
+
+    root = Path(tempfile.mkdtemp(prefix="cpq", dir="/tmp"))  # sun_path is short
+    d = root / "sb1"
+    d.mkdir(mode=0o700)
+    qmp = d / "qmp.sock"
+    vmm = subprocess.Popen(
+        [
+            sys.executable, "-m", "cpuplug", "vmm", "--smp", "cpus=1,maxcpus=2",
+            "--qmp", f"unix:{qmp}", "--agent", f"unix:{d / 'agent.sock'}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not qmp.exists():
+            assert vmm.poll() is None, "the VMM exited during start-up"
+            assert time.monotonic() < deadline, "the VMM did not create its QMP socket"
+            time.sleep(0.02)
+        (d / "state.json").write_text('{"version": 1, "maxcpus": "lo')
+        rt = Runtime(root)
+        rows = rt.ps()
+        assert [(r["name"], r["status"]) for r in rows] == [("sb1", "broken")]
+        with pytest.raises(StateError, match="rm -f"):
+            rt.rm("sb1")
+        assert vmm.poll() is None
+        rt.rm("sb1", force=True)
+        assert vmm.wait(timeout=10) is not None
+        assert not d.exists()
+        assert rt.ps() == []
+    finally:
+        if vmm.poll() is None:
+            vmm.kill()
+        vmm.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_rm_f_of_a_broken_sandbox_without_a_vmm_removes_the_directory(tmp_path: Path) -> None:
+    from cpuplug.runtime.sandbox import Runtime
+
+    store = StateStore(tmp_path)
+    store.create("gone")
+    (tmp_path / "gone" / "state.json").write_text("")
+    rt = Runtime(tmp_path)
+    assert [r["status"] for r in rt.ps()] == ["broken"]
+    rt.rm("gone", force=True)
+    assert not (tmp_path / "gone").exists()

@@ -19,6 +19,8 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ from cpuplug.runtime.sizing import (
 from cpuplug.runtime.state import (
     ContainerState,
     SandboxState,
+    StateError,
     StateStore,
     process_alive,
     process_start_ticks,
@@ -615,6 +618,19 @@ class Runtime:
             try:
                 st = self.store.load(name)
             except CpuplugError:
+                # Listed, not hidden: its VMM may still run, and rm -f cleans it up.
+                out.append(
+                    {
+                        "name": name,
+                        "status": "broken",
+                        "vcpus": 0,
+                        "maxcpus": 0,
+                        "cpus": "-",
+                        "pid": None,
+                        "created": _mtime(self.store.dir(name)),
+                        "mode": "-",
+                    }
+                )
                 continue
             c = st.containers[0] if st.containers else None
             status = self.status(st)
@@ -760,13 +776,54 @@ class Runtime:
         Holds the lock, so an ``rm`` cannot pull the directory from under a ``run``
         or ``update`` in progress.
         """
-        with self._locked(name) as st:
+        with self.store.lock(name, LOCK_TIMEOUT):
+            try:
+                st = self.store.load(name)
+            except StateError as exc:
+                if not force:
+                    hint = f"cpuplug rm -f {name} stops its VMM and removes it"
+                    raise StateError(f"{exc} ({hint})") from None
+                self._rm_broken(name)
+                return
             if self.status(st) in ("running", "creating"):
                 if not force:
                     raise UsageError(f"sandbox {name} is running: stop it first or use rm -f")
                 self._stop_locked(st)
             self._kill_vmm(st)
             self.store.remove(name)
+
+    def _rm_broken(self, name: str) -> None:
+        """Stop the VMM of a sandbox whose state file is unreadable, then remove it.
+
+        Without the state there is no recorded pid, so the VMM is found through what
+        is left in its directory: its QMP socket (``quit``; the socket's peer
+        credentials name the process, so it can be escalated to SIGTERM/SIGKILL if it
+        does not exit) and, if present, a ``vmm.pid`` file.  The directory is kept if
+        the VMM cannot be stopped, so it is never orphaned without a trace.
+        """
+        d = self.store.dir(name)
+        pids = {p for p in (_socket_peer_pid(d / "qmp.sock"), _pid_file(d / "vmm.pid")) if p}
+        pids.discard(os.getpid())  # never ourselves (an in-process QMP server in tests)
+        procs = [(pid, process_start_ticks(pid)) for pid in pids]
+        if (d / "qmp.sock").exists():
+            with contextlib.suppress(Exception):
+                qmp = self.connect_qmp(d / "qmp.sock")
+                try:
+                    qmp.execute("quit", timeout=2.0)
+                finally:
+                    qmp.close()
+        for pid, ticks in procs:
+            proc = _CHILDREN.get(pid)
+            for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                if sig is not None and process_alive(pid, ticks):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                if _wait_exit(pid, ticks, proc, STOP_TIMEOUT if sig else 2.0):
+                    break
+            else:
+                raise SandboxError(f"sandbox {name}: its VMM (pid {pid}) did not exit; kept {d}")
+            _CHILDREN.pop(pid, None)
+        self.store.remove(name)
 
     def _kill_vmm(self, st: SandboxState) -> None:
         """Wait for the VMM to exit (bounded), then TERM, then KILL; reap our children."""
@@ -804,6 +861,33 @@ def _wait_exit(
         time.sleep(delay)  # not our child: no wait() to block on
         delay = min(delay * 2, 0.1)
     return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _socket_peer_pid(path: Path) -> int | None:
+    """Pid of the process serving the unix socket at ``path`` (``SO_PEERCRED``), if any."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = int(struct.unpack("3i", creds)[0])
+        return pid if pid > 0 else None
+    return None
+
+
+def _pid_file(path: Path) -> int | None:
+    """The pid in ``path`` if it holds one positive decimal number."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
 
 
 def _cpus_text(quota: int | None, period: int | None) -> str:

@@ -30,8 +30,9 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +154,65 @@ class SandboxState:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> SandboxState:
+        """Parse and type-check a state file; anything off is a one-line :class:`StateError`.
+
+        The file is ours, but it sits on disk where an editor, a full disk or a bug
+        can change it; a wrong type must not surface later as a ``TypeError``
+        traceback in whichever command first does arithmetic on it.
+        """
         try:
             raw = json.loads(text)
-            if not isinstance(raw, dict) or raw.get("version") != STATE_VERSION:
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            if raw.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported state version {raw.get('version')!r}")
+            _check_fields(ContainerState, raw.get("containers", []), "containers", many=True)
+            _check_fields(cls, raw, "")
+            Fraction(raw["default_vcpus"])
+            if raw["maxcpus"] < 1:
+                raise ValueError(f"maxcpus must be >= 1, got {raw['maxcpus']}")
             raw["containers"] = [ContainerState(**c) for c in raw.get("containers", [])]
             return cls(**raw)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError) as exc:
             raise StateError(f"corrupt state file {where}: {exc}") from None
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_TYPE_CHECKS: dict[str, Callable[[object], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "bool": lambda v: isinstance(v, bool),
+    "float": lambda v: _is_int(v) or isinstance(v, float),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "int | None": lambda v: v is None or _is_int(v),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "list[int]": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "dict[str, Any] | None": lambda v: v is None or isinstance(v, dict),
+    "list[dict[str, Any]]": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "list[ContainerState]": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+}
+"""How each annotation used in the state dataclasses is checked against parsed JSON
+(annotations are strings here: ``from __future__ import annotations``)."""
+
+
+def _check_fields(cls: type, raw: object, where: str, many: bool = False) -> None:
+    """Raise ``TypeError`` naming the first field of ``raw`` whose JSON type is wrong."""
+    items = raw if many else [raw]
+    if not isinstance(items, list):
+        raise TypeError(f"{where or 'state'} must be a list")
+    for i, item in enumerate(items):
+        prefix = f"{where}[{i}]." if many else ""
+        if not isinstance(item, dict):
+            raise TypeError(f"{where}[{i}] must be an object")
+        for f in fields(cls):
+            if f.name in item and not _TYPE_CHECKS[str(f.type)](item[f.name]):
+                raise TypeError(
+                    f"{prefix}{f.name} must be {f.type}, got {type(item[f.name]).__name__} "
+                    f"{json.dumps(item[f.name])[:40]}"
+                )
 
 
 class StateStore:
@@ -200,15 +252,25 @@ class StateStore:
         return (self.dir(name) / "state.json").is_file()
 
     def names(self) -> list[str]:
+        """Every sandbox directory: with a state file, or with a QMP socket but no
+        (readable) state file — a broken sandbox whose VMM may still run must stay
+        visible, or nothing would ever clean it up."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if NAME_RE.fullmatch(p.name)
+            and ((p / "state.json").is_file() or (p / "qmp.sock").exists())
+        )
 
     def load(self, name: str) -> SandboxState:
         path = self.dir(name) / "state.json"
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            if path.parent.is_dir() and (path.parent / "qmp.sock").exists():
+                raise StateError(f"sandbox {name} has lost its state file {path}") from None
             raise SandboxNotFound(name) from None
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
