@@ -456,3 +456,35 @@ def test_ost_slot_is_the_decimal_index_also_past_nine() -> None:
     assert [o["slot"] for o in (i.to_qmp() for i in block.ospm_status())][9:12] == [
         "9", "10", "11",
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ §1/§6 high indices end to end
+
+
+def test_hot_add_online_and_remove_of_vcpus_10_16_and_123_with_the_real_guest() -> None:
+    """The whole chain at indices where the encodings differ: C00A/C010/C07B names, Aff1 ≠ 0
+    in the MPIDR that CPU_ON targets, and a redistributor in the second GICR region."""
+    vm = Booted(virt.MachineConfig(cpus=1, maxcpus=130))
+    try:
+        assert vm.cpus("possible") == "0-129" and vm.cpus("enabled") == "0"
+        for index in (10, 16, 123):
+            vm.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
+            info = vm.wait_event("ACPI_DEVICE_OST")["info"]
+            assert info == {
+                "device": f"cpu-{index}", "slot": str(index), "slot-type": "CPU",
+                "source": 1, "status": 0,
+            }  # fmt: skip
+        assert vm.cpus("enabled") == "0,10,16,123"
+        for index in (10, 16, 123):
+            vm.kernel.vfs.write(f"/sys/devices/system/cpu/cpu{index}/online", "1\n")
+        assert vm.cpus("online") == "0,10,16,123"
+        assert vm.machine.power_state(123).value == 0  # PSCI ON: CPU_ON found MPIDR 0x70B
+        vm.machine.device_del("cpu-123")
+        assert vm.ost() == (3, 0x84)
+        assert vm.wait_event("DEVICE_DELETED") == {
+            "device": "cpu-123", "path": "/machine/peripheral/cpu-123",
+        }  # fmt: skip
+        assert vm.ost() == (3, 0)
+        assert vm.cpus("online") == "0,10,16" and vm.cpus("enabled") == "0,10,16"
+    finally:
+        vm.close()
