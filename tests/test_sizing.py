@@ -267,3 +267,28 @@ def test_load_config_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert load_config().default_maxvcpus == 3
     with pytest.raises(ConfigError, match="unknown setting"):
         RuntimeConfig().with_overrides(bogus=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("default_vcpus = inf", "default_vcpus must be a finite number"),
+        ("default_vcpus = -inf", "default_vcpus must be a finite number"),
+        ("default_vcpus = nan", "default_vcpus must be a finite number"),
+        ("[hypervisor.qemu]\ndefault_vcpus = nan", "default_vcpus must be a finite number"),
+        ("remove_timeout = 1e308", r"remove_timeout must be > 0 and <= 3600"),
+        ("remove_timeout = inf", r"remove_timeout must be > 0 and <= 3600"),
+        ("remove_timeout = nan", r"remove_timeout must be > 0 and <= 3600"),
+        ("[hypervisor]\nqemu = [1, 2]", r"\[hypervisor.qemu\] must be a table"),
+        ("[hypervisor]\ncpuplug = 3", r"\[hypervisor.cpuplug\] must be a table"),
+        ("hypervisor = [1]", r"\[hypervisor\] must be a table"),
+    ],
+)
+def test_qa_config_non_finite_huge_and_wrong_sections_are_refused(text: str, match: str) -> None:
+    """QA: inf/nan gave a ValueError traceback, 1e308 was accepted, a list section ignored."""
+    with pytest.raises(ConfigError, match=match):
+        parse_config(text, "c.toml")
+
+
+def test_qa_remove_timeout_cap_is_inclusive() -> None:
+    assert parse_config("remove_timeout = 3600").remove_timeout == 3600.0

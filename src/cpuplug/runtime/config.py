@@ -15,6 +15,7 @@ Command-line flags override the file (:meth:`RuntimeConfig.with_overrides`).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, replace
@@ -36,7 +37,11 @@ _KEYS = {
     "hotplug_mode",
     "remove_timeout",
 }
+MAX_REMOVE_TIMEOUT = 3600.0
+"""Longest wait for a guest to release a vCPU: an hour is already a hung guest, and a
+bigger value (``1e308``) would overflow the deadline arithmetic or wait forever."""
 _KATA_SECTIONS = (("hypervisor", "qemu"), ("hypervisor", "cpuplug"), ("runtime",))
+_SECTION_ROOTS = frozenset(path[0] for path in _KATA_SECTIONS)
 
 
 class ConfigError(UsageError):
@@ -90,8 +95,11 @@ def _validated(cfg: RuntimeConfig) -> RuntimeConfig:
         )
     if not 0 <= cfg.default_maxvcpus <= MAX_CPUS:
         raise ConfigError(f"default_maxvcpus must be in 0..{MAX_CPUS}, got {cfg.default_maxvcpus}")
-    if not cfg.remove_timeout > 0:
-        raise ConfigError(f"remove_timeout must be > 0 seconds, got {cfg.remove_timeout}")
+    if not 0 < cfg.remove_timeout <= MAX_REMOVE_TIMEOUT:
+        raise ConfigError(
+            f"remove_timeout must be > 0 and <= {MAX_REMOVE_TIMEOUT:g} seconds, "
+            f"got {cfg.remove_timeout:g}"
+        )
     return cfg
 
 
@@ -114,15 +122,20 @@ def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for key, val in doc.items():
-        if isinstance(val, dict):
-            continue
+        if isinstance(val, dict) or key in _SECTION_ROOTS:
+            continue  # sections are read (and type-checked) below
         if key not in _KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}")
         values[key] = val
     for path in _KATA_SECTIONS:
         section: Any = doc
-        for part in path:
+        for depth, part in enumerate(path, 1):
             section = section.get(part) if isinstance(section, dict) else None
+            if section is not None and not isinstance(section, dict):
+                # A Kata section that is not a table would silently drop its keys.
+                raise ConfigError(
+                    f"{source}: [{'.'.join(path[:depth])}] must be a table, got {section!r}"
+                )
         if isinstance(section, dict):
             for key in _KEYS & section.keys():
                 values.setdefault(key, section[key])
@@ -136,6 +149,8 @@ def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
         if key == "default_vcpus":
             if isinstance(val, bool) or not isinstance(val, int | float):
                 raise ConfigError(f"{source}: default_vcpus must be a number, got {val!r}")
+            if not math.isfinite(val):
+                raise ConfigError(f"{source}: default_vcpus must be a finite number, got {val!r}")
             kw[key] = exact(val)
         elif key == "default_maxvcpus":
             if isinstance(val, bool) or not isinstance(val, int):
