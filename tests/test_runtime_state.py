@@ -251,6 +251,33 @@ def test_bad_bundles(tmp_path: Path, doc: object, match: str) -> None:
         read_bundle(write_bundle(tmp_path, doc))
 
 
+@pytest.mark.parametrize(
+    ("linux", "match"),
+    [
+        ([], "linux must be an object"),
+        ("x", "linux must be an object"),
+        ({"resources": []}, "linux.resources must be an object"),
+        ({"resources": {"cpu": 5}}, "linux.resources.cpu must be an object"),
+    ],
+)
+def test_qa_wrong_typed_linux_sections_are_refused(
+    tmp_path: Path, linux: object, match: str
+) -> None:
+    """QA: ``"linux": []`` was taken as "no limits"."""
+    with pytest.raises(UsageError, match=match):
+        read_bundle(write_bundle(tmp_path, {"process": {"args": ["x"]}, "linux": linux}))
+    b = read_bundle(write_bundle(tmp_path, {"process": {"args": ["x"]}, "linux": None}))
+    assert (b.quota, b.cpuset) == (None, None)
+
+
+def test_qa_deeply_nested_bundle_is_a_malformed_bundle(tmp_path: Path) -> None:
+    """QA: a deeply nested config.json gave a RecursionError traceback."""
+    depth = sys.getrecursionlimit() * 10
+    (tmp_path / "config.json").write_text('{"process": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(UsageError, match="malformed bundle"):
+        read_bundle(tmp_path)
+
+
 def test_missing_bundle(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no config\.json"):
         read_bundle(tmp_path)

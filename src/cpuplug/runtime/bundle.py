@@ -34,6 +34,17 @@ def _int_field(cpu: dict[str, Any], key: str, where: str) -> int | None:
     return value
 
 
+def _object_field(
+    parent: dict[str, Any] | None, key: str, name: str, where: str
+) -> dict[str, Any] | None:
+    """``parent[key]`` if it is an object, None if absent or null; anything else is
+    refused (``"linux": []`` must not pass as "no limits")."""
+    value = parent.get(key) if parent is not None else None
+    if value is not None and not isinstance(value, dict):
+        raise UsageError(f"{where}: {name} must be an object, got {json.dumps(value)[:40]}")
+    return value
+
+
 def read_bundle(directory: str | Path) -> Bundle:
     path = Path(directory) / "config.json"
     where = str(path)
@@ -45,19 +56,20 @@ def read_bundle(directory: str | Path) -> Bundle:
         raise UsageError(f"cannot read {where}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where}: invalid JSON: {exc}") from None
+    except RecursionError:
+        # The json module recurses per nesting level: a deep document exhausts the stack.
+        raise UsageError(f"{where}: malformed bundle: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise UsageError(f"{where}: the document must be a JSON object")
     process = doc.get("process")
     args = process.get("args") if isinstance(process, dict) else None
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
         raise UsageError(f"{where}: process.args must be a non-empty list of strings")
-    linux = doc.get("linux") or {}
-    resources = linux.get("resources") if isinstance(linux, dict) else None
-    cpu = resources.get("cpu") if isinstance(resources, dict) else None
+    linux = _object_field(doc, "linux", "linux", where)
+    resources = _object_field(linux, "resources", "linux.resources", where)
+    cpu = _object_field(resources, "cpu", "linux.resources.cpu", where)
     if cpu is None:
         return Bundle(list(args))
-    if not isinstance(cpu, dict):
-        raise UsageError(f"{where}: linux.resources.cpu must be an object")
     quota = _int_field(cpu, "quota", where)
     period = _int_field(cpu, "period", where)
     if period is not None and period <= 0:
