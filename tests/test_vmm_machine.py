@@ -691,3 +691,34 @@ def test_failing_kernel_entry_is_a_clean_boot_failure(tmp_path: Path) -> None:
         m.start()
     assert threading.active_count() == before
     assert not (tmp_path / "a.sock").exists()
+
+
+def test_qa_agent_channel_never_steals_a_live_socket(tmp_path: Path) -> None:
+    """QA: in-process users of the agent channel unlinked a live agent socket (QEMU's
+    behaviour); it now shares the QMP server's rule: stale replaced, live refused."""
+    from cpuplug.vmm.vsock import AgentChannelDevice, AgentChannelError
+
+    live, stale = tmp_path / "live.sock", tmp_path / "stale.sock"
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        owner.bind(str(live))
+        owner.listen(1)
+        dead.bind(str(stale))  # bound, never listening: what a crashed VMM leaves
+        dev = AgentChannelDevice(live)
+        with pytest.raises(AgentChannelError, match="in use by another process"):
+            dev.start()
+        dev.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(live))  # the owner still has its address
+        ok = AgentChannelDevice(stale)
+        ok.start()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(stale))  # ours now
+        finally:
+            ok.close()
+        assert not stale.exists()
+    finally:
+        owner.close()
+        dead.close()

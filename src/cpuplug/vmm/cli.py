@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from cpuplug.acpi.virt import GICR_REGION2_BASE, MODES, RAM_BASE, MachineConfig
 from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import CPU_MODELS, DEFAULT_KERNEL, MachineEvent, VirtMachine
-from cpuplug.vmm.qmp import claim_socket_path
+from cpuplug.vmm.sockpath import claim_socket_path
 
 log = logging.getLogger("cpuplug.vmm")
 

@@ -26,15 +26,14 @@ import logging
 import math
 import os
 import re
-import socket
-import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.errors import CpuplugError
 from cpuplug.vmm.machine import VirtMachine
+from cpuplug.vmm.sockpath import claim_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -267,42 +266,6 @@ def check_arguments(arguments: Mapping[str, Any], spec: ArgSpec) -> None:
             continue
         if not is_json_type(arguments[name], kind):
             raise QmpError(f"Invalid parameter type for '{name}', expected: {_TYPE_NAMES[kind]}")
-
-
-def claim_socket_path(path: str, what: str) -> None:
-    """Make ``path`` free for a listening unix socket, refusing what is not ours to take.
-
-    A stale socket file (nobody accepts on it: a crashed VMM's) is removed, as
-    QEMU does. QEMU also unlinks a *live* socket and binds over it, so a second
-    VMM given the same path silently cuts the first one off from its management
-    (and removes the path when it exits); cpuplug refuses instead. A regular file
-    or directory at the path is the user's and is never removed. Raises
-    :class:`UsageError` naming the socket role ``what``.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise UsageError(f"cannot use {what} socket {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
-        raise UsageError(f"{what} socket path {path} is {kind}; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:  # nobody listening: stale
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    except BlockingIOError:  # listening, backlog full: very much alive
-        pass
-    except OSError as exc:
-        raise UsageError(f"cannot use {what} socket {path}: {exc.strerror or exc}") from None
-    finally:
-        probe.close()
-    raise UsageError(f"{what} socket {path} is in use by another process")
 
 
 def is_json_type(value: object, kind: type) -> bool:

@@ -30,12 +30,12 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections import deque
 
-from cpuplug.errors import CpuplugError
+from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.vmm.sockpath import claim_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,10 @@ class AgentChannelDevice:
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # a stale socket of a previous run
+        try:
+            claim_socket_path(path, "agent")  # stale: replaced; live or not a socket: refused
+        except UsageError as exc:
+            raise AgentChannelError(str(exc)) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # created 0600: only the owner may talk to the agent
         try:
