@@ -256,3 +256,24 @@ def test_random_accesses_only_fail_on_bad_sizes(ops: list[tuple[int, int, int, b
     space.store(RAM_BASE, 8, 0x0102_0304_0506_0708)
     assert space.read_bytes(RAM_BASE, 2) == b"\x08\x07"
     assert bus.device_errors == 0
+
+
+def test_qa_failing_uart_sink_is_logged_once_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA: a sink that fails for every byte logged a traceback per console byte."""
+    calls: list[bytes] = []
+
+    def sink(data: bytes) -> None:
+        calls.append(data)
+        raise ValueError("sink is broken")
+
+    uart = Pl011Uart(sink)
+    caplog.set_level(logging.DEBUG, logger="cpuplug.vmm.bus")
+    for byte in b"hello":
+        uart.write(0, 1, byte)
+    assert uart.output() == b"hello"  # the in-memory console goes on
+    assert calls == [b"h"]  # the sink is dropped after its first failure
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert "sink is broken" in records[0].getMessage()

@@ -722,3 +722,33 @@ def test_qa_agent_channel_never_steals_a_live_socket(tmp_path: Path) -> None:
     finally:
         owner.close()
         dead.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_qa_console_file_that_fails_is_logged_once_and_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """QA: ``--console /dev/full`` logged a full traceback for every console byte."""
+    text = b"line one\nline two\n"
+
+    def entry(machine: Machine) -> object:
+        class Chatty:
+            def boot_cpu_main(self, cpu: Cpu) -> None:
+                for byte in text:
+                    machine.memory.store(virt.UART_BASE, 1, byte)
+                while True:
+                    cpu.wait_for_interrupt(None)
+
+            def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
+                pass
+
+        return Chatty()
+
+    caplog.set_level(logging.DEBUG)
+    with VirtMachine(MachineConfig(), kernel=entry, console_path="/dev/full") as m:  # type: ignore[arg-type]
+        wait_for(lambda: m.console_text() == text.decode())
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+    assert failures[0].exc_info is None
+    assert "/dev/full" in failures[0].getMessage()
+    assert len(failures[0].getMessage().splitlines()) == 1

@@ -321,11 +321,21 @@ class Pl011Uart:
                 self._transcript += byte
                 if len(self._transcript) > self._keep:
                     del self._transcript[: len(self._transcript) - self._keep]
-            if self._sink is not None:
+            sink = self._sink
+            if sink is not None:
                 try:
-                    self._sink(byte)
-                except Exception:
-                    _log.exception("UART sink failed; console output continues")
+                    sink(byte)
+                except Exception as exc:
+                    # Once, in one line: a sink that fails tends to fail for every
+                    # byte, and a traceback per console byte drowns the log.
+                    with self._lock:
+                        first, self._sink = self._sink is sink, None
+                    if first:
+                        _log.warning(
+                            "UART sink failed (%s: %s); console output continues in memory only",
+                            type(exc).__name__,
+                            exc,
+                        )
         elif offset in _UART_STORED:
             with self._lock:
                 self._regs[offset] = value & 0xFFFF

@@ -27,6 +27,7 @@ than the moment the GED event is raised"):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -211,6 +212,7 @@ class VirtMachine:
             on_ost=self._on_ost,
         )
         self._console_file: BinaryIO | None = None
+        self._console_lock = threading.Lock()
         if console_path is not None:
             try:
                 self._console_file = open(console_path, "ab", buffering=0)  # noqa: SIM115
@@ -311,9 +313,29 @@ class VirtMachine:
             self._console_file.close()
 
     def _console_sink(self, data: bytes) -> None:
+        """Copy a console byte to the ``--console`` file.
+
+        A file that stops taking writes (``/dev/full``, a full disk, a revoked
+        mount) is logged once, in one line, and dropped: the guest console goes on
+        in memory (:meth:`console_text`) rather than logging a traceback per byte.
+        """
         console = self._console_file
-        if console is not None and not console.closed:
+        if console is None or console.closed:
+            return
+        try:
             console.write(data)
+        except OSError as exc:
+            with self._console_lock:
+                if self._console_file is not console:
+                    return  # another vCPU thread already gave up on it
+                self._console_file = None
+            log.warning(
+                "console file %s: write failed (%s); the console is kept in memory only",
+                console.name,
+                exc.strerror or exc,
+            )
+            with contextlib.suppress(OSError):
+                console.close()
 
     def console_text(self) -> str:
         """What the guest wrote to the console (the UART keeps the last 64 KiB)."""
