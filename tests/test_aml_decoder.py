@@ -530,3 +530,38 @@ def test_truncation_names_the_operator_and_where_it_starts() -> None:
     with pytest.raises(AmlError) as info:
         decode_definition_block(b"\x70", base=0)  # Store with nothing after it
     assert info.value.opcode == 0x70 and info.value.offset == 0
+
+
+# ---------------------------------------------------------------- QA: bounded decoding
+
+
+def test_qa_term_cap_refuses_filler_in_both_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: 8 MiB of zero bytes (one ZeroOp each) took 41 s and 560 MB to decode."""
+    from cpuplug.acpi.aml import decoder
+    from cpuplug.acpi.errors import AmlLimitError
+
+    monkeypatch.setattr(decoder, "MAX_TERMS", 500)
+    with pytest.raises(AmlLimitError, match="more than 500 terms"):
+        decoder.decode_definition_block(bytes(501))  # the tolerant first pass must not skip it
+    with pytest.raises(AmlLimitError):
+        decoder.find_methods(bytes(501))
+    assert len(decoder.decode_definition_block(bytes(250))) == 250
+
+
+@pytest.mark.timeout(60)
+def test_qa_large_zero_filled_table_is_refused() -> None:
+    """Refused quickly with the project's error, under the real limits (no monkeypatch)."""
+    from cpuplug.acpi.aml.decoder import MAX_TERMS, decode_table
+    from cpuplug.acpi.errors import AmlLimitError
+    from cpuplug.acpi.interp import MAX_TABLE_SIZE, Interpreter
+    from cpuplug.acpi.tables import aml_table
+    from cpuplug.acpi.virt import MachineConfig, build_machine_tables
+
+    with pytest.raises(AmlLimitError, match="larger than"):
+        Interpreter().load(aml_table("DSDT", bytes(8 << 20)).build())
+    with pytest.raises(AmlLimitError, match="terms"):
+        decode_table(aml_table("DSDT", bytes(MAX_TERMS + 1)).build())
+    # ... while the biggest table cpuplug itself makes is far inside both limits.
+    dsdt = build_machine_tables(MachineConfig.from_smp("cpus=1,maxcpus=512")).blobs["DSDT"]
+    assert len(dsdt) * 10 < MAX_TABLE_SIZE
+    Interpreter().load(dsdt)

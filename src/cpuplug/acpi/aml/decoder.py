@@ -39,11 +39,12 @@ from collections.abc import Callable, Mapping
 from cpuplug.acpi.aml import nodes as n
 from cpuplug.acpi.aml import opcodes as op
 from cpuplug.acpi.aml.builder import DefinitionBlock
-from cpuplug.acpi.errors import AmlError
+from cpuplug.acpi.errors import AmlError, AmlLimitError
 from cpuplug.acpi.tables import HEADER_SIZE, Sdt
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_TERMS",
     "decode_definition_block",
     "decode_table",
     "find_methods",
@@ -51,6 +52,11 @@ __all__ = [
 
 MAX_DEPTH = 128
 """Deepest nesting of terms accepted; real tables stay far below it."""
+
+MAX_TERMS = 256 * 1024
+"""Most terms one pass over one definition block may decode. A 512-vCPU cpuplug
+DSDT (46 KB) has about 10,000; without a cap a table of zero bytes (each a ZeroOp)
+costs one node per byte, and 8 MiB of them took 41 s and 560 MB to decode."""
 
 Path = tuple[str, ...]
 
@@ -97,6 +103,7 @@ class _Parser:
         self.declarations_only = declarations_only
         self.pos = 0
         self.depth = 0
+        self.terms = 0
 
     # ------------------------------------------------------------------ errors and bytes
 
@@ -212,6 +219,8 @@ class _Parser:
             if self.declarations_only:
                 try:
                     out.append(self.term(end, scope))
+                except AmlLimitError:
+                    raise  # a resource limit is not an unreadable container to skip
                 except AmlError:
                     self.pos = end  # tolerant first pass: skip what it cannot read
                     break
@@ -220,6 +229,11 @@ class _Parser:
         return tuple(out)
 
     def term(self, end: int, scope: Path) -> n.Node:
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            raise AmlLimitError(
+                f"more than {MAX_TERMS} terms in one definition block", offset=self.base + self.pos
+            )
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise self.error(f"terms nested deeper than {MAX_DEPTH}")
@@ -251,7 +265,7 @@ class _Parser:
             assert cls is not None
             return self.fixed_op(cls, opcode, start, end, scope)
         except AmlError as exc:
-            if exc.opcode is not None:
+            if exc.opcode is not None or isinstance(exc, AmlLimitError):
                 raise
             # A truncated or malformed operand: name the operator it belongs to.
             where = f" at byte {exc.offset:#x}" if exc.offset is not None else ""
