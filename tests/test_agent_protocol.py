@@ -359,3 +359,20 @@ def test_decoder_and_parse_body_only_raise_protocol_errors(data: bytes) -> None:
             ap.parse_body(body)
     except ap.ProtocolError:
         pass
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\uff10", "0-\uff13", "\u0663", "1,\uff12", "0-7:\uff12/4", "1\u2003", "\u00a00"],
+)
+def test_qa_cpu_lists_are_ascii_only(text: str) -> None:
+    """QA: ``\\d`` took Unicode digits (U+FF10 parsed as CPU 0); Linux takes [0-9] only,
+    and strips only ASCII whitespace. The runtime's cpuset flag shares the parser."""
+    from cpuplug.errors import UsageError
+    from cpuplug.runtime.sizing import parse_cpu_list as runtime_parse
+
+    with pytest.raises(ap.CpuListError):
+        ap.parse_cpu_list(text)
+    with pytest.raises(UsageError, match="invalid cpu list"):
+        runtime_parse(text)
+    assert ap.parse_cpu_list(" 0-1\n") == {0, 1}

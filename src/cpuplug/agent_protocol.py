@@ -172,16 +172,20 @@ def parse_cpu_list(text: str, limit: int = MAX_CPUS) -> frozenset[int]:
 
     Raises :class:`CpuListError` (code EINVAL) on anything else.
     """
-    body = text.strip()
+    body = text.strip(_SPACE)
     if not body:
         return frozenset()
     cpus: set[int] = set()
     for group in body.split(","):
-        cpus.update(_parse_group(text, group.strip(), limit))
+        cpus.update(_parse_group(text, group.strip(_SPACE), limit))
     return frozenset(cpus)
 
 
-_GROUP_RE: Final = re.compile(r"(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?")
+_GROUP_RE: Final = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+)/([0-9]+))?)?")
+r"""ASCII digits only, as the kernel's parser: ``\d`` would also take Unicode digits
+(fullwidth U+FF10, Arabic-Indic U+0663, ...)."""
+_SPACE: Final = " \t\n\v\f\r"
+"""The kernel's ``isspace`` (ASCII); ``str.strip()`` would also drop Unicode spaces."""
 
 
 def _parse_group(text: str, group: str, limit: int) -> Iterable[int]:
