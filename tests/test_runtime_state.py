@@ -294,6 +294,11 @@ def test_missing_bundle(tmp_path: Path) -> None:
     [
         (["run", "--cpus", "-1", "--", "true"], "must not be negative"),
         (["run", "--cpus", "abc", "--", "true"], "expected a number"),
+        (["run", "--cpus", "\uff11", "--", "true"], "expected a number"),
+        (["run", "--cpus", "1_0", "--", "true"], "expected a number"),
+        (["run", "--cpu-quota", "\uff15\uff10\uff10\uff10\uff10", "--", "true"], "--cpu-quota"),
+        (["run", "--cpu-period", "100_000", "--", "true"], "--cpu-period"),
+        (["run", "--max-cpus", "\u0664", "--", "true"], "--max-cpus"),
         (["run", "--cpu-period", "0", "--", "true"], "--cpu-period"),
         (["run", "--cpu-quota", "x", "--", "true"], "--cpu-quota"),
         (["run", "--cpu-quota", "-5", "--", "true"], "--cpu-quota"),

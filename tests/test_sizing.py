@@ -186,7 +186,7 @@ def test_docker_cpus_to_quota(text: str, quota: int) -> None:
     assert cpus_to_quota(parse_cpus(text)) == (quota, 100000)
 
 
-@pytest.mark.parametrize("bad", ["-1", "abc", "", "1/0", "1/3", "nan", "inf"])
+@pytest.mark.parametrize("bad", ["-1", "abc", "", "1/0", "1/3", "nan", "inf", "\uff11", "1_0"])
 def test_bad_cpus_is_a_usage_error(bad: str) -> None:
     with pytest.raises(UsageError, match="--cpus"):
         parse_cpus(bad)

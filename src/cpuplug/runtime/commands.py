@@ -50,13 +50,16 @@ def _err() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
+
 def _int(option: str, text: str | None, minimum: int | None = None) -> int | None:
     if text is None:
         return None
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise UsageError(f"invalid {option} value {text!r}: expected an integer") from None
+    # ASCII only: int() would also take fullwidth or Arabic-Indic digits and '1_000'.
+    if not _ASCII_INT.fullmatch(text.strip(" \t\n")):
+        raise UsageError(f"invalid {option} value {text!r}: expected an integer")
+    value = int(text)
     if minimum is not None and value < minimum:
         raise UsageError(f"invalid {option} value {text!r}: must be >= {minimum}")
     return value

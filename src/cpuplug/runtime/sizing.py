@@ -93,8 +93,8 @@ def parse_cpus(text: str) -> Fraction:
     119999.99…; ``-1``, ``abc``, ``nan`` and ``inf`` are usage errors.
     """
     try:
-        if "/" in text:
-            raise ValueError(text)
+        if "/" in text or "_" in text or not text.isascii():
+            raise ValueError(text)  # Fraction() would take '1_0' and fullwidth digits
         value = Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
         raise UsageError(f"invalid --cpus value {text!r}: expected a number like 1.5") from None
