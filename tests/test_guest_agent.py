@@ -310,6 +310,78 @@ def test_online_cpu_mem_zero_changes_nothing(env: Env) -> None:
     assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "1\n"
 
 
+# ------------------------------------------------------------------ OfflineCPUs (SPEC §9)
+
+
+def test_offline_cpus_highest_first_down_to_the_target_and_sets_cpusets(env: Env) -> None:
+    for cpu in (2, 3, 10):
+        env.kernel.hot_add(cpu)
+    env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 5, "cpu_only": True})
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "a", "cmd": [], "cpuset_cpus": "3"})
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "b", "cmd": []})
+    env.kernel.online_writes.clear()
+    assert env.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 2}) == {"online": [0, 1]}
+    assert env.kernel.online_writes == [10, 3, 2]  # numerically highest first
+    assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"
+    for cid in ("a", "b"):
+        assert env.kernel.vfs.read(f"{CG}/{cid}/cpuset.cpus") == "0-1\n"
+    # at or above the online count: nothing is written
+    assert env.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 4}) == {"online": [0, 1]}
+    assert env.kernel.online_writes == [10, 3, 2]
+    # down to one: CPU 1 goes, CPU 0 (the boot CPU) stays
+    assert env.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 1}) == {"online": [0]}
+    assert env.kernel.online_writes == [10, 3, 2, 1]
+    assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "0\n"
+    # and OnlineCPUMem grows back from there
+    assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3}) == {"online": [0, 1, 2]}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"nb_cpus": 0}, {"nb_cpus": -1}, {"nb_cpus": "1"}, {"nb_cpus": True}, {"nb_cpus": 1.0},
+     {}, {"nb_cpus": 1, "cpu_only": True}],
+)  # fmt: skip
+def test_offline_cpus_bad_params_are_einval_and_change_nothing(
+    env: Env, params: dict[str, Any]
+) -> None:
+    env.kernel.hot_add(2)
+    env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3})
+    env.kernel.online_writes.clear()
+    # sent raw: the client library would refuse them before they left
+    reply = ap.parse_incoming(env.raw(ap.encode_frame(ap.make_request(7, "OfflineCPUs", params))))
+    assert isinstance(reply, ap.ErrorReply) and reply.id == 7
+    assert reply.code == "EINVAL" and reply.message.startswith("OfflineCPUs: ")
+    with pytest.raises(ap.ProtocolError):
+        env.call(ap.Method.OFFLINE_CPUS, params)
+    assert env.kernel.online_writes == []
+    assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-2"
+
+
+def test_offline_cpus_reports_the_kernels_errno_and_leaves_cpusets_on_online_cpus(
+    env: Env,
+) -> None:
+    import errno
+
+    from cpuplug.guest.vfs import GuestOSError
+
+    for cpu in (2, 3):
+        env.kernel.hot_add(cpu)
+    env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4})
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "a", "cmd": []})
+
+    def busy(_data: str) -> None:
+        raise GuestOSError(errno.EBUSY, "/sys/devices/system/cpu/cpu2/online")
+
+    env.kernel.vfs.unregister("/sys/devices/system/cpu/cpu2/online")
+    env.kernel.vfs.register("/sys/devices/system/cpu/cpu2/online", lambda: "1\n", busy)
+    err = env.error(ap.Method.OFFLINE_CPUS, {"nb_cpus": 1})
+    assert err.code is ap.ErrorCode.EBUSY
+    assert "cpu2" in err.message
+    # cpu3 went before cpu2 refused; the container follows what is really online
+    assert env.call(ap.Method.GUEST_DETAILS)["online"] == "0-2"
+    assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "0-2\n"
+
+
 # ------------------------------------------------------------------ events
 
 
@@ -509,6 +581,26 @@ def test_real_kernel_online_offline_mode_lets_guest_root_online() -> None:
         assert vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4, "cpu_only": True}) == {
             "online": [0, 1, 2, 3]
         }
+    finally:
+        vm.close()
+
+
+def test_real_kernel_online_offline_mode_offline_cpus_then_guest_root_onlines_again() -> None:
+    """SPEC §9: shrinking this mode really offlines vCPUs in the guest, but their
+    threads stay in the VMM (density cost) and a guest root can bring them back
+    (security cost): the host does not get to say no."""
+    vm = RealVm(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
+    try:
+        vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+        assert vm.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 2}) == {"online": [0, 1]}
+        assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"
+        cg = vm.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})
+        assert cg["cpuset_effective"] == "0-1"
+        vcpus = sorted(t.name for t in threading.enumerate() if t.name.startswith("vcpu"))
+        assert vcpus == ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]
+        line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+        out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
+        assert out == {"exit_code": 0, "stdout": "0-1,3\n", "stderr": ""}
     finally:
         vm.close()
 

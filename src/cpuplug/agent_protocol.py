@@ -79,6 +79,7 @@ class Method(StrEnum):
     KILL_CONTAINER = "KillContainer"
     REMOVE_CONTAINER = "RemoveContainer"
     ONLINE_CPU_MEM = "OnlineCPUMem"
+    OFFLINE_CPUS = "OfflineCPUs"
     UPDATE_CONTAINER = "UpdateContainer"
     STATS_CONTAINER = "StatsContainer"
     READ_FILE = "ReadFile"
@@ -457,6 +458,8 @@ METHOD_PARAMS: Final[dict[Method, dict[str, Param]]] = {
         "cpu_only": Param("bool", required=False),
         "wait": Param("bool", required=False),  # Kata sends it; its agent ignores it too
     },
+    # the online/offline baseline's shrink (SPEC §9): how many CPUs stay online, >= 1
+    Method.OFFLINE_CPUS: {"nb_cpus": Param("int", check=_positive)},
     Method.UPDATE_CONTAINER: {"container_id": _CID, "resources": Param("resources")},
     Method.STATS_CONTAINER: {"container_id": _CID},
     Method.READ_FILE: {"path": Param("str", check=_abs_path)},

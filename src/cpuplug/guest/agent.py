@@ -194,6 +194,7 @@ class Agent:
             ap.Method.KILL_CONTAINER: self._kill_container,
             ap.Method.REMOVE_CONTAINER: self._remove_container,
             ap.Method.ONLINE_CPU_MEM: self._online_cpu_mem,
+            ap.Method.OFFLINE_CPUS: self._offline_cpus,
             ap.Method.UPDATE_CONTAINER: self._update_container,
             ap.Method.STATS_CONTAINER: self._stats_container,
             ap.Method.READ_FILE: self._read_file,
@@ -560,6 +561,34 @@ class Agent:
             if err.errno in (errno.EPERM, errno.EIO):
                 code = _ERRNO_CODE.get(err.errno, ap.ErrorCode.EIO)
         raise ap.ProtocolError(code, message)
+
+    def _offline_cpus(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        """Shrink in online/offline mode (SPEC §9): offline CPUs until ``nb_cpus`` remain.
+
+        Highest number first, never CPU 0 (the boot CPU, which arm64 Linux does not
+        let go either), each by writing ``0`` to ``cpuN/online`` — the kernel's
+        ``cpu_offline`` path: tasks migrate off, then PSCI CPU_OFF. The vCPU thread
+        stays in the VMM (the density cost of this mode), and a guest root can
+        write ``1`` again (its security cost). Containers' cpusets then become the
+        online CPUs, as after ``OnlineCPUMem`` — also when a CPU refuses midway,
+        so no container is left naming a CPU that already went.
+        """
+        want: int = p["nb_cpus"]
+        with self._sandbox:
+            try:
+                self._offline_down_to(want)
+            finally:
+                self._set_container_cpusets(self._read_cpus("online"))
+            return {"online": sorted(self._read_cpus("online"))}
+
+    def _offline_down_to(self, want: int) -> None:
+        for cpu in sorted(self._read_cpus("online") - {0}, reverse=True):
+            if len(self._read_cpus("online")) <= want:
+                return
+            try:
+                self.kernel.vfs.write(f"{SYS_CPU}/cpu{cpu}/online", "0")
+            except GuestOSError as exc:
+                raise _os_error(exc, f"offline cpu{cpu}: ") from None
 
     def _set_container_cpusets(self, online: frozenset[int]) -> None:
         """Kata: after onlining, every container's cpuset becomes the guest's online CPUs."""
