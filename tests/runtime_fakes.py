@@ -211,6 +211,17 @@ class FakeAgent:
             self.m.online.add(core)
         return sorted(self.m.online)
 
+    def offline_cpus(self, nb_cpus: int) -> list[int]:
+        """Like the agent: highest-numbered online CPU first, never CPU 0."""
+        self._log("OfflineCPUs", nb_cpus=nb_cpus)
+        if nb_cpus < 1:
+            raise AgentError("EINVAL", "OfflineCPUs: 'nb_cpus' must be > 0", None)
+        for core in sorted(self.m.online - {0}, reverse=True):
+            if len(self.m.online) <= nb_cpus:
+                break
+            self.m.online.discard(core)
+        return sorted(self.m.online)
+
     def update_container(self, container_id: str, **resources: Any) -> None:
         self._log("UpdateContainer", container_id=container_id, **resources)
         self.cgroups.setdefault(container_id, {}).update(

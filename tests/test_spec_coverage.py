@@ -379,11 +379,13 @@ def test_any_json_id_is_echoed_and_props_must_be_json_integers(
 # ------------------------------------------------------------------ §8/§9 runtime, online/offline
 
 
-def test_runtime_online_offline_mode_boots_every_vcpu_and_only_moves_the_cpuset(
+def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
     tmp_path: Path,
 ) -> None:
     """``hotplug_mode = "online-offline"``: all M vCPUs from boot, no device_add/del ever;
-    the container's cpuset is what follows the target (SPEC §8 config key, §9)."""
+    a shrink offlines guest CPUs (``OfflineCPUs``), a grow onlines them (``OnlineCPUMem``),
+    and the container's cpuset follows (SPEC §8 config key, §9). The vCPUs stay plugged:
+    the density cost of the mode."""
     world = FakeWorld()
     try:
         rt = Runtime(
@@ -395,14 +397,24 @@ def test_runtime_online_offline_mode_boots_every_vcpu_and_only_moves_the_cpuset(
         )
         st = rt.run(RunRequest(["true"], _cpus("2"), name="b1"))
         assert (st.boot_vcpus, st.maxcpus, st.plugged) == (8, 8, list(range(8)))
-        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-2"  # target 3 of 8 online
+        assert sorted(world.m.online) == [0, 1, 2]  # booted 8 online, shrunk to target 3
+        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-2"
+        world.m.agent_log.clear()
         rt.update("b1", _cpus("4"))
+        assert sorted(world.m.online) == [0, 1, 2, 3, 4]
         assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-4"
+        assert ("OnlineCPUMem", {"nb_cpus": 5}) in world.m.agent_log
+        assert not [c for c, _ in world.m.agent_log if c == "OfflineCPUs"]
+        world.m.agent_log.clear()
         rt.update("b1", _cpus("1"))
+        assert sorted(world.m.online) == [0, 1]  # highest first; CPU 0 stays
         assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-1"
         assert world.agent.cgroups["b1"]["quota"] == 100000
+        assert ("OfflineCPUs", {"nb_cpus": 2}) in world.m.agent_log
+        assert not [c for c, _ in world.m.agent_log if c == "OnlineCPUMem"]
         assert not [c for c, _ in world.m.qmp_log if c.startswith("device_")]
         assert sorted(world.m.plugged) == list(range(8))
+        assert rt.store.load("b1").plugged == list(range(8))
     finally:
         world.cleanup()
 

@@ -125,6 +125,11 @@ class AgentClient:
         result = self.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": nb_cpus, "cpu_only": True})
         return [int(c) for c in result.get("online", [])]
 
+    def offline_cpus(self, nb_cpus: int) -> list[int]:
+        """Online/offline mode's shrink: the guest offlines CPUs until ``nb_cpus`` remain."""
+        result = self.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": nb_cpus})
+        return [int(c) for c in result.get("online", [])]
+
     def update_container(self, container_id: str, **resources: Any) -> None:
         res = {k: v for k, v in resources.items() if v is not None}
         self.call(ap.Method.UPDATE_CONTAINER, {"container_id": container_id, "resources": res})

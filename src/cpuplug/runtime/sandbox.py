@@ -161,6 +161,7 @@ class AgentLike(Protocol):
     def kill_container(self, container_id: str, signal: int | None = None) -> None: ...
     def remove_container(self, container_id: str) -> None: ...
     def online_cpu_mem(self, nb_cpus: int) -> list[int]: ...
+    def offline_cpus(self, nb_cpus: int) -> list[int]: ...
     def update_container(self, container_id: str, **resources: Any) -> None: ...
     def stats_container(self, container_id: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -458,7 +459,8 @@ class Runtime:
         period = main.period if main.quota is not None else None
         cpuset = format_cpu_list(online) if online is not None else None
         if st.mode == "online-offline" and online is not None:
-            # every vCPU stays plugged: confine the container to the first `target`
+            # every vCPU stays plugged; confine the container to the first `target`
+            # online (the guest already offlined the rest on a shrink)
             cpuset = format_cpu_list(sorted(online)[:target])
         for c in containers:
             if c.status == "stopped":
@@ -562,10 +564,25 @@ class Runtime:
         log: rz.StepLog,
         result: UpdateResult,
     ) -> list[int]:
-        """SPEC §9's baseline: every vCPU is plugged; the agent onlines, cpuset limits."""
+        """SPEC §9's baseline: every vCPU stays plugged; the guest onlines or offlines.
+
+        The guest's online count (side-effect free ``GuestDetails``) decides the
+        direction: grow is ``OnlineCPUMem``, shrink is ``OfflineCPUs``, so a shrink
+        really takes CPUs away from the guest instead of only narrowing the cpuset.
+        Their vCPU threads stay in the VMM, and a guest root can online them again:
+        the density and security costs this mode exists to measure.
+        """
         t = log.clock()
-        online = session.agent.online_cpu_mem(target)
-        log.add("online_cpu_mem", t, online=format_cpu_list(online))
+        details = session.agent.guest_details()
+        online = sorted(ap.parse_cpu_list(str(details.get("online", ""))))
+        log.add("guest_details", t, online=format_cpu_list(online))
+        t = log.clock()
+        if target < len(online):
+            online = session.agent.offline_cpus(target)
+            log.add("offline_cpus", t, online=format_cpu_list(online))
+        else:
+            online = session.agent.online_cpu_mem(target)
+            log.add("online_cpu_mem", t, online=format_cpu_list(online))
         return online
 
     # ------------------------------------------------------------------ commands
