@@ -415,6 +415,11 @@ def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
         assert not [c for c, _ in world.m.qmp_log if c.startswith("device_")]
         assert sorted(world.m.plugged) == list(range(8))
         assert rt.store.load("b1").plugged == list(range(8))
+        # growing to all M: the plugged count already equals the target, yet the
+        # guest has only 2 online, so the runtime must still ask it to online more
+        rt.update("b1", _cpus("7"))
+        assert sorted(world.m.online) == list(range(8))
+        assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-7"
     finally:
         world.cleanup()
 

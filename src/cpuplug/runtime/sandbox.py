@@ -453,7 +453,9 @@ class Runtime:
                     f"static sandbox: vCPUs stay at {before} (wanted {target}); quota only"
                 )
             target = before
-        if st.pending is not None or target != before:
+        # online-offline: every vCPU is always plugged, so `before` says nothing about
+        # how many the guest has online; ask it on every update
+        if st.pending is not None or target != before or st.mode == "online-offline":
             online = self._resize(session, st, target, log, result)
         main = containers[0]
         period = main.period if main.quota is not None else None
