@@ -12,8 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -27,6 +32,7 @@ from cpuplug.acpi import virt
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
+from cpuplug.runtime.state import process_alive
 from guest_fakes import Booted
 from runtime_fakes import FakeWorld
 from vmm_test_kernel import VmmProcess
@@ -422,6 +428,52 @@ def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
         assert world.agent.cgroups["b1"]["cpuset_cpus"] == "0-7"
     finally:
         world.cleanup()
+
+
+@pytest.mark.slow
+def test_e2e_online_offline_mode_shrink_offlines_guest_cpus_but_not_vcpu_threads() -> None:
+    """The same through ``cpuplug`` with a real VMM and guest (SPEC §9): the guest's
+    online list follows the target both ways, every vCPU thread stays in the VMM
+    process (density cost), and guest root onlines an offlined vCPU again (security)."""
+    root = Path(tempfile.mkdtemp(prefix="cpo", dir="/tmp"))  # short: unix socket paths
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cpuplug", args[0], "--root", str(root), *args[1:]],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+        return proc.stdout
+
+    def guest_online() -> str:
+        return cli("exec", "b1", "--", "cat", "/sys/devices/system/cpu/online").strip()
+
+    pid = 0
+    try:
+        cli("run", "--name", "b1", "--mode", "online-offline", "--max-cpus", "4", "--cpus", "1",
+            "--", "sleep", "600")  # fmt: skip
+        info = json.loads(cli("inspect", "b1", "--json"))
+        pid = info["vmm_pid"]
+        tids = {v["thread_id"] for v in info["vcpus"] if v["plugged"]}
+        assert len(tids) == 4 and tids <= {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        assert guest_online() == "0-1"  # booted 0-3, target 2
+        cli("update", "--cpus", "2.5", "b1")
+        assert guest_online() == "0-3"
+        cli("update", "--cpus", "1", "b1")
+        assert guest_online() == "0-1"
+        assert cli("exec", "b1", "--", "cat", "/sys/fs/cgroup/b1/cpuset.cpus").strip() == "0-1"
+        assert tids <= {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+        assert cli("exec", "b1", "--", "sh", "-c", line).strip() == "0-1,3"
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cpuplug", "rm", "--root", str(root), "-f", "b1"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        if pid and process_alive(pid, None):
+            os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not pid or not process_alive(pid, None)
 
 
 def _cpus(text: str) -> Resources:
