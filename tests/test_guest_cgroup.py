@@ -300,3 +300,13 @@ def test_rmdir_with_children_busy_and_root_refused(tree: CgroupTree) -> None:
 
 def test_path_escape_refused(tree: CgroupTree) -> None:
     assert _errno_of(tree.create, "../../etc") == errno.ENOENT
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u0661\u0660\u0660\u0660 100000", "max \u0661" + "\u0660" * 5, "\uff11\uff10\uff10\uff10"],
+)
+def test_cpu_max_takes_ascii_digits_only(text: str) -> None:
+    with pytest.raises(GuestOSError) as exc:
+        parse_cpu_max(text, 100000)
+    assert exc.value.errno == errno.EINVAL

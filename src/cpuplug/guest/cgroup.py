@@ -91,6 +91,15 @@ class CpuStat:
         return "".join(f"{k} {v}\n" for k, v in self.__dict__.items())
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only, as the kernel's kstrto* parsers take them.
+
+    ``str.isdigit`` alone would let Arabic-Indic or fullwidth digits through, which
+    no Linux interface accepts.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def parse_cpu_max(text: str, current_period_us: int) -> tuple[int | None, int]:
     """Parse a ``cpu.max`` write into ``(quota_us or None for max, period_us)``.
 
@@ -104,12 +113,12 @@ def parse_cpu_max(text: str, current_period_us: int) -> tuple[int | None, int]:
     quota: int | None
     if fields[0] == "max":
         quota = None
-    elif fields[0].isdigit():
+    elif is_decimal(fields[0]):
         quota = int(fields[0])
     else:
         raise GuestOSError(errno.EINVAL)
     if len(fields) == 2:
-        if not fields[1].isdigit():
+        if not is_decimal(fields[1]):
             raise GuestOSError(errno.EINVAL)
         period = int(fields[1])
     else:
@@ -510,7 +519,7 @@ class CgroupTree:
 
     def _write_procs(self, group: Cgroup, data: str) -> None:
         text = data.strip()
-        if not text.isdigit():
+        if not is_decimal(text):
             raise GuestOSError(errno.EINVAL)
         pid = int(text)
         sched = self.scheduler

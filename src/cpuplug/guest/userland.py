@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cpuplug.agent_protocol import format_cpu_list
-from cpuplug.guest.cgroup import Cgroup, CgroupTree
+from cpuplug.guest.cgroup import Cgroup, CgroupTree, is_decimal
 from cpuplug.guest.sched import Request, Scheduler, Sleep, Task, WaitFor, current_task
 from cpuplug.guest.vfs import GuestOSError, Vfs, normpath
 
@@ -308,7 +308,7 @@ def _stress(p: Proc, args: list[str]) -> Body:
     it = iter(args)
     for arg in it:
         value = next(it, None)
-        if arg in ("-c", "--cpu") and value is not None and value.isdigit():
+        if arg in ("-c", "--cpu") and value is not None and is_decimal(value):
             workers_n = int(value)
         elif arg in ("-t", "--timeout") and value is not None and _duration(value) is not None:
             timeout = _duration(value)
