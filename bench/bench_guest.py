@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from qemu.qmp import QMPClient  # noqa: E402
 from tests.hostload import host_hash_rate  # noqa: E402
+from tests.qmp_helpers import next_event, qmp_connect  # noqa: E402
 from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug import agent_protocol as ap  # noqa: E402
@@ -65,13 +65,6 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
-async def wait_event(client: QMPClient, name: str, pred: Any = None) -> Any:
-    while True:
-        event = await asyncio.wait_for(client.events.get(), 20)
-        if event["event"] == name and (pred is None or pred(event["data"])):
-            return event
-
-
 def stamp(event: Any) -> float:
     """The VMM's wall-clock timestamp of a QMP event, in seconds."""
     ts = event["timestamp"]
@@ -84,8 +77,7 @@ def hotplug(maxcpus: int, reps: int) -> dict[str, float]:
     }
 
     async def run(process: VmmProcess) -> None:
-        client = QMPClient("bench-guest")
-        await client.connect(process.qmp_path)
+        client = await qmp_connect(process.qmp_path, "bench-guest")
         agent = Agent(process.agent_path)
         try:
             agent.call(ap.Method.GUEST_DETAILS, {})  # the guest has booted and serves
@@ -104,8 +96,8 @@ def hotplug(maxcpus: int, reps: int) -> dict[str, float]:
                 assert core in online["online"], online
                 # timed by the event's own timestamp: the blocking agent call above
                 # kept the event loop from reading it on arrival
-                ost = await wait_event(
-                    client, "ACPI_DEVICE_OST", lambda d: d["info"]["source"] == 1
+                ost = await next_event(
+                    client, "ACPI_DEVICE_OST", pred=lambda d: d["info"]["source"] == 1
                 )
                 samples["ost"].append(stamp(ost) - wall0)
 
@@ -113,12 +105,12 @@ def hotplug(maxcpus: int, reps: int) -> dict[str, float]:
                 # the eject (and so DEVICE_DELETED) comes before the guest's _OST(3, 0)
                 wall0 = time.time()
                 await client.execute("device_del", {"id": f"cpu-{core}"})
-                deleted = await wait_event(client, "DEVICE_DELETED")
+                deleted = await next_event(client, "DEVICE_DELETED", timeout=20)
                 samples["deleted"].append(stamp(deleted) - wall0)
-                final = await wait_event(
+                final = await next_event(
                     client,
                     "ACPI_DEVICE_OST",
-                    lambda d: d["info"]["source"] == 3 and d["info"]["status"] == 0,
+                    pred=lambda d: d["info"]["source"] == 3 and d["info"]["status"] == 0,
                 )
                 samples["final_ost"].append(stamp(final) - wall0)
         finally:
@@ -142,8 +134,7 @@ def stress_rate(agent: Agent, seconds: float) -> float:
 
 def scaling(seconds: float) -> tuple[float, float]:
     async def run(process: VmmProcess) -> tuple[float, float]:
-        client = QMPClient("bench-guest")
-        await client.connect(process.qmp_path)
+        client = await qmp_connect(process.qmp_path, "bench-guest")
         agent = Agent(process.agent_path)
         try:
             agent.call(ap.Method.CREATE_CONTAINER, {"container_id": "bench", "cmd": []})

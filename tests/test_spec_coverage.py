@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qemu.qmp import QMPClient
 
 from cpuplug.acpi import virt
 from cpuplug.runtime.config import RuntimeConfig
@@ -34,6 +33,7 @@ from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
 from cpuplug.runtime.state import process_alive
 from guest_fakes import Booted
+from qmp_helpers import next_event, qmp_connect
 from runtime_fakes import FakeWorld
 from vmm_test_kernel import VmmProcess
 
@@ -129,22 +129,6 @@ def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(
 # ------------------------------------------------------------------ §7 QMP over the wire
 
 
-async def _qmp(process: VmmProcess) -> QMPClient:
-    client = QMPClient("spec-coverage")
-    await client.connect(process.qmp_path)
-    return client
-
-
-async def _next_event(client: QMPClient, name: str) -> dict[str, Any]:
-    async def find() -> dict[str, Any]:
-        while True:
-            event = await client.events.get()
-            if event["event"] == name:
-                return dict(event)
-
-    return await asyncio.wait_for(find(), TIMEOUT)
-
-
 def _check_timestamp(event: dict[str, Any], since: float) -> None:
     stamp = event["timestamp"]
     assert set(stamp) == {"seconds", "microseconds"}
@@ -161,7 +145,7 @@ def test_query_cpus_fast_lists_plugged_vcpus_each_with_its_own_host_thread(
     process = vmm("cpus=2,maxcpus=4")
 
     async def go() -> None:
-        client = await _qmp(process)
+        client = await qmp_connect(process.qmp_path, "spec-coverage")
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c3", "core-id": 3})
         cpus: list[dict[str, Any]] = await client.execute("query-cpus-fast")  # type: ignore[assignment]
         hot: list[dict[str, Any]] = await client.execute("query-hotpluggable-cpus")  # type: ignore[assignment]
@@ -190,7 +174,7 @@ def test_device_del_raises_the_ged_event_and_every_event_carries_a_timestamp(
     since = time.time()
 
     async def go() -> None:
-        client = await _qmp(process)
+        client = await qmp_connect(process.qmp_path, "spec-coverage")
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c2", "core-id": 2})
         assert probe.load(GED, 4) == 0x8 and probe.load(GED, 4) == 0  # read clears
         probe.irqs()
@@ -210,17 +194,17 @@ def test_device_del_raises_the_ged_event_and_every_event_carries_a_timestamp(
         probe.store(CPUHP + 8, 4, 3)
         probe.store(CPUHP + 5, 1, 2)  # cmd 2: OST status, emits ACPI_DEVICE_OST
         probe.store(CPUHP + 8, 4, 0x84)
-        ost = await _next_event(client, "ACPI_DEVICE_OST")
+        ost = await next_event(client, "ACPI_DEVICE_OST")
         assert ost["data"] == {
             "info": {"device": "c2", "slot": "2", "slot-type": "CPU", "source": 3, "status": 0x84}
         }
         _check_timestamp(ost, since)
         probe.store(CPUHP + 4, 1, 0x08)  # eject
-        deleted = await _next_event(client, "DEVICE_DELETED")
+        deleted = await next_event(client, "DEVICE_DELETED")
         assert deleted["data"] == {"device": "c2", "path": "/machine/peripheral/c2"}
         _check_timestamp(deleted, since)
         await client.execute("quit")
-        shutdown = await _next_event(client, "SHUTDOWN")
+        shutdown = await next_event(client, "SHUTDOWN")
         _check_timestamp(shutdown, since)
         with contextlib.suppress(EOFError):  # the VMM hung up after quit, as QEMU does
             await client.disconnect()

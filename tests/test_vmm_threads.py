@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from qemu.qmp import QMPClient
 
 from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, GED_GSI, mpidr
 from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64, PSCI_VERSION
+from qmp_helpers import next_event, qmp_connect
 from vmm_test_kernel import CONTEXT_CPU_OFF, ProbeClient, VmmProcess, walk_tables
 
 pytestmark = pytest.mark.slow
@@ -28,22 +28,6 @@ TIMEOUT = 15.0
 FIXED_OVERHEAD = 2
 """Threads of the VMM process that are not vCPUs: the main (asyncio/QMP) thread and
 the agent channel's single relay thread."""
-
-
-async def qmp(process: VmmProcess) -> QMPClient:
-    client = QMPClient("test")
-    await client.connect(process.qmp_path)
-    return client
-
-
-async def next_event(client: QMPClient, name: str) -> dict[str, Any]:
-    async def find() -> dict[str, Any]:
-        while True:
-            event = await client.events.get()
-            if event["event"] == name:
-                return dict(event)
-
-    return await asyncio.wait_for(find(), TIMEOUT)
 
 
 class Ospm:
@@ -102,7 +86,7 @@ def test_hot_add_as_ospm_sees_it(vmm: Callable[..., VmmProcess]) -> None:
     os_ = Ospm(process.probe())
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         assert os_.flags(3) == 0x20  # present, not enabled: _STA 0x0D
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "cpu-3", "core-id": 3})
         os_.wait_irq(GED_GSI)
@@ -134,7 +118,7 @@ def test_hot_remove_eject_ends_thread_and_names_the_device(
     os_ = Ospm(process.probe())
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "hcpu2", "core-id": 2})
         cpus = await client.execute("query-cpus-fast")
         thread_id = cpus[1]["thread-id"]  # type: ignore[index]
@@ -161,7 +145,7 @@ def test_cpu_on_denied_started_already_on(vmm: Callable[..., VmmProcess]) -> Non
     probe = process.probe()
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         assert probe.hvc(PSCI_VERSION) == 0x0001_0001
         assert probe.hvc(CPU_ON_64, mpidr(2), 0x4000, 7) == -3  # unplugged: DENIED
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c2", "core-id": 2})
@@ -190,7 +174,7 @@ def test_thread_accounting_acpi_mode(vmm: Callable[..., VmmProcess]) -> None:
     assert wait_threads(process, 1 + FIXED_OVERHEAD) == 1 + FIXED_OVERHEAD
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         for core in (5, 6, 7):
             await client.execute(
                 "device_add", {"driver": "max-arm-cpu", "id": f"c{core}", "core-id": core}
@@ -214,7 +198,7 @@ def test_thread_accounting_online_offline_mode(vmm: Callable[..., VmmProcess]) -
     assert wait_threads(process, 16 + FIXED_OVERHEAD) == 16 + FIXED_OVERHEAD
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         assert len(await client.execute("query-cpus-fast")) == 16  # type: ignore[arg-type]
         await client.disconnect()
 
@@ -226,7 +210,7 @@ def test_unplugged_vcpus_cost_no_thread_at_512(vmm: Callable[..., VmmProcess]) -
     assert wait_threads(process, 2 + FIXED_OVERHEAD) == 2 + FIXED_OVERHEAD
 
     async def run() -> None:
-        client = await qmp(process)
+        client = await qmp_connect(process.qmp_path)
         hot = await client.execute("query-hotpluggable-cpus")
         assert len(hot) == 512  # type: ignore[arg-type]
         await client.execute("device_add", {"driver": "max-arm-cpu", "id": "top", "core-id": 511})
