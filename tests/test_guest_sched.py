@@ -31,6 +31,7 @@ class _CpuPort:
         self.cpu = cpu
         self.stop = False
         self.kicked = False
+        self.idling = False  # inside idle(): the scheduler has it in its idle set
         self.cond = threading.Condition()
 
     def stop_requested(self) -> bool:
@@ -38,8 +39,10 @@ class _CpuPort:
 
     def idle(self, timeout: float) -> None:
         with self.cond:
+            self.idling = True
             self.cond.wait_for(lambda: self.kicked or self.stop, timeout)
             self.kicked = False
+            self.idling = False
 
     def poll_interrupts(self) -> None:
         pass
@@ -58,6 +61,7 @@ class FakeCpus:
         self.lock = threading.Lock()
         self.sched = Scheduler(self.online_mask, self.kick)
         self.ports: dict[int, _CpuPort] = {}
+        self.kicks: list[int] = []  # every kick(cpu) the scheduler sent, in order
         self.threads: dict[int, threading.Thread] = {}
         for cpu in range(n):
             self.online(cpu)
@@ -67,6 +71,8 @@ class FakeCpus:
             return frozenset(self.online_set)
 
     def kick(self, cpu: int) -> None:
+        with self.lock:
+            self.kicks.append(cpu)
         port = self.ports.get(cpu)
         if port is not None:
             port.kick()
@@ -292,6 +298,52 @@ def test_offline_migrates_running_tasks() -> None:
             t.wait(0.01)
         assert t.cpu_time_by_cpu.get(0, 0.0) > before  # it moved to CPU 0 and kept running
         assert t.state in ("runnable", "running")
+        stop.set()
+        assert t.wait(10)
+    finally:
+        fc.close()
+
+
+def _wait_idle(fc: FakeCpus, cpus: set[int]) -> None:
+    deadline = time.monotonic() + 10
+    while not all(fc.ports[c].idling for c in cpus):
+        assert time.monotonic() < deadline, "CPUs never went idle"
+        time.sleep(0.001)
+
+
+def test_idle_cpu_going_offline_wakes_no_one() -> None:
+    """Nothing to migrate, so no IPI: waking every idle CPU per CPU taken down
+    made removing k online vCPUs cost O(k²) (bench/bench_batch.py)."""
+    fc = FakeCpus(8)
+    try:
+        _wait_idle(fc, set(range(8)))
+        with fc.lock:
+            fc.kicks.clear()
+        fc.offline(7)
+        assert fc.kicks == []
+    finally:
+        fc.close()
+
+
+def test_offline_wakes_one_idle_cpu_for_the_migrated_task() -> None:
+    """The task the dying CPU ran (pinned to it, so it falls back) gets exactly one
+    idle CPU woken for it, and runs on one of the CPUs left."""
+    fc = FakeCpus(6)
+    try:
+        stop = threading.Event()
+        t = fc.sched.spawn(forever(stop), StubGroup("g", cpus=frozenset({5})), name="busy")
+        deadline = time.monotonic() + 10
+        while t.cpu_time_by_cpu.get(5, 0) == 0 and time.monotonic() < deadline:
+            t.wait(0.01)
+        assert t.cpu_time_by_cpu.get(5, 0) > 0
+        _wait_idle(fc, set(range(5)))
+        with fc.lock:
+            fc.kicks.clear()
+        fc.offline(5)
+        assert len(fc.kicks) == 1 and fc.kicks[0] in range(5), fc.kicks
+        while sum(t.cpu_time_by_cpu.get(c, 0.0) for c in range(5)) == 0:
+            assert time.monotonic() < deadline
+            t.wait(0.01)
         stop.set()
         assert t.wait(10)
     finally:

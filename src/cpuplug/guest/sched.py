@@ -328,8 +328,9 @@ class Scheduler:
             with self._lock:
                 self._running_cpus.discard(cpu)
                 self._idle.discard(cpu)
-            # Tasks that could only run here now fall back to the other CPUs.
-            self.reschedule()
+                targets = self._targets_after_leaving_locked(cpu)
+            for target in targets:
+                self._kick_cpu(target)
 
     def _pick(self, cpu: int) -> tuple[Task | None, float]:
         now = time.monotonic()
@@ -467,6 +468,37 @@ class Scheduler:
                 self._idle.discard(cpu)
                 return cpu
         return None
+
+    def _targets_after_leaving_locked(self, gone: int) -> list[int]:
+        """Idle CPUs to wake once ``gone`` stops serving: one per queued task, no more.
+
+        The task ``gone`` was running is back in the queue, and tasks pinned to
+        ``gone`` alone now fall back to the other online CPUs; each needs one idle
+        CPU allowed to run it, as Linux's migration wakes only the CPU a task
+        moves to. Waking *every* idle CPU instead cost O(online) thread wake-ups
+        and online-mask reads per CPU taken down, so removing k online vCPUs
+        back to back grew as k² (bench/bench_batch.py). ``gone`` may still be
+        in the online mask here (the kernel clears it after ``run_cpu``
+        returns), so it is left out explicitly.
+        """
+        if not self._idle or not self._runq:
+            return []
+        online = self._online() - {gone}
+        idle = sorted(self._idle)
+        targets: list[int] = []
+        for task in self._runq:
+            if not idle:
+                break
+            if task._state == "exited":
+                continue
+            eff = self._effective_locked(task.group, online)
+            for target in idle:
+                if target in eff:
+                    idle.remove(target)
+                    targets.append(target)
+                    break
+        self._idle.difference_update(targets)
+        return targets
 
     def _kill(self, task: Task, exit_code: int) -> None:
         with self._lock:
