@@ -554,41 +554,6 @@ def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
     assert threading.active_count() == before
 
 
-def test_console_file_gets_whole_lines_and_the_tail_at_shutdown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Console bytes reach the file a line at a time (one write per line, not per
-    byte), and a last line without a newline is flushed when the machine stops."""
-    writes: list[bytes] = []
-
-    def entry(machine: Machine) -> object:
-        class Lines:
-            def boot_cpu_main(self, cpu: Cpu) -> None:
-                for byte in b"one\ntwo\npartial":
-                    machine.memory.store(virt.UART_BASE, 1, byte)
-                while True:
-                    cpu.wait_for_interrupt(None)
-
-            def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
-                pass
-
-        return Lines()
-
-    real_write = VirtMachine._console_write
-
-    def recording_write(self: VirtMachine, chunk: bytes) -> None:
-        writes.append(chunk)
-        real_write(self, chunk)
-
-    monkeypatch.setattr(VirtMachine, "_console_write", recording_write)
-    console = tmp_path / "console.log"
-    with VirtMachine(MachineConfig(), kernel=entry, console_path=console) as m:  # type: ignore[arg-type]
-        wait_for(lambda: m.console_text().endswith("partial"))
-        wait_for(lambda: console.read_bytes() == b"one\ntwo\n")
-    assert console.read_bytes() == b"one\ntwo\npartial"
-    assert [w for w in writes if w] == [b"one\n", b"two\n", b"partial"]
-
-
 def test_system_powerdown_raises_ged_power_button(boot: Callable[..., Booted]) -> None:
     b = boot()
     b.m.system_powerdown()

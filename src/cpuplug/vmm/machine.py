@@ -65,9 +65,6 @@ CPU_MODELS = ("max", "host", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse
 DEFAULT_KERNEL = "cpuplug.guest.kernel:start"
 """The guest kernel ``cpuplug vmm`` boots when ``--kernel`` is absent."""
 
-CONSOLE_LINE_MAX = 4096
-"""Console bytes held back at most before a write without a newline."""
-
 _PROPS = ("socket-id", "cluster-id", "core-id", "thread-id")
 _DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 #: How long device_add waits for a slot whose eject is finishing in the cpuhp block.
@@ -216,7 +213,6 @@ class VirtMachine:
         )
         self._console_file: BinaryIO | None = None
         self._console_lock = threading.Lock()
-        self._console_pending = bytearray()
         if console_path is not None:
             try:
                 self._console_file = open(console_path, "ab", buffering=0)  # noqa: SIM115
@@ -313,39 +309,21 @@ class VirtMachine:
             self.run_state = "shutdown"
         self.vcpus.shutdown(timeout)
         self.agent.close()
-        with self._console_lock:
-            tail = bytes(self._console_pending)
-            self._console_pending.clear()
-        self._console_write(tail)
         if self._console_file is not None:
             self._console_file.close()
 
     def _console_sink(self, data: bytes) -> None:
-        """Copy console bytes to the ``--console`` file, a line at a time.
-
-        The UART hands over one byte per guest store; writing each byte unbuffered
-        cost ~1 ms per log line under GIL contention, inside the guest's log lock
-        (it dominated removing 255 vCPUs). Whole lines keep the file readable by
-        pollers at every newline.
+        """Copy a console byte to the ``--console`` file.
 
         A file that stops taking writes (``/dev/full``, a full disk, a revoked
         mount) is logged once, in one line, and dropped: the guest console goes on
         in memory (:meth:`console_text`) rather than logging a traceback per byte.
         """
-        with self._console_lock:
-            self._console_pending += data
-            if b"\n" not in data and len(self._console_pending) < CONSOLE_LINE_MAX:
-                return
-            chunk = bytes(self._console_pending)
-            self._console_pending.clear()
-        self._console_write(chunk)
-
-    def _console_write(self, chunk: bytes) -> None:
         console = self._console_file
-        if console is None or console.closed or not chunk:
+        if console is None or console.closed:
             return
         try:
-            console.write(chunk)
+            console.write(data)
         except OSError as exc:
             with self._console_lock:
                 if self._console_file is not console:
