@@ -532,11 +532,13 @@ def test_bad_kernel_spec_is_a_usage_error(spec: str, message: str) -> None:
         resolve_kernel(spec)
 
 
-def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
+def printing_kernel(text: bytes) -> Callable[[Machine], object]:
+    """A kernel whose boot CPU writes ``text`` to the UART, byte by byte, then idles."""
+
     def entry(machine: Machine) -> object:
-        class Hello:
+        class Printer:
             def boot_cpu_main(self, cpu: Cpu) -> None:
-                for byte in b"hello from the guest\n":
+                for byte in text:
                     machine.memory.store(virt.UART_BASE, 1, byte)
                 while True:
                     cpu.wait_for_interrupt(None)
@@ -544,8 +546,13 @@ def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
             def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
                 pass
 
-        return Hello()
+        return Printer()
 
+    return entry
+
+
+def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
+    entry = printing_kernel(b"hello from the guest\n")
     console = tmp_path / "console.log"
     before = threading.active_count()
     with VirtMachine(MachineConfig(), kernel=entry, console_path=console) as m:  # type: ignore[arg-type]
@@ -730,20 +737,7 @@ def test_qa_console_file_that_fails_is_logged_once_and_dropped(
 ) -> None:
     """QA: ``--console /dev/full`` logged a full traceback for every console byte."""
     text = b"line one\nline two\n"
-
-    def entry(machine: Machine) -> object:
-        class Chatty:
-            def boot_cpu_main(self, cpu: Cpu) -> None:
-                for byte in text:
-                    machine.memory.store(virt.UART_BASE, 1, byte)
-                while True:
-                    cpu.wait_for_interrupt(None)
-
-            def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
-                pass
-
-        return Chatty()
-
+    entry = printing_kernel(text)
     caplog.set_level(logging.DEBUG)
     with VirtMachine(MachineConfig(), kernel=entry, console_path="/dev/full") as m:  # type: ignore[arg-type]
         wait_for(lambda: m.console_text() == text.decode())
