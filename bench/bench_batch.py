@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_batch.py [--k 1 2 4 ... 255] [--reps N]``
 
-SPEC §10 asks for the cost of a batch of k vCPUs (k = 1..255) and how it grows
+docs/contract.md §10 asks for the cost of a batch of k vCPUs (k = 1..255) and how it grows
 with k. One real ``cpuplug vmm`` process (``--smp cpus=1,maxcpus=256``) boots the
 real guest kernel; the host side is ``qemu.qmp`` plus the agent protocol, as the
 runtime drives them. For each k, ``--reps`` times (medians printed):
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from qemu.qmp import QMPClient  # noqa: E402
-from tests.vmm_test_kernel import VmmProcess  # noqa: E402
+from tests.harness.vmm_test_kernel import VmmProcess  # noqa: E402
 
 from bench_guest import KERNEL, Agent, stamp  # noqa: E402
 from cpuplug import agent_protocol as ap  # noqa: E402

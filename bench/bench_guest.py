@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.hostload import host_hash_rate  # noqa: E402
-from tests.qmp_helpers import next_event, qmp_connect  # noqa: E402
-from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
+from tests.harness.hostload import host_hash_rate  # noqa: E402
+from tests.harness.qmp_helpers import next_event, qmp_connect  # noqa: E402
+from tests.harness.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug import agent_protocol as ap  # noqa: E402
 from cpuplug.runtime.agent_client import AgentClient  # noqa: E402

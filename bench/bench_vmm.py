@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from qemu.qmp import QMPClient  # noqa: E402
-from tests.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
+from tests.harness.vmm_test_kernel import VmmProcess, running_vmm  # noqa: E402
 
 from cpuplug.acpi.virt import mpidr  # noqa: E402
 from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64  # noqa: E402

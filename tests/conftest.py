@@ -19,11 +19,9 @@ from typing import Any
 
 import pytest
 
-from vmm_test_kernel import VmmProcess, running_vmm
+from tests.harness.vmm_test_kernel import VmmProcess, running_vmm
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-VECTORS = SHARED / "vectors"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def require_tool(name: str) -> str:
@@ -48,9 +46,8 @@ def acpiexec() -> str:
 
 @pytest.fixture
 def vectors() -> Path:
-    if not VECTORS.is_dir():
-        pytest.fail(f"shared vectors missing at {VECTORS}")
-    return VECTORS
+    """Tables and a QMP transcript from real QEMU + Linux (``tests/data/README.md``)."""
+    return DATA
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """cpuplug: ACPI-based vCPU hotplug for arm64 container sandboxes.
 
-Three parties live here and meet only at narrow seams (SPEC §0):
+Three parties live here and meet only at narrow seams (docs/contract.md §0):
 ``cpuplug.vmm`` (QEMU's role), ``cpuplug.guest`` (Linux's role) and
 ``cpuplug.runtime`` (Kata's role). ``cpuplug.acpi`` is the contract the VMM
 writes and the guest reads; ``cpuplug.hw`` is the hardware interface the VMM

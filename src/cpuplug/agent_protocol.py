@@ -1,6 +1,6 @@
 """The agent protocol: the wire format between the runtime and the guest agent.
 
-Shared by both ends and importing neither (SPEC §0); the prose version, with every
+Shared by both ends and importing neither (docs/contract.md §0); the prose version, with every
 method, is ``docs/agent-protocol.md``. This module is the single implementation of:
 
 * framing — a 4-byte big-endian length ``N`` (``1 <= N <= MAX_FRAME``) followed by
@@ -458,7 +458,7 @@ METHOD_PARAMS: Final[dict[Method, dict[str, Param]]] = {
         "cpu_only": Param("bool", required=False),
         "wait": Param("bool", required=False),  # Kata sends it; its agent ignores it too
     },
-    # the online/offline baseline's shrink (SPEC §9): how many CPUs stay online, >= 1
+    # the online/offline baseline's shrink (docs/contract.md §9): how many CPUs stay online, >= 1
     Method.OFFLINE_CPUS: {"nb_cpus": Param("int", check=_positive)},
     Method.UPDATE_CONTAINER: {"container_id": _CID, "resources": Param("resources")},
     Method.STATS_CONTAINER: {"container_id": _CID},

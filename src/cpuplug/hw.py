@@ -1,4 +1,4 @@
-"""The hardware interface: the only seam between the VMM and the guest (SPEC §0).
+"""The hardware interface: the only seam between the VMM and the guest (docs/contract.md §0).
 
 A real arm64 guest sees physical memory, loads/stores that land on MMIO devices,
 interrupts from the GIC, the HVC instruction (PSCI) and a virtio-vsock-like stream

@@ -1,4 +1,4 @@
-"""The PSCI 1.1 ABI over SMCCC (SPEC §5): function ids, return codes, affinity states.
+"""The PSCI 1.1 ABI over SMCCC (docs/contract.md §5): function ids, return codes, affinity states.
 
 These numbers are the wire format between the guest (which issues ``HVC``) and
 the VMM (which answers it), so they are stated once, here, where both parties can

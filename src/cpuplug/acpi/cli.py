@@ -59,7 +59,7 @@ def add_parser(subparsers: Any) -> None:
         "--mode",
         choices=virt.MODES,
         default="acpi",
-        help="hotplug mode: MADT flags per SPEC §2 (default acpi)",
+        help="hotplug mode: MADT flags per docs/contract.md §2 (default acpi)",
     )
     tables.add_argument(
         "--out",

@@ -1,4 +1,4 @@
-"""This machine's DSDT (SPEC §2): CPU hotplug AML, the GED, power button, UART, agent channel.
+"""This machine's DSDT (docs/contract.md §2): CPU hotplug AML, the GED, power button, UART, agent channel.
 
 The CPU hotplug part is QEMU's ``build_cpus_aml`` (hw/acpi/cpu.c, the "batched
 CNEW scan" generation; reference/qemu.md §2.2) written with our builder, with one
@@ -133,7 +133,7 @@ def pres_device(
     length: int = virt.CPUHP_SIZE,
     present_bit: bool = True,
 ) -> Device:
-    """``\\_SB.PRES``: the register block of SPEC §3 as fields, and the lock CPLK."""
+    """``\\_SB.PRES``: the register block of docs/contract.md §3 as fields, and the lock CPLK."""
     flags = [("CPEN", 1), ("CINS", 1), ("CRMV", 1), ("CEJ0", 1), ("CEJF", 1)]
     if present_bit:
         flags.append(("CPRS", 1))
@@ -378,7 +378,7 @@ def ged_device(
 ) -> Device:
     """``\\_SB.GED`` (ACPI0013): the event selector and ``_EVT``, as QEMU's build_ged_aml.
 
-    ``_EVT`` reads ESEL once (the read clears it, SPEC §4) and tests each event bit
+    ``_EVT`` reads ESEL once (the read clears it, docs/contract.md §4) and tests each event bit
     in QEMU's order (power-down, then CPU hotplug); the CPU bit runs the scan.
     """
     events: list[Node] = []
@@ -468,5 +468,5 @@ def dsdt_block(config: _Config) -> DefinitionBlock:
 
 
 def build_dsdt(config: _Config) -> bytes:
-    """The whole DSDT table (header, AML, checksum) for this machine (SPEC §2)."""
+    """The whole DSDT table (header, AML, checksum) for this machine (docs/contract.md §2)."""
     return dsdt_block(config).encode()

@@ -1,7 +1,7 @@
 """This machine: the arm64 ``virt``-like memory map, its topology, and its ACPI table set.
 
 Everything here is the shared description of the machine that both sides rely on
-(SPEC §1, §2): the VMM maps its devices at these addresses and writes
+(docs/contract.md §1, §2): the VMM maps its devices at these addresses and writes
 :func:`build_machine_tables` into guest RAM; the guest finds the same addresses by
 reading those tables. Keeping the numbers in one module is what stops the two
 sides from drifting apart.
@@ -17,7 +17,7 @@ from cpuplug.acpi import tables
 from cpuplug.errors import UsageError
 
 # --------------------------------------------------------------------------
-# Memory map (SPEC §1)
+# Memory map (docs/contract.md §1)
 
 GICD_BASE = 0x0800_0000
 """GICv3 distributor."""
@@ -40,13 +40,13 @@ UART_GSI = 32 + UART_SPI
 """The UART interrupt as virt wires it (SPI 1 = INTID 33); named by SPCR."""
 
 GED_BASE = 0x0908_0000
-"""Generic Event Device event selector (SPEC §4)."""
+"""Generic Event Device event selector (docs/contract.md §4)."""
 GED_SIZE = 4
 GED_SPI = 9
 GED_GSI = 32 + GED_SPI  # 41, edge-triggered
 
 CPUHP_BASE = 0x090C_0000
-"""CPU hotplug register block (SPEC §3)."""
+"""CPU hotplug register block (docs/contract.md §3)."""
 CPUHP_SIZE = 12
 
 AGENT_CHANNEL_BASE = 0x0A00_0000
@@ -126,7 +126,7 @@ class MachineConfig:
     """The machine's shape: how many vCPUs are plugged at boot, how many may ever be.
 
     ``cpus`` vCPUs (indices 0..cpus-1) are plugged at boot; ``maxcpus`` is the
-    number of *possible* vCPUs, fixed for the machine's life (SPEC §1).
+    number of *possible* vCPUs, fixed for the machine's life (docs/contract.md §1).
     """
 
     cpus: int = 1
@@ -254,7 +254,7 @@ def parse_smp(text: str) -> SmpValues:
 
 
 # --------------------------------------------------------------------------
-# The table set (SPEC §2)
+# The table set (docs/contract.md §2)
 
 TABLE_ALIGN = 16
 """Every table starts on a 16-byte boundary (the RSDP must; the rest follow suit)."""
@@ -288,7 +288,7 @@ class MachineTables:
 
 
 def gicc_flags(config: MachineConfig, index: int) -> int:
-    """MADT GICC flags of vCPU ``index`` (SPEC §2).
+    """MADT GICC flags of vCPU ``index`` (docs/contract.md §2).
 
     ACPI mode: only the boot vCPU is Enabled; every other possible vCPU is
     Online Capable with Enabled clear - cold-plugged ones too, since a vCPU

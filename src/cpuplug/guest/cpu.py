@@ -1,4 +1,4 @@
-"""Logical CPUs: the masks, registration, and online/offline through PSCI (SPEC §6).
+"""Logical CPUs: the masks, registration, and online/offline through PSCI (docs/contract.md §6).
 
 Model of arm64 Linux ≥ 6.11 (reference/linux.md §1-§3, §6):
 

@@ -1,4 +1,4 @@
-"""Guest-side PSCI: the calls arm64 Linux makes and its errno mapping (SPEC §5).
+"""Guest-side PSCI: the calls arm64 Linux makes and its errno mapping (docs/contract.md §5).
 
 The calls go through ``Cpu.hvc`` (the FADT says PSCI over HVC) using the SMC64
 ids, as Linux does; the numbers are the shared ABI of :mod:`cpuplug.psci_abi`,

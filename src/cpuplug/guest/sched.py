@@ -1,4 +1,4 @@
-"""The guest scheduler: tasks run in slices on the vCPU threads (SPEC §6 "Scheduler").
+"""The guest scheduler: tasks run in slices on the vCPU threads (docs/contract.md §6 "Scheduler").
 
 Contract for the rest of the guest (userland, agent, cgroup)
 ------------------------------------------------------------

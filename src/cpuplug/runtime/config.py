@@ -1,4 +1,4 @@
-"""The runtime's configuration: a TOML file with Kata's key names (SPEC §8).
+"""The runtime's configuration: a TOML file with Kata's key names (docs/contract.md §8).
 
 Keys are read either at the top level of the file or from the sections a Kata
 ``configuration-qemu.toml`` puts them in (``[hypervisor.qemu]`` for the sizing
@@ -9,7 +9,7 @@ almost certainly a typo.
 
 Normalisation follows Kata's ``defaultVCPUs``/``defaultMaxVCPUs`` (reference/kata.md
 §2.4): ``default_vcpus`` 0 → 1, < 0 or > host CPUs → host CPUs;
-``default_maxvcpus`` 0 → host CPUs (SPEC §8), capped at the machine's 512.
+``default_maxvcpus`` 0 → host CPUs (docs/contract.md §8), capped at the machine's 512.
 Command-line flags override the file (:meth:`RuntimeConfig.with_overrides`).
 """
 
@@ -59,7 +59,7 @@ class RuntimeConfig:
     remove_timeout: float = 10.0
 
     def max_vcpus(self, host_cpus: int | None = None) -> int:
-        """The effective ``maxcpus``: 0 means the host's CPU count (SPEC §8), capped at 512.
+        """The effective ``maxcpus``: 0 means the host's CPU count (docs/contract.md §8), capped at 512.
 
         Unlike Kata we do not lower an explicit value to the host CPU count: SPEC
         §8 only maps 0, and a sandbox may sensibly have more vCPU slots than the

@@ -1,4 +1,4 @@
-"""A thin, synchronous layer over the official ``qemu.qmp`` client (SPEC §0, §7).
+"""A thin, synchronous layer over the official ``qemu.qmp`` client (docs/contract.md §0, §7).
 
 The runtime speaks to the VMM only through QMP, and only through the library
 QEMU's own tooling uses, so our server is checked against a client we did not

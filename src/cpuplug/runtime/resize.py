@@ -1,6 +1,6 @@
 """Resizing a running VM's vCPU set over QMP: the plan (pure) and its execution.
 
-The plan follows SPEC §8 — grow into free slots in **ascending** core-id order
+The plan follows docs/contract.md §8 — grow into free slots in **ascending** core-id order
 (QEMU lists slots highest first; Kata's Go runtime walks that list as is and
 hot-adds the *highest* socket first, issue #9392), device id ``cpu-<core-id>``
 (runtime-rs's choice, stable across restarts, unlike Go's counter), JSON integer

@@ -4,10 +4,10 @@
 VMM process (``python -m cpuplug vmm``) plus one container created through the
 guest agent; everything about it is in the state store, so each method can run
 in a fresh process.  The VMM is reached only over QMP and the guest only over the
-agent protocol (SPEC §0) — the connection factories are injectable so tests can
+agent protocol (docs/contract.md §0) — the connection factories are injectable so tests can
 drive the orchestration against fakes.
 
-Order of a resize (SPEC §8, Kata's ``Container.update`` order): VM resize and
+Order of a resize (docs/contract.md §8, Kata's ``Container.update`` order): VM resize and
 online first, the guest cgroup last.  Unlike Kata, every wait is bounded, the
 state is written after each hotplug step, and an interrupted resize is
 reconciled with ``query-hotpluggable-cpus`` by the next command.
@@ -329,7 +329,7 @@ class Runtime:
         )
         boot = topo.boot
         if cfg.hotplug_mode == "online-offline":
-            boot = topo.maxcpus  # every vCPU is present from boot (SPEC §9)
+            boot = topo.maxcpus  # every vCPU is present from boot (docs/contract.md §9)
         sandbox_dir = self.store.create(name)
         qmp_path = self.store.socket_path(name, "qmp")
         agent_path = self.store.socket_path(name, "agent")
@@ -566,7 +566,7 @@ class Runtime:
         log: rz.StepLog,
         result: UpdateResult,
     ) -> list[int]:
-        """SPEC §9's baseline: every vCPU stays plugged; the guest onlines or offlines.
+        """docs/contract.md §9's baseline: every vCPU stays plugged; the guest onlines or offlines.
 
         The guest's online count (side-effect free ``GuestDetails``) decides the
         direction: grow is ``OnlineCPUMem``, shrink is ``OfflineCPUs``, so a shrink

@@ -1,4 +1,4 @@
-"""From container CPU limits to a vCPU count: the formula of SPEC §8, as pure functions.
+"""From container CPU limits to a vCPU count: the formula of docs/contract.md §8, as pure functions.
 
 This is Kata's Go runtime in dynamic mode (``calculateSandboxCPUs`` +
 ``RoundUpNumVCPUs``, reference/kata.md §2.1), with two deliberate departures:
@@ -25,7 +25,7 @@ from cpuplug import agent_protocol
 from cpuplug.errors import UsageError
 
 DOCKER_PERIOD = 100_000
-"""Docker's ``--cpus X`` means period 100 ms and quota X·period (SPEC §8)."""
+"""Docker's ``--cpus X`` means period 100 ms and quota X·period (docs/contract.md §8)."""
 
 MAX_PERIOD = 1_000_000
 """Linux accepts cpu.max periods in [1 ms, 1 s]; we only insist on > 0 and <= 1 s."""

@@ -1,4 +1,4 @@
-"""Guest-physical memory: RAM, the MMIO bus, and the console UART (SPEC §1).
+"""Guest-physical memory: RAM, the MMIO bus, and the console UART (docs/contract.md §1).
 
 :class:`AddressSpace` is the VMM's implementation of
 :class:`cpuplug.hw.PhysicalAddressSpace`: a load or store goes to

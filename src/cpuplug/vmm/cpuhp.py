@@ -1,4 +1,4 @@
-"""The ACPI CPU hotplug register block (SPEC §3; QEMU's "modern" interface).
+"""The ACPI CPU hotplug register block (docs/contract.md §3; QEMU's "modern" interface).
 
 Twelve little-endian bytes of MMIO through which the guest's AML (``\\_SB.PRES``
 fields CSEL/CPEN/CINS/CRMV/CEJ0/CEJF/CPRS/CCMD/CDAT, driven by ``\\_SB.CPUS``
@@ -72,7 +72,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-# Register offsets (SPEC §3).
+# Register offsets (docs/contract.md §3).
 OFFSET_SELECTOR = 0x0  # write: selector; read: command data 2
 OFFSET_DATA2 = 0x0
 OFFSET_FLAGS = 0x4  # read: status flags; write: control flags

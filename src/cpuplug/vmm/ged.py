@@ -1,4 +1,4 @@
-"""The ACPI Generic Event Device's event selector (SPEC §4; QEMU ``acpi-ged``).
+"""The ACPI Generic Event Device's event selector (docs/contract.md §4; QEMU ``acpi-ged``).
 
 A hardware-reduced ACPI machine has no GPE block, so the host tells the guest
 "something happened" by OR-ing a bit into a 32-bit selector and pulsing an edge

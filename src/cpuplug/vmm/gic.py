@@ -1,4 +1,4 @@
-"""A GICv3 interrupt controller sized once for every possible vCPU (SPEC §1).
+"""A GICv3 interrupt controller sized once for every possible vCPU (docs/contract.md §1).
 
 KVM's rule, kept here although no KVM is used: the distributor and one
 redistributor per *possible* vCPU exist from boot, whether or not the vCPU is
@@ -220,7 +220,7 @@ class Gic:
     # --------------------------------------------------------------- MMIO devices
 
     def redistributor_regions(self) -> list[tuple[int, RedistributorRegion]]:
-        """``(guest-physical base, device)`` per redistributor region (SPEC §1).
+        """``(guest-physical base, device)`` per redistributor region (docs/contract.md §1).
 
         The first region holds vCPUs 0..122, the second the rest; each device's
         ``SIZE`` covers exactly the frames that exist.

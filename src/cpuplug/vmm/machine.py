@@ -1,11 +1,11 @@
-"""The arm64 ``virt``-like machine (SPEC §1): devices wired together, boot, hotplug.
+"""The arm64 ``virt``-like machine (docs/contract.md §1): devices wired together, boot, hotplug.
 
 :class:`VirtMachine` is one whole machine in the current process — what a QEMU
 process is, minus the process. ``cpuplug vmm`` wraps it with a QMP server and an
 agent socket; tests of other parts (the guest kernel, the runtime) may boot it
 in-process directly.
 
-What it wires (SPEC §1 memory map, constants from :mod:`cpuplug.acpi.virt`):
+What it wires (docs/contract.md §1 memory map, constants from :mod:`cpuplug.acpi.virt`):
 guest RAM with this machine's ACPI tables (byte-identical to
 ``cpuplug acpi tables``), an MMIO bus with the GICv3 distributor and one
 redistributor per *possible* vCPU, the PL011 console, the GED selector, the CPU
@@ -13,7 +13,7 @@ hotplug block, PSCI over HVC, and the agent channel. The guest gets exactly the
 :class:`cpuplug.hw.Machine` view (RSDP address, memory, agent channel) and the
 per-vCPU :class:`cpuplug.hw.Cpu`; it never sees a VMM object.
 
-Hotplug, in the order that keeps PSCI honest (SPEC §5: "allow CPU_ON no later
+Hotplug, in the order that keeps PSCI honest (docs/contract.md §5: "allow CPU_ON no later
 than the moment the GED event is raised"):
 
 * ``device_add``: create the vCPU thread (powered off, waiting) → mark the
@@ -95,7 +95,7 @@ def resolve_kernel(spec: str | KernelEntry | None) -> KernelEntry | None:
     """Turn ``MODULE:FUNCTION`` / ``"none"`` / a callable into a kernel entry point.
 
     ``None`` and ``"none"`` mean no kernel: vCPUs that run sit in WFI. The
-    import is dynamic on purpose — the VMM must not import the guest (SPEC §0),
+    import is dynamic on purpose — the VMM must not import the guest (docs/contract.md §0),
     the same way QEMU loads a kernel image it knows nothing about.
     """
     if spec is None or spec == "none":

@@ -1,8 +1,8 @@
-"""PSCI 1.1 over HVC (SPEC §5): the guest's only way to power vCPUs on and off.
+"""PSCI 1.1 over HVC (docs/contract.md §5): the guest's only way to power vCPUs on and off.
 
 The security property of the whole design lives here: ``CPU_ON`` for a vCPU the
 host has not plugged returns ``DENIED``, so a guest -- even as root -- cannot
-run on a vCPU it was not given. (The online/offline baseline of SPEC §9 plugs
+run on a vCPU it was not given. (The online/offline baseline of docs/contract.md §9 plugs
 every vCPU, which is exactly why it lacks that property.)
 
 :class:`Psci` decides; the vCPU table acts. The table is the machine's (a

@@ -1,4 +1,4 @@
-"""The QMP server (SPEC §7): QEMU's management protocol over a unix socket, on asyncio.
+"""The QMP server (docs/contract.md §7): QEMU's management protocol over a unix socket, on asyncio.
 
 The wire protocol is QEMU's, so the official ``qemu.qmp`` client works unchanged:
 a greeting, ``qmp_capabilities`` before anything else, one JSON object per

@@ -1,6 +1,6 @@
 """vCPUs: a state object per *possible* vCPU, a host thread per *plugged* one.
 
-KVM's rule (SPEC §1): everything sized by the number of possible vCPUs — the
+KVM's rule (docs/contract.md §1): everything sized by the number of possible vCPUs — the
 MPIDR, the redistributor, this module's :class:`VcpuState` — exists from boot.
 What hotplug adds and removes is the host **thread** (:class:`VcpuThread`): one
 is started, powered off, when a vCPU is plugged (cold at boot or by

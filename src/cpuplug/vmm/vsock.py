@@ -9,7 +9,7 @@ protocol is none of the VMM's business.
 
 All relaying happens on ONE selector thread for the whole device, however many
 connections are open, so the VMM's thread count stays "plugged vCPUs + a fixed
-overhead" (SPEC §1, §10 measure it). Closing either end closes the other:
+overhead" (docs/contract.md §1, §10 measure it). Closing either end closes the other:
 
 * host closes → the guest's ``recv`` returns ``b""`` once buffered bytes are
   read; the guest may still answer a host that only half-closed, and ``send``

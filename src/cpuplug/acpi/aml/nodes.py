@@ -2,7 +2,7 @@
 
 Why one representation
 ----------------------
-The VMM writes AML (the DSDT of SPEC §2), the guest reads it back out of memory
+The VMM writes AML (the DSDT of docs/contract.md §2), the guest reads it back out of memory
 and runs it, and the tests compare both against QEMU's real tables. If the
 builder, the decoder and the interpreter each had their own idea of "a Store" or
 "a Device" they would drift apart. So there is exactly one model:

@@ -1,6 +1,6 @@
 """A tiny guest kernel for the VMM's tests: it plays OSPM by register writes.
 
-Booted with ``cpuplug vmm --kernel tests.vmm_test_kernel:start``, it turns the
+Booted with ``cpuplug vmm --kernel tests.harness.vmm_test_kernel:start``, it turns the
 agent channel into a remote "probe": the test connects to the agent socket and
 sends one JSON object per line; the boot vCPU executes it *as guest code* and
 answers with one JSON line. So a test can do, step by step and from the guest's
@@ -132,7 +132,7 @@ class ProbeKernel:
 
 
 def start(machine: Machine) -> ProbeKernel:
-    """The kernel entry point (``--kernel tests.vmm_test_kernel:start``)."""
+    """The kernel entry point (``--kernel tests.harness.vmm_test_kernel:start``)."""
     return ProbeKernel(machine)
 
 
@@ -140,7 +140,7 @@ def start(machine: Machine) -> ProbeKernel:
 # Host side: start a real ``cpuplug vmm`` process with this kernel and talk to it.
 # (Used by the VMM's tests and bench; the guest half above never touches this.)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class VmmProcess:
@@ -155,7 +155,7 @@ class VmmProcess:
         smp: str = "cpus=1,maxcpus=4",
         *,
         mode: str = "acpi",
-        kernel: str = "tests.vmm_test_kernel:start",
+        kernel: str = "tests.harness.vmm_test_kernel:start",
         extra: tuple[str, ...] = (),
     ) -> None:
         self.qmp_path = os.path.join(workdir, "qmp.sock")

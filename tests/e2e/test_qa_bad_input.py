@@ -28,8 +28,8 @@ from cpuplug.cli import main
 from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.qmp import QmpServer
-from guest_fakes import FakeKernel
-from test_guest_agent import Env
+from tests.harness.guest_fakes import FakeKernel
+from tests.guest.test_guest_agent import Env
 
 TIMEOUT = 10.0
 MAX_TABLE_FILE = 64 << 20  # cpuplug.acpi.cli's bound on what ``acpi dump`` reads
@@ -87,7 +87,7 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     dsdt = tmp_path / "DSDT.dat"
     config = virt.MachineConfig.from_smp("cpus=1,maxcpus=512")
     dsdt.write_bytes(virt.build_machine_tables(config).blobs["DSDT"])
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "cpuplug", "acpi", "dump", str(dsdt)],
         stdout=subprocess.PIPE,

@@ -211,7 +211,7 @@ def test_uart_agent_and_power_button(dsdts: dict[int, bytes]) -> None:
 @pytest.fixture(scope="module")
 def qemu_cpus() -> Device:
     raw = (
-        Path(__file__).resolve().parents[2] / "shared/vectors/x86-q35-cphp/DSDT.dat"
+        Path(__file__).resolve().parents[1] / "data/x86-q35-cphp/DSDT.dat"
     ).read_bytes()
     for node in walk(decode_table(raw).body):
         if isinstance(node, Device) and node.name == "\\_SB_.CPUS":
@@ -241,7 +241,7 @@ def test_container_ids_are_qemus(qemu_cpus: Device) -> None:
 def test_pres_fields_are_qemus_plus_cprs() -> None:
     fields = [x for x in pres_device(present_bit=False).body if isinstance(x, n.Field)]
     raw = (
-        Path(__file__).resolve().parents[2] / "shared/vectors/x86-q35-cphp/DSDT.dat"
+        Path(__file__).resolve().parents[1] / "data/x86-q35-cphp/DSDT.dat"
     ).read_bytes()
     assert all(f.encode() in raw for f in fields)
 

@@ -1,4 +1,4 @@
-"""The VMM's machine in-process (SPEC §1-§5): hotplug order, eject, PSCI, the agent channel.
+"""The VMM's machine in-process (docs/contract.md §1-§5): hotplug order, eject, PSCI, the agent channel.
 
 These tests drive :class:`cpuplug.vmm.machine.VirtMachine` directly and play the
 guest's part through the same guest-physical accesses the AML makes. The QMP and
@@ -32,7 +32,7 @@ from cpuplug.vmm.machine import (
     resolve_kernel,
 )
 from cpuplug.vmm.vcpu import PowerState
-from vmm_test_kernel import walk_tables
+from tests.harness.vmm_test_kernel import walk_tables
 
 SELECTOR, FLAGS, COMMAND, DATA = 0x0, 0x4, 0x5, 0x8
 TIMEOUT = 10.0
@@ -165,7 +165,7 @@ def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Boot
 def test_device_add_thread_exists_and_cpu_on_allowed_before_ged_event(
     boot: Callable[..., Booted],
 ) -> None:
-    """SPEC §5: CPU_ON must be possible no later than the GED event is raised."""
+    """docs/contract.md §5: CPU_ON must be possible no later than the GED event is raised."""
     b = boot()
     seen: dict[str, object] = {}
     original = b.m.ged.raise_event
@@ -365,7 +365,7 @@ def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
     b = boot(cpus=2, maxcpus=6, mode="online-offline")
     assert b.m.vcpus.live_threads() == 6
     assert len(b.m.query_cpus_fast()) == 6
-    assert b.cpu_on(5) == 0  # the security cost of SPEC §9: any vCPU can be brought up
+    assert b.cpu_on(5) == 0  # the security cost of docs/contract.md §9: any vCPU can be brought up
     with pytest.raises(MachineError, match="online-offline"):
         b.m.device_del("/machine/unattached/device[5]")
     with pytest.raises(MachineError, match="already plugged"):
@@ -484,7 +484,7 @@ def test_device_del_refuses_boot_cpu_and_unknown_ids(boot: Callable[..., Booted]
 
 
 def test_random_register_writes_never_break_the_machine(boot: Callable[..., Booted]) -> None:
-    """Any value, any width, any offset of the GED and hotplug block (SPEC §3, §4)."""
+    """Any value, any width, any offset of the GED and hotplug block (docs/contract.md §3, §4)."""
     b = boot(cpus=2, maxcpus=4)
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

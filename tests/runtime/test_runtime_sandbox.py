@@ -20,7 +20,7 @@ from cpuplug.runtime import resize as rz
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime, SandboxNotRunning
 from cpuplug.runtime.sizing import cpus_to_quota
-from runtime_fakes import FakeWorld
+from tests.harness.runtime_fakes import FakeWorld
 
 
 def cpus(x: str) -> Resources:

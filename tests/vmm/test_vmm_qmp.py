@@ -1,4 +1,4 @@
-"""QMP (SPEC §7) against the real ``cpuplug vmm`` process, driven by the official client.
+"""QMP (docs/contract.md §7) against the real ``cpuplug vmm`` process, driven by the official client.
 
 Every exchange goes through ``qemu.qmp.QMPClient``. Garbage that no JSON client
 would send is written to the client's own stream (``_writer``) and its reply is
@@ -27,7 +27,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from cpuplug.acpi.virt import MachineConfig
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.qmp import JsonSplitter, ParseFault, QmpServer
-from vmm_test_kernel import ROOT, VmmProcess
+from tests.harness.vmm_test_kernel import ROOT, VmmProcess
 
 TIMEOUT = 15.0
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from tests.guest_fakes import Booted
+from tests.harness.guest_fakes import Booted
 
 from cpuplug import psci_abi
 from cpuplug.acpi import tables as T

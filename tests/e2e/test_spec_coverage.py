@@ -32,10 +32,10 @@ from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
 from cpuplug.runtime.state import process_alive
-from guest_fakes import Booted
-from qmp_helpers import next_event, qmp_connect
-from runtime_fakes import FakeWorld
-from vmm_test_kernel import VmmProcess
+from tests.harness.guest_fakes import Booted
+from tests.harness.qmp_helpers import next_event, qmp_connect
+from tests.harness.runtime_fakes import FakeWorld
+from tests.harness.vmm_test_kernel import VmmProcess
 
 TIMEOUT = 15.0
 CPUHP = 0x090C_0000
@@ -107,7 +107,7 @@ def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(
     giccs = [e for e in entries if e[0] == 0x0B]
     assert len(giccs) == maxcpus
     for i, gicc in enumerate(giccs):
-        assert len(gicc) == 80  # SPEC §2 (ACPI 6.5 says 82 at MADT revision 6; see docs)
+        assert len(gicc) == 80  # docs/contract.md §2 (ACPI 6.5 says 82 at MADT revision 6; see docs)
         uid, flags = struct.unpack_from("<II", gicc, 8)
         (gicr_base,) = struct.unpack_from("<Q", gicc, 60)
         (mpidr,) = struct.unpack_from("<Q", gicc, 68)
@@ -374,7 +374,7 @@ def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
 ) -> None:
     """``hotplug_mode = "online-offline"``: all M vCPUs from boot, no device_add/del ever;
     a shrink offlines guest CPUs (``OfflineCPUs``), a grow onlines them (``OnlineCPUMem``),
-    and the container's cpuset follows (SPEC §8 config key, §9). The vCPUs stay plugged:
+    and the container's cpuset follows (docs/contract.md §8 config key, §9). The vCPUs stay plugged:
     the density cost of the mode."""
     world = FakeWorld()
     try:
@@ -416,7 +416,7 @@ def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
 
 @pytest.mark.slow
 def test_e2e_online_offline_mode_shrink_offlines_guest_cpus_but_not_vcpu_threads() -> None:
-    """The same through ``cpuplug`` with a real VMM and guest (SPEC §9): the guest's
+    """The same through ``cpuplug`` with a real VMM and guest (docs/contract.md §9): the guest's
     online list follows the target both ways, every vCPU thread stays in the VMM
     process (density cost), and guest root onlines an offlined vCPU again (security)."""
     root = Path(tempfile.mkdtemp(prefix="cpo", dir="/tmp"))  # short: unix socket paths
@@ -461,7 +461,7 @@ def test_e2e_online_offline_mode_shrink_offlines_guest_cpus_but_not_vcpu_threads
 
 
 def _cpus(text: str) -> Resources:
-    """Docker's ``--cpus X``: period 100000, quota X·100000 (SPEC §8)."""
+    """Docker's ``--cpus X``: period 100000, quota X·100000 (docs/contract.md §8)."""
     quota, period = cpus_to_quota(parse_cpus(text))
     assert period == 100000 and quota == int(Fraction(text) * 100000)
     return Resources(quota=quota, period=period)
@@ -471,7 +471,7 @@ def _cpus(text: str) -> Resources:
 
 
 def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregistered() -> None:
-    """SPEC §6: Device Check → ``_OST(1, 0)``, "or 1 on failure". The real guest kernel
+    """docs/contract.md §6: Device Check → ``_OST(1, 0)``, "or 1 on failure". The real guest kernel
     on the in-process machine; registration of cpu2 fails because its sysfs path is taken."""
     vm = Booted(virt.MachineConfig(cpus=2, maxcpus=4))
     try:

@@ -8,7 +8,7 @@ import pytest
 
 from cpuplug.guest import userland
 from cpuplug.guest.vfs import GuestOSError
-from guest_fakes import FakeKernel
+from tests.harness.guest_fakes import FakeKernel
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hostload import host_hash_rate
+from tests.harness.hostload import host_hash_rate
 
 from cpuplug.runtime.state import process_alive
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Cli:

@@ -1,9 +1,9 @@
 """The real ``cpuplug vmm`` process: OSPM by register writes, PSCI, and thread accounting.
 
-Each test starts the VMM process with the probe kernel (``tests/vmm_test_kernel.py``),
+Each test starts the VMM process with the probe kernel (``tests/harness/vmm_test_kernel.py``),
 drives QMP with the official ``qemu.qmp`` client, and plays the guest's AML through
 the probe: MMIO loads/stores and HVCs executed on the boot vCPU. Thread counts are
-read from ``/proc/<vmm pid>/task`` (SPEC §1: a host thread per plugged vCPU only).
+read from ``/proc/<vmm pid>/task`` (docs/contract.md §1: a host thread per plugged vCPU only).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 
 from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, GED_GSI, mpidr
 from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64, PSCI_VERSION
-from qmp_helpers import next_event, qmp_connect
-from vmm_test_kernel import CONTEXT_CPU_OFF, ProbeClient, VmmProcess, walk_tables
+from tests.harness.qmp_helpers import next_event, qmp_connect
+from tests.harness.vmm_test_kernel import CONTEXT_CPU_OFF, ProbeClient, VmmProcess, walk_tables
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +193,7 @@ def test_thread_accounting_acpi_mode(vmm: Callable[..., VmmProcess]) -> None:
 
 
 def test_thread_accounting_online_offline_mode(vmm: Callable[..., VmmProcess]) -> None:
-    """The baseline's density cost (SPEC §9): all M vCPUs have threads from boot."""
+    """The baseline's density cost (docs/contract.md §9): all M vCPUs have threads from boot."""
     process = vmm("cpus=1,maxcpus=16", mode="online-offline", kernel="none")
     assert wait_threads(process, 16 + FIXED_OVERHEAD) == 16 + FIXED_OVERHEAD
 

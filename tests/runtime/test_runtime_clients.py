@@ -30,7 +30,7 @@ from cpuplug.runtime.qmp_client import (
     VmmUnreachable,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from cpuplug.acpi.virt import MachineConfig
 from cpuplug.guest.agent import Agent
 from cpuplug.guest.kernel import GuestKernel
 from cpuplug.vmm.machine import VirtMachine
-from guest_fakes import FakeChannel, FakeKernel
+from tests.harness.guest_fakes import FakeChannel, FakeKernel
 
 CG = "/sys/fs/cgroup"
 
@@ -310,7 +310,7 @@ def test_online_cpu_mem_zero_changes_nothing(env: Env) -> None:
     assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "1\n"
 
 
-# ------------------------------------------------------------------ OfflineCPUs (SPEC §9)
+# ------------------------------------------------------------------ OfflineCPUs (docs/contract.md §9)
 
 
 def test_offline_cpus_highest_first_down_to_the_target_and_sets_cpusets(env: Env) -> None:
@@ -586,7 +586,7 @@ def test_real_kernel_online_offline_mode_lets_guest_root_online() -> None:
 
 
 def test_real_kernel_online_offline_mode_offline_cpus_then_guest_root_onlines_again() -> None:
-    """SPEC §9: shrinking this mode really offlines vCPUs in the guest, but their
+    """docs/contract.md §9: shrinking this mode really offlines vCPUs in the guest, but their
     threads stay in the VMM (density cost) and a guest root can bring them back
     (security cost): the host does not get to say no."""
     vm = RealVm(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))

@@ -9,7 +9,7 @@ import pytest
 
 from cpuplug.runtime import resize as rz
 from cpuplug.runtime.qmp_client import VmmGone
-from runtime_fakes import FakeMachine, FakeVmm
+from tests.harness.runtime_fakes import FakeMachine, FakeVmm
 
 
 def slots(maxcpus: int, plugged: set[int]) -> list[rz.Slot]:

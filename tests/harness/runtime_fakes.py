@@ -1,6 +1,6 @@
 """In-memory stand-ins for the VMM (QMP) and the guest agent, for runtime tests.
 
-They model what the runtime relies on, per SPEC §7/§8 and the agent protocol:
+They model what the runtime relies on, per docs/contract.md §7/§8 and the agent protocol:
 ``query-hotpluggable-cpus`` highest first, ``device_add`` with integer props
 emitting the guest's insert ``_OST``, ``device_del`` emitting eject-in-progress
 then ``DEVICE_DELETED`` (or a refusal status), and an agent whose

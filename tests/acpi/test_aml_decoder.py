@@ -50,7 +50,7 @@ from cpuplug.acpi.aml.decoder import (
 from cpuplug.acpi.aml.nodes import walk
 from cpuplug.acpi.errors import AmlError, TableError
 
-QEMU_DSDT = Path(__file__).resolve().parents[2] / "shared/vectors/x86-q35-cphp/DSDT.dat"
+QEMU_DSDT = Path(__file__).resolve().parents[1] / "data/x86-q35-cphp/DSDT.dat"
 
 
 @pytest.fixture

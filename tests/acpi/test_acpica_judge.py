@@ -152,7 +152,7 @@ def test_iasl_accepts_every_table(
         listing = disassemble(iasl, tmp_path, name)
         assert same_but_compiler_id(ours, reassemble(iasl, tmp_path, name)), name
         if name == "APIC":
-            # ACPICA sees one GICC per possible vCPU, with SPEC §2's flags.
+            # ACPICA sees one GICC per possible vCPU, with docs/contract.md §2's flags.
             flags = re.findall(r"Flags \(decoded below\) : ([0-9A-F]{8})", listing)[1:]
             assert len(flags) == maxcpus
             expected = 1 if mode == "online-offline" else 8
@@ -216,7 +216,7 @@ def test_acpiexec_loads_and_evaluates(
     )
     assert "1 ACPI AML tables successfully acquired and loaded" in output
     # acpiexec backs SystemMemory regions with zeroed memory: no vCPU has
-    # CPEN or CPRS set there, so CSTA answers 0 (SPEC §2 "else 0").
+    # CPEN or CPRS set there, so CSTA answers 0 (docs/contract.md §2 "else 0").
     results = re.findall(
         r"Evaluation of \\_SB\.CPUS\.CSTA returned.*\n\s*\[Integer\] = (\w+)", output
     )
@@ -229,7 +229,7 @@ def _csta_probe() -> bytes:
 
     acpiexec backs the SystemMemory region with plain memory, so what a method
     stores in CPEN/CPRS is what CSTA reads back: enough to check CSTA's answer
-    for each flag combination (SPEC §2) with ACPICA as the executor.
+    for each flag combination (docs/contract.md §2) with ACPICA as the executor.
     """
     from cpuplug.acpi.aml import builder as b
 

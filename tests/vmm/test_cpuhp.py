@@ -80,7 +80,7 @@ def flags(b: CpuHotplugBlock) -> int:
 
 
 def csta(b: CpuHotplugBlock, uid: int) -> int:
-    """SPEC §2 CSTA: 0xF enabled, 0xD present-but-disabled, else 0."""
+    """docs/contract.md §2 CSTA: 0xF enabled, 0xD present-but-disabled, else 0."""
     select(b, uid)
     f = flags(b)
     if f & FLAG_ENABLED:

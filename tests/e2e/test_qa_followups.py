@@ -18,11 +18,11 @@ from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.sockpath import claim_socket_path
 from cpuplug.vmm.vsock import AgentChannelDevice, AgentChannelError
-from test_qa_bad_input import _qmp_exchange, machine, sock_dir
+from tests.e2e.test_qa_bad_input import _qmp_exchange, machine, sock_dir
 
 __all__ = ["machine", "sock_dir"]  # fixtures shared with test_qa_bad_input
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "qmp.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "qmp.md"
 
 # What to send for each documented refusal (keyed by the start of its desc).
 STRICT_INPUTS = {

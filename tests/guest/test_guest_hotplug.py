@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
-from tests.guest_fakes import Booted, wait_until
+from tests.harness.guest_fakes import Booted, wait_until
 
 from cpuplug import agent_protocol as ap
 from cpuplug.acpi.virt import MachineConfig, mpidr
