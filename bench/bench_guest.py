@@ -17,7 +17,7 @@ over ``--reps`` runs:
 
 Each is printed as a ratio to an agent ``GuestDetails`` round trip measured in the
 same run (absolute milliseconds follow for context), next to the real QEMU 7.2 +
-Linux 6.1 figures of ``../shared/vectors/README.md`` (reference numbers from
+Linux 6.1 figures of ``tests/data/README.md`` (reference numbers from
 another stack and host, not a same-run ratio). Batches of k vCPUs are
 ``bench/bench_batch.py``'s.
 
@@ -50,7 +50,7 @@ from cpuplug import agent_protocol as ap  # noqa: E402
 from cpuplug.runtime.agent_client import AgentClient  # noqa: E402
 
 KERNEL = "cpuplug.guest.kernel:start"
-REAL_STACK_MS = {"ost": 21.5, "online": 196.6, "deleted": 61.3}  # vectors/README.md
+REAL_STACK_MS = {"ost": 21.5, "online": 196.6, "deleted": 61.3}  # tests/data/README.md
 
 
 class Agent(AgentClient):
@@ -160,7 +160,7 @@ def main() -> int:
 
     print(f"host CPUs: {os.cpu_count()}; reps: {args.reps}")
     print("ratios to an agent GuestDetails round trip in the same run [absolute ms];")
-    print("real stack = QEMU 7.2 TCG + Linux 6.1 x86 (vectors/README.md), reference only\n")
+    print("real stack = QEMU 7.2 TCG + Linux 6.1 x86 (tests/data/README.md), reference only\n")
     print(f"{'maxcpus':>7} {'metric':<34} {'ratio':>8} {'[ms]':>9} {'real stack ms':>14}")
     for maxcpus in args.maxcpus:
         r = hotplug(maxcpus, args.reps)

@@ -1,7 +1,7 @@
-"""This machine's DSDT (docs/contract.md §2): CPU hotplug AML, the GED, power button, UART, agent channel.
+"""This machine's DSDT (docs/contract.md §2): CPU hotplug AML, GED, power button, UART, agent.
 
 The CPU hotplug part is QEMU's ``build_cpus_aml`` (hw/acpi/cpu.c, the "batched
-CNEW scan" generation; reference/qemu.md §2.2) written with our builder, with one
+CNEW scan" generation; docs/contract.md §2) written with our builder, with one
 arm64 change the reverted QEMU 9.2 series also made: flag bit 5 ``CPRS``
 ("present") and a ``CSTA`` that answers 0x0D for a present-but-disabled vCPU,
 because an arm64 guest must never see a possible vCPU's Present bit change.
@@ -273,7 +273,7 @@ def _scan_body(count: int, reg: _RegFn, remove_after_insert: bool) -> tuple[Node
 
     Locals: 0 has_event, 1 num_added, 2 queue index, 3 uid, 4 has_job, 5 rescan.
 
-    Where QEMU hangs (reference/qemu.md §7 pitfall 5): a vCPU with an insert *and*
+    Where QEMU hangs (our reading of its CSCN in hw/acpi/cpu.c): a vCPU with an insert *and*
     a remove pending (``device_add`` then ``device_del`` before the guest scanned)
     gets only its insert handled (``If CINS ... Else If CRMV``); the remove waits
     for the next GED event, which may never come because both pulses were taken as

@@ -1,7 +1,7 @@
 """The ACPI bus: namespace scan, processor devices, the GED driver, Notify → hotplug.
 
 What Linux does across ``drivers/acpi/{scan,bus,osl,evged,acpi_processor}.c``
-(reference/linux.md §1.3, §2, §3), as three execution contexts:
+(docs/contract.md §6), as three execution contexts:
 
 * **The GED interrupt.** The vCPU that takes INTID 41 only wakes the GED's IRQ
   thread (``irq/41-ACPI:Ged``; Linux's ``request_threaded_irq`` with no primary

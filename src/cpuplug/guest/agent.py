@@ -563,7 +563,7 @@ class Agent:
         raise ap.ProtocolError(code, message)
 
     def _offline_cpus(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
-        """Shrink in online/offline mode (docs/contract.md §9): offline CPUs until ``nb_cpus`` remain.
+        """Shrink in online/offline mode (docs/contract.md §9): offline CPUs down to ``nb_cpus``.
 
         Highest number first, never CPU 0 (the boot CPU, which arm64 Linux does not
         let go either), each by writing ``0`` to ``cpuN/online`` — the kernel's

@@ -7,7 +7,7 @@ present, SPCR for the console. Nothing about the machine is assumed that the
 tables do not say.
 
 CPU enumeration follows arm64 Linux's ``acpi_map_gic_cpu_interface()``
-(reference/linux.md §1.1): a GICC with neither Enabled nor Online Capable is
+(arch/arm64/kernel/smp.c; docs/contract.md §6): a GICC with neither Enabled nor Online Capable is
 skipped, so are invalid and duplicate MPIDRs; the boot CPU is logical 0, the
 others get logical ids in MADT order. On arm64 *present* = *possible*.
 """

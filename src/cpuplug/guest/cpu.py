@@ -1,6 +1,6 @@
 """Logical CPUs: the masks, registration, and online/offline through PSCI (docs/contract.md §6).
 
-Model of arm64 Linux ≥ 6.11 (reference/linux.md §1-§3, §6):
+Model of arm64 Linux ≥ 6.11 (docs/contract.md §6; Linux kernel/cpu.c, drivers/base/cpu.c):
 
 * ``possible`` = ``present``: fixed at boot from the MADT, never changes.
 * ``enabled``: CPUs with a registered ``cpuN`` device. Only the ACPI processor
@@ -159,7 +159,7 @@ class CpuManager:
             return frozenset(self._cpus)
 
     def present(self) -> frozenset[int]:
-        """arm64 mainline: present = possible, never changes (linux.md §1.1)."""
+        """arm64 mainline: present = possible, never changes (docs/contract.md §6)."""
         return self.possible()
 
     def online_mask(self) -> frozenset[int]:

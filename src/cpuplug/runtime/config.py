@@ -7,9 +7,10 @@ works unchanged.  Unknown keys inside those Kata sections are ignored (a Kata
 file has dozens); an unknown *top-level* key is an error, because there it is
 almost certainly a typo.
 
-Normalisation follows Kata's ``defaultVCPUs``/``defaultMaxVCPUs`` (reference/kata.md
-§2.4): ``default_vcpus`` 0 → 1, < 0 or > host CPUs → host CPUs;
-``default_maxvcpus`` 0 → host CPUs (docs/contract.md §8), capped at the machine's 512.
+Normalisation follows Kata's ``defaultVCPUs``/``defaultMaxVCPUs`` (Kata
+``src/runtime/pkg/katautils/config.go``): ``default_vcpus`` 0 → 1, < 0 or above the
+maximum → the maximum; ``default_maxvcpus`` 0 → host CPUs (docs/contract.md §8),
+capped at the machine's 512.
 Command-line flags override the file (:meth:`RuntimeConfig.with_overrides`).
 """
 
@@ -59,11 +60,11 @@ class RuntimeConfig:
     remove_timeout: float = 10.0
 
     def max_vcpus(self, host_cpus: int | None = None) -> int:
-        """The effective ``maxcpus``: 0 means the host's CPU count (docs/contract.md §8), capped at 512.
+        """The effective ``maxcpus``: 0 means the host's CPU count (docs/contract.md §8); max 512.
 
-        Unlike Kata we do not lower an explicit value to the host CPU count: SPEC
-        §8 only maps 0, and a sandbox may sensibly have more vCPU slots than the
-        host has cores (they cost no thread until plugged).
+        Unlike Kata we do not lower an explicit value to the host CPU count:
+        docs/contract.md §8 only maps 0, and a sandbox may sensibly have more vCPU slots
+        than the host has cores (they cost no thread until plugged).
         """
         if self.default_maxvcpus > 0:
             return min(self.default_maxvcpus, MAX_CPUS)

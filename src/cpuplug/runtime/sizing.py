@@ -1,7 +1,7 @@
 """From container CPU limits to a vCPU count: the formula of docs/contract.md §8, as pure functions.
 
 This is Kata's Go runtime in dynamic mode (``calculateSandboxCPUs`` +
-``RoundUpNumVCPUs``, reference/kata.md §2.1), with two deliberate departures:
+``RoundUpNumVCPUs`` in Kata's ``src/runtime/virtcontainers``), with two deliberate departures:
 
 * Arithmetic is exact (:class:`fractions.Fraction` over the integer quota and
   period), not float32.  Kata's float32 sum of ten 0.1-CPU containers comes out as
@@ -10,8 +10,8 @@ This is Kata's Go runtime in dynamic mode (``calculateSandboxCPUs`` +
   :class:`UsageError`) instead of silently zeroing the whole workload as Kata's
   ``cpuset.Parse`` error path does.
 
-Nothing here does I/O, so the table test in ``tests/test_sizing.py`` can pin
-every example of the spec.
+Nothing here does I/O, so the table test in ``tests/runtime/test_sizing.py`` can pin
+every example of docs/contract.md §8.
 """
 
 from __future__ import annotations
