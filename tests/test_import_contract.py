@@ -1,4 +1,4 @@
-"""The three parties stay apart (docs/contract.md §0): import-linter checks the contracts in pyproject."""
+"""The three parties stay apart (docs/contract.md §0): import-linter runs pyproject's contracts."""
 
 from __future__ import annotations
 

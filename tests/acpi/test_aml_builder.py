@@ -1,7 +1,7 @@
 """The AML builder: every node writes the bytes the ACPI spec (and iasl/QEMU) write.
 
 Known bytes come from the spec's grammar and from QEMU's real x86 DSDT
-(``vectors/x86-q35-cphp/DSDT.dat``), never from our own output.
+(``tests/data/x86-q35-cphp/DSDT.dat``), never from our own output.
 """
 
 from __future__ import annotations

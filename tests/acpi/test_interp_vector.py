@@ -1,6 +1,6 @@
 """The interpreter against real AML and the real register block.
 
-Two tables: QEMU 7.2's x86 DSDT (``vectors/x86-q35-cphp``, the block in SystemIO at
+Two tables: QEMU 7.2's x86 DSDT (``tests/data/x86-q35-cphp``, the block in SystemIO at
 0x0CD8, 4 possible CPUs, 32-bit integers) and this machine's DSDT from
 :func:`cpuplug.acpi.dsdt.build_dsdt` (the block in SystemMemory at 0x090C0000, plus
 the GED). Both drive the VMM's :class:`CpuHotplugBlock` (docs/contract.md §3) through a tiny

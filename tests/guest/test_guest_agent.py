@@ -310,7 +310,7 @@ def test_online_cpu_mem_zero_changes_nothing(env: Env) -> None:
     assert env.kernel.vfs.read(f"{CG}/a/cpuset.cpus") == "1\n"
 
 
-# ------------------------------------------------------------------ OfflineCPUs (docs/contract.md §9)
+# ------------------------------------------------------ OfflineCPUs (docs/contract.md §9)
 
 
 def test_offline_cpus_highest_first_down_to_the_target_and_sets_cpusets(env: Env) -> None:

@@ -1,4 +1,4 @@
-"""The vCPU formula (docs/contract.md §8, reference/kata.md §2.2) and the runtime config."""
+"""The vCPU formula and its worked examples (docs/contract.md §8), and the runtime config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The VMM's machine in-process (docs/contract.md §1-§5): hotplug order, eject, PSCI, the agent channel.
+"""The VMM's machine in-process (docs/contract.md §1-§5): hotplug order, eject, PSCI, agent channel.
 
 These tests drive :class:`cpuplug.vmm.machine.VirtMachine` directly and play the
 guest's part through the same guest-physical accesses the AML makes. The QMP and
