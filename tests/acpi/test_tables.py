@@ -70,7 +70,7 @@ def sample_tables() -> list[t.Rsdp | t.Xsdt | t.Fadt | t.Madt | t.Gtdt | t.Spcr 
 
 
 # --------------------------------------------------------------------------
-# Layouts are the spec's (offsets and sizes from ACPI 6.5 / reference/qemu.md)
+# Layouts are the ACPI specification's (offsets and sizes from ACPI 6.5; QEMU's hw/acpi/aml-build.c)
 
 
 def test_fadt_layout_matches_acpi_6_5() -> None:

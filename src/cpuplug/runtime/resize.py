@@ -12,7 +12,7 @@ Execution does better than Kata where the references show it hanging:
 * ``device_del`` is followed by a wait **with a timeout** (Go Kata waits forever
   on a refused eject).
 * Completion is ``DEVICE_DELETED`` naming the device *or its QOM path or a child of
-  it* (QEMU 7.2 on x86 only ever named ``…/hcpuN/lapic``, vectors/README.md), or
+  it* (QEMU 7.2 on x86 only ever named ``…/hcpuN/lapic``, tests/data/README.md), or
   the slot no longer being plugged in ``query-hotpluggable-cpus`` — so a VMM that
   emits the event differently cannot make us wait forever.
 * An ``ACPI_DEVICE_OST`` failure status for the slot (e.g. 0x82 "device busy")
