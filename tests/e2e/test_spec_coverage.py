@@ -1,7 +1,7 @@
-"""SPEC clauses that no other test pinned down (see docs/spec-coverage.md).
+"""Contract clauses that no other test pinned down (see docs/spec-coverage.md).
 
-Each test checks a behaviour of SPEC.md against literal numbers written from the
-SPEC text, never against the project's own helpers for the same numbers: the MADT
+Each test checks a behaviour of docs/contract.md against literal numbers written from
+its text, never against the project's own helpers for the same numbers: the MADT
 is read byte by byte with the offsets of the ACPI GICC/GICR structures, MPIDRs
 are computed here from "Aff1 = i // 16, Aff0 = i % 16", and the QMP checks run
 over the wire against a real ``cpuplug vmm`` process with the probe kernel.
@@ -280,7 +280,7 @@ def test_cpu_hotplug_block_offsets_and_commands_by_number(
     vmm: Callable[..., VmmProcess],
 ) -> None:
     # The unit tests use cpuhp's own names for offsets and commands; here every number
-    # is the SPEC table's, written by the guest over MMIO.
+    # is the table's in docs/contract.md §3, written by the guest over MMIO.
     process = vmm("cpus=1,maxcpus=20")
     probe = process.probe()
     probe.store(CPUHP + 0x0, 4, 17)
