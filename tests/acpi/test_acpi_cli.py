@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cpuplug.acpi import tables as t
+from cpuplug.acpi import virt
 from cpuplug.acpi.virt import TABLE_ORDER, MachineConfig, build_machine_tables
 from cpuplug.cli import main
 
@@ -204,3 +206,80 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "cpuplug: error: --smp: cpus and maxcpus must be at least 1"
+
+
+# ----------------------------------------------------------------------------- bad input
+# Regression tests for faults found by driving ``cpuplug acpi`` the way a careless or
+# hostile user would (QA, formerly tests/e2e/test_qa_bad_input.py).
+
+MAX_TABLE_FILE = 64 << 20  # cpuplug.acpi.cli's bound on what ``acpi dump`` reads
+
+
+def test_acpi_dump_of_an_endless_file_is_an_error_not_a_memory_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``acpi dump /dev/zero`` read until MemoryError; the read is now bounded."""
+    huge = tmp_path / "huge"
+    with huge.open("wb") as handle:  # sparse: costs no disk
+        handle.truncate(MAX_TABLE_FILE + 1)
+    xsdt = tmp_path / "XSDT.dat"
+    xsdt.write_bytes(virt.build_machine_tables(virt.MachineConfig()).blobs["XSDT"])
+    assert main(["acpi", "dump", str(huge), str(xsdt)]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"cpuplug: error: {huge}: larger than 64 MiB, too large to be an ACPI table"
+    ]
+    assert out.startswith(f"{xsdt}: XSDT")  # the good file after it is still dumped
+
+
+def test_acpi_dump_does_not_send_a_files_control_bytes_to_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spcr = bytearray(virt.build_machine_tables(virt.MachineConfig()).blobs["SPCR"])
+    spcr[0:4] = b"\x1b[2J"  # "clear screen" as a table signature
+    table = tmp_path / "odd.dat"
+    table.write_bytes(bytes(spcr))
+    short = tmp_path / "short.dat"
+    short.write_bytes(b"\x1b]0;owned\x07" + bytes(30))
+    assert main(["acpi", "dump", str(table), str(short)]) == 1
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out and "\x1b" not in err and "\x07" not in err
+    assert "\\x1b[2J" in out and "\\x1b]0;" in err
+
+
+def test_acpi_tables_with_an_empty_out_does_not_write_into_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out "$DIR"`` with DIR unset was ``Path("")`` = ``.``: tables landed in the cwd."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["acpi", "tables", "--out", ""])
+    assert info.value.code == 2
+    assert "empty directory name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """``cpuplug acpi dump DSDT.dat | head -1`` ended in a BrokenPipeError traceback."""
+    dsdt = tmp_path / "DSDT.dat"
+    config = virt.MachineConfig.from_smp("cpus=1,maxcpus=512")
+    dsdt.write_bytes(virt.build_machine_tables(config).blobs["DSDT"])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpuplug", "acpi", "dump", str(dsdt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        assert proc.stdout.read(5) == str(dsdt).encode()[:5]
+        proc.stdout.close()  # far more output than a pipe buffer is still to come
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + 13
+        assert err == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

@@ -659,3 +659,93 @@ def test_read_tables_refuses_a_table_address_of_0() -> None:
     image[xsdt_at : xsdt_at + len(patched)] = patched
     with pytest.raises(TableError, match="table address is 0"):
         t.read_tables(_reader(tables, image), tables.rsdp_address)
+
+
+# --------------------------------------------------------------------------
+# docs/contract.md §2 against literal numbers (spec-coverage audit)
+#
+# These read the built image byte by byte with the offsets of the ACPI structures and
+# compute MPIDRs from "Aff1 = i // 16, Aff0 = i % 16" here, never with the project's
+# own parsers or helpers for the same numbers: a wrong constant on both sides would
+# otherwise go unnoticed (formerly tests/e2e/test_spec_coverage.py).
+
+
+def _sdt(image: bytes, base: int, address: int) -> bytes:
+    """One whole SDT at guest-physical ``address``, its checksum verified (§2)."""
+    at = address - base
+    (length,) = struct.unpack_from("<I", image, at + 4)
+    table = image[at : at + length]
+    assert sum(table) & 0xFF == 0, f"{table[:4]!r} checksum"
+    return table
+
+
+def _tables_by_signature(config: virt.MachineConfig) -> dict[str, bytes]:
+    """Walk RSDP → XSDT → tables (and FADT → DSDT) by raw offsets."""
+    built = virt.build_machine_tables(config)
+    image, base = built.image, built.base_address
+    rsdp = image[built.rsdp_address - base :][:36]
+    assert rsdp[:8] == b"RSD PTR " and rsdp[15] == 2  # §2: RSDP revision 2
+    assert sum(rsdp[:20]) & 0xFF == 0 and sum(rsdp) & 0xFF == 0
+    (xsdt_address,) = struct.unpack_from("<Q", rsdp, 24)
+    xsdt = _sdt(image, base, xsdt_address)
+    found = {"XSDT": xsdt}
+    for (address,) in struct.iter_unpack("<Q", xsdt[36:]):
+        table = _sdt(image, base, address)
+        found[table[:4].decode()] = table
+    (x_dsdt,) = struct.unpack_from("<Q", found["FACP"], 140)
+    found["DSDT"] = _sdt(image, base, x_dsdt)
+    return found
+
+
+def test_xsdt_lists_fadt_madt_gtdt_and_fadt_flags_are_hw_reduced_psci_hvc() -> None:
+    found = _tables_by_signature(virt.MachineConfig(cpus=1, maxcpus=4))
+    assert {"FACP", "APIC", "GTDT", "DSDT"} <= set(found)
+    assert set(found) <= {"XSDT", "FACP", "APIC", "GTDT", "DSDT", "SPCR"}
+    fadt = found["FACP"]
+    (flags,) = struct.unpack_from("<I", fadt, 112)
+    assert flags & (1 << 20)  # HW_REDUCED_ACPI
+    (arm_boot,) = struct.unpack_from("<H", fadt, 129)
+    assert arm_boot == 0b11  # PSCI_COMPLIANT | PSCI_USE_HVC
+
+
+def _madt_entries(madt: bytes) -> list[bytes]:
+    entries, at = [], 44
+    while at < len(madt):
+        length = madt[at + 1]
+        assert length >= 2
+        entries.append(madt[at : at + length])
+        at += length
+    assert at == len(madt)
+    return entries
+
+
+@pytest.mark.parametrize("mode", ["acpi", "online-offline"])
+def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(
+    mode: virt.HotplugMode,
+) -> None:
+    # 130 possible vCPUs: past Aff1 = 0 (i >= 16) and past the first GICR region (i >= 123).
+    maxcpus = 130
+    madt = _tables_by_signature(virt.MachineConfig(cpus=3, maxcpus=maxcpus, mode=mode))["APIC"]
+    entries = _madt_entries(madt)
+    gicd = [e for e in entries if e[0] == 0x0C]
+    assert len(gicd) == 1 and struct.unpack_from("<Q", gicd[0], 8)[0] == 0x0800_0000
+    giccs = [e for e in entries if e[0] == 0x0B]
+    assert len(giccs) == maxcpus
+    for i, gicc in enumerate(giccs):
+        assert len(gicc) == 80  # docs/contract.md §2: ACPI 6.5 has 82 at MADT revision 6
+        uid, flags = struct.unpack_from("<II", gicc, 8)
+        (gicr_base,) = struct.unpack_from("<Q", gicc, 60)
+        (mpidr,) = struct.unpack_from("<Q", gicc, 68)
+        assert uid == i
+        assert mpidr == ((i // 16) << 8) | (i % 16), i
+        assert gicr_base == 0
+        if mode == "acpi":
+            # vCPU 0 Enabled; every other one (cold-plugged 1 and 2 too) Online Capable only
+            assert flags == (0b0001 if i == 0 else 0b1000), i
+        else:
+            assert flags == 0b0001, i
+    assert giccs[16][68:70] == b"\x00\x01" and giccs[123][68:70] == b"\x0b\x07"
+    gicrs = [struct.unpack_from("<QI", e, 4) for e in entries if e[0] == 0x0E and len(e) == 16]
+    assert len(gicrs) == len([e for e in entries if e[0] == 0x0E])
+    # 123 frames of 128 KiB at 0x080A_0000, the other 7 in the second region.
+    assert gicrs == [(0x080A_0000, 0xF6_0000), (0x40_0000_0000, 7 * 0x2_0000)]

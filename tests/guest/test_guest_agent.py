@@ -670,3 +670,42 @@ def test_cpu_onlined_by_someone_else_is_not_written_again(env: Env) -> None:
     writes = list(env.kernel.online_writes)
     assert env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 3})["online"] == [0, 1, 2]
     assert env.kernel.online_writes == writes
+
+
+# ------------------------------------------------------------------ bad input
+# Regression tests for faults found by feeding the agent what a careless or hostile
+# client would (QA, formerly tests/e2e/test_qa_bad_input.py).
+
+
+@pytest.fixture
+def agent_env() -> Iterator[Env]:
+    env = Env(FakeKernel(possible=4, online=1, enabled=2), retry_interval=0.01)
+    yield env
+    env.close()
+
+
+def test_exec_timeout_too_large_is_einval_and_spawns_nothing(agent_env: Env) -> None:
+    """``timeout: 1e999`` (infinity) was an EIO "internal error" *after* the spawn,
+    leaving the process running unwaited in the container."""
+    agent_env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    for timeout in (b"1e999", b"1e300"):
+        body = (
+            b'{"id": 7, "method": "ExecProcess", "params": {"container_id": "c", '
+            b'"cmd": ["sleep", "30"], "timeout": ' + timeout + b"}}"
+        )
+        reply = agent_env.raw(struct.pack(">I", len(body)) + body)
+        assert reply["id"] == 7 and reply["error"]["code"] == "EINVAL", reply
+        assert "'timeout' must be at most" in reply["error"]["message"]
+        assert agent_env.kernel.sched.tasks() == []
+    out = agent_env.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["true"]})
+    assert out["exit_code"] == 0  # and the agent keeps serving
+
+
+def test_online_more_cpus_than_exist_fails_at_once(agent_env: Env) -> None:
+    """It used to retry 100 times (5 s with Kata's interval) for a request that can never
+    succeed, onlining what it could on the way, and then answer ETIMEDOUT."""
+    err = agent_env.error(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 10**30})
+    assert err.code is ap.ErrorCode.EINVAL and "exceeds the 4 possible CPUs" in err.message
+    assert agent_env.kernel.online_writes == []  # refused before touching any CPU
+    assert agent_env.call(ap.Method.GUEST_DETAILS)["online"] == "0"
+    assert agent_env.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 2})["online"] == [0, 1]

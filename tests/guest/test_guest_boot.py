@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 import pytest
-from tests.harness.guest_fakes import Booted
 
 from cpuplug import psci_abi
 from cpuplug.acpi import tables as T
@@ -17,6 +16,7 @@ from cpuplug.guest.boot import BootError, check_psci_conduit, enumerate_cpus, re
 from cpuplug.guest.kernel import GICD_IROUTER, GuestKernel, kstrtobool
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.hw import VcpuStop
+from tests.harness.guest_fakes import Booted
 
 SYS = "/sys/devices/system/cpu"
 

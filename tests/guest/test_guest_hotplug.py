@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
-from tests.harness.guest_fakes import Booted, wait_until
 
 from cpuplug import agent_protocol as ap
 from cpuplug.acpi.virt import MachineConfig, mpidr
@@ -32,6 +31,7 @@ from cpuplug.guest import psci
 from cpuplug.guest.sched import Task, TaskBody
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.vmm.vcpu import PowerState
+from tests.harness.guest_fakes import Booted, wait_until
 
 SYS = "/sys/devices/system/cpu"
 
@@ -736,3 +736,53 @@ def test_offline_request_racing_the_end_of_boot_is_not_lost(
         assert b.cpus("online") == "1"
     finally:
         b.close()
+
+
+# ======================================================================= docs/contract.md §1, §6
+# Written for the spec-coverage audit (formerly tests/e2e/test_spec_coverage.py).
+
+
+def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregistered() -> None:
+    """docs/contract.md §6: Device Check → ``_OST(1, 0)``, "or 1 on failure". The real guest kernel
+    on the in-process machine; registration of cpu2 fails because its sysfs path is taken."""
+    vm = Booted(MachineConfig(cpus=2, maxcpus=4))
+    try:
+        vm.kernel.vfs.register("/sys/devices/system/cpu/cpu2/online", lambda: "x\n")
+        vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+        assert vm.ost() == (1, 1)
+        assert vm.cpus("enabled") == "0-1"
+        vm.kernel.vfs.unregister("/sys/devices/system/cpu/cpu2")
+        vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+        assert vm.ost() == (1, 0)  # the next hot-add still works, and its rescan of
+        assert vm.cpus("enabled") == "0-3"  # the parent picks up the enabled cpu2 too
+    finally:
+        vm.close()
+
+
+def test_hot_add_online_and_remove_of_vcpus_10_16_and_123_with_the_real_guest() -> None:
+    """The whole chain at indices where the encodings differ: C00A/C010/C07B names, Aff1 ≠ 0
+    in the MPIDR that CPU_ON targets, and a redistributor in the second GICR region."""
+    vm = Booted(MachineConfig(cpus=1, maxcpus=130))
+    try:
+        assert vm.cpus("possible") == "0-129" and vm.cpus("enabled") == "0"
+        for index in (10, 16, 123):
+            vm.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
+            info = vm.wait_event("ACPI_DEVICE_OST")["info"]
+            assert info == {
+                "device": f"cpu-{index}", "slot": str(index), "slot-type": "CPU",
+                "source": 1, "status": 0,
+            }  # fmt: skip
+        assert vm.cpus("enabled") == "0,10,16,123"
+        for index in (10, 16, 123):
+            vm.kernel.vfs.write(f"/sys/devices/system/cpu/cpu{index}/online", "1\n")
+        assert vm.cpus("online") == "0,10,16,123"
+        assert vm.machine.power_state(123).value == 0  # PSCI ON: CPU_ON found MPIDR 0x70B
+        vm.machine.device_del("cpu-123")
+        assert vm.ost() == (3, 0x84)
+        assert vm.wait_event("DEVICE_DELETED") == {
+            "device": "cpu-123", "path": "/machine/peripheral/cpu-123",
+        }  # fmt: skip
+        assert vm.ost() == (3, 0)
+        assert vm.cpus("online") == "0,10,16" and vm.cpus("enabled") == "0,10,16"
+    finally:
+        vm.close()

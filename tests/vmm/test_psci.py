@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ from cpuplug.psci_abi import (
     SYSTEM_RESET,
 )
 from cpuplug.vmm.psci import CpuOnResult, Psci
+from tests.harness.vmm_test_kernel import VmmProcess
 
 
 class Power(enum.Enum):
@@ -197,3 +199,46 @@ def test_random_calls_return_psci_codes(x0: int, x1: int, x2: int, x3: int) -> N
         return
     assert result == 0x10001 or -6 <= result <= 2
     assert all(index in table.plugged for index, _e, _c in table.started)
+
+
+# ---------------------------------------------------------- docs/contract.md §5 literally
+# Written from the contract's text (spec-coverage audit, formerly
+# tests/e2e/test_spec_coverage.py): every number below is a literal, never a name
+# from cpuplug.psci_abi, which guest and VMM share.
+
+
+def test_psci_abi_numbers_are_the_spec_literals() -> None:
+    # Guest and VMM share cpuplug.psci_abi, so a wrong number there would go unnoticed
+    # by every test that compares against the module's own names.
+    from cpuplug import psci_abi as p
+
+    assert (p.PSCI_VERSION, p.CPU_ON_64, p.CPU_OFF, p.AFFINITY_INFO_64) == (
+        0x8400_0000, 0xC400_0003, 0x8400_0002, 0xC400_0004,
+    )  # fmt: skip
+    assert (p.SYSTEM_OFF, p.SYSTEM_RESET, p.PSCI_FEATURES) == (
+        0x8400_0008,
+        0x8400_0009,
+        0x8400_000A,
+    )
+    assert p.PSCI_VERSION_1_1 == 0x0001_0001
+    codes = [
+        p.SUCCESS, p.NOT_SUPPORTED, p.INVALID_PARAMS, p.DENIED, p.ALREADY_ON, p.ON_PENDING,
+        p.INTERNAL_FAILURE, p.NOT_PRESENT, p.DISABLED, p.INVALID_ADDRESS,
+    ]  # fmt: skip
+    assert codes == [0, -1, -2, -3, -4, -5, -6, -7, -8, -9]
+    assert (p.AFFINITY_ON, p.AFFINITY_OFF, p.AFFINITY_ON_PENDING) == (0, 1, 2)
+
+
+@pytest.mark.slow
+def test_psci_codes_over_hvc(vmm: Callable[..., VmmProcess]) -> None:
+    """The real ``cpuplug vmm`` process; the probe kernel makes the HVCs on vCPU 0."""
+    probe = vmm("cpus=1,maxcpus=4").probe()
+    assert probe.hvc(0x8400_000A, 0x8400_0001) == -1  # PSCI_FEATURES(CPU_SUSPEND): unknown
+    assert probe.hvc(0x8400_000A, 0x1234_5678) == -1
+    assert probe.hvc(0x8400_000A, 0xC400_0003) == 0  # CPU_ON is implemented
+    assert probe.hvc(0xC400_0003, 0x10, 0x4000, 0) == -2  # MPIDR Aff0 = 16: no such vCPU
+    assert probe.hvc(0xC400_0003, 0x4, 0x4000, 0) == -2  # vCPU 4 with maxcpus=4
+    assert probe.hvc(0xC400_0003, 0x3, 0x4000, 0) == -3  # possible but unplugged: DENIED
+    assert probe.hvc(0xC400_0003, 0x0, 0x4000, 0) == -4  # the caller itself
+    assert probe.hvc(0xC400_0004, 0x0, 0) == 0  # AFFINITY_INFO: ON
+    assert probe.hvc(0xC400_0004, 0x3, 0) == 1  # OFF

@@ -12,21 +12,29 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from cpuplug.acpi.virt import MachineConfig
+from cpuplug.cli import main
+from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.qmp import JsonSplitter, ParseFault, QmpServer
+from cpuplug.vmm.sockpath import claim_socket_path
+from cpuplug.vmm.vsock import AgentChannelDevice, AgentChannelError
+from tests.harness.qmp_helpers import qmp_connect
 from tests.harness.vmm_test_kernel import ROOT, VmmProcess
 
 TIMEOUT = 15.0
@@ -375,3 +383,377 @@ def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str) ->
         assert os.listdir(workdir) == []  # nothing left behind
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- QMP wire: bad input
+# Regression tests for faults found by feeding the QMP socket what a careless or
+# hostile client would (QA, formerly tests/e2e/test_qa_bad_input.py). The server runs
+# in-process on a started machine; bytes go over a bare asyncio connection.
+
+WIRE_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short directory for unix sockets (``sun_path`` holds 107 bytes; tmp_path can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="qa", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def machine() -> Iterator[VirtMachine]:
+    vm = VirtMachine(MachineConfig.from_smp("cpus=1,maxcpus=4"))
+    vm.start()
+    yield vm
+    vm.shutdown()
+
+
+async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    await asyncio.wait_for(reader.readline(), WIRE_TIMEOUT)  # greeting
+    writer.write(b'{"execute": "qmp_capabilities"}\n')
+    assert b"return" in await asyncio.wait_for(reader.readline(), WIRE_TIMEOUT)
+    return reader, writer
+
+
+def _strict(line: bytes) -> dict[str, Any]:
+    """Parse a reply as a strict JSON client would (no NaN/Infinity)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    value: dict[str, Any] = json.loads(line, parse_constant=refuse)
+    return value
+
+
+def _qmp_exchange(vm: VirtMachine, path: str, data: bytes, replies: int) -> list[dict[str, Any]]:
+    """Send ``data`` raw on a negotiated connection; return the next ``replies`` replies."""
+    quits: list[bool] = []
+
+    async def go() -> list[dict[str, Any]]:
+        server = QmpServer(vm, path, on_quit=lambda: quits.append(True))
+        await server.start()
+        try:
+            reader, writer = await _open(path)
+            writer.write(data)
+            got = [
+                _strict(await asyncio.wait_for(reader.readline(), WIRE_TIMEOUT))
+                for _ in range(replies)
+            ]
+            writer.close()
+            await writer.wait_closed()
+            return got
+        finally:
+            await server.close()
+
+    got = asyncio.run(go())
+    assert not quits
+    return got
+
+
+def test_qmp_half_line_then_a_command_gets_an_error_and_the_command_runs(
+    machine: VirtMachine, sock_dir: Path
+) -> None:
+    """A raw newline inside a string used to swallow every later message: the client hung."""
+    got = _qmp_exchange(
+        machine,
+        str(sock_dir / "q"),
+        b'{"execute": "query-st\n{"execute": "query-status", "id": 2}\n',
+        2,
+    )
+    assert got[0]["error"]["desc"] == "JSON parse error, control character in string"
+    assert got[1] == {"return": {"status": "running", "running": True}, "id": 2}
+
+
+def test_qmp_duplicate_keys_are_refused_not_last_one_wins(
+    machine: VirtMachine, sock_dir: Path
+) -> None:
+    """Python's json keeps the last key: this message used to run ``quit``."""
+    got = _qmp_exchange(
+        machine,
+        str(sock_dir / "q"),
+        b'{"execute": "query-status", "execute": "quit"}\n{"execute": "query-status"}\n',
+        2,
+    )
+    assert got[0] == {
+        "error": {"class": "GenericError", "desc": "JSON parse error, duplicate key 'execute'"}
+    }
+    assert got[1] == {"return": {"status": "running", "running": True}}
+
+
+@pytest.mark.parametrize(
+    ("value", "desc"),
+    [
+        (b"1e999", "JSON parse error, number 1e999 is out of range"),
+        (b"NaN", "JSON parse error, invalid token 'NaN'"),
+        (b"-Infinity", "JSON parse error, invalid token '-Infinity'"),
+        (b"9" * 5000, "JSON parse error, integer of 5000 digits is too long"),
+    ],
+)
+def test_qmp_numbers_json_cannot_carry_are_errors_and_replies_stay_json(
+    machine: VirtMachine, sock_dir: Path, value: bytes, desc: str
+) -> None:
+    """``"id": 1e999`` used to be echoed as ``Infinity``: a reply no strict client parses."""
+    got = _qmp_exchange(
+        machine,
+        str(sock_dir / "q"),
+        b'{"execute": "query-status", "id": ' + value + b'}\n{"execute": "query-status"}\n',
+        2,
+    )
+    assert got[0] == {"error": {"class": "GenericError", "desc": desc}}
+    assert got[1] == {"return": {"status": "running", "running": True}}
+
+
+# ----------------------------------------------------------------------------- socket paths
+
+
+def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
+    machine: VirtMachine, sock_dir: Path
+) -> None:
+    """A failed start used to end in close() unlinking the path: the user's file was deleted."""
+    precious = sock_dir / "notes.txt"
+    precious.write_text("keep me")
+    folder = sock_dir / "dir"
+    folder.mkdir()
+
+    async def go(path: Path) -> str:
+        server = QmpServer(machine, path)
+        try:
+            with pytest.raises(UsageError) as info:
+                await server.start()
+        finally:
+            await server.close()  # used to raise IsADirectoryError for a directory
+        return str(info.value)
+
+    assert "is a file that is not a socket" in asyncio.run(go(precious))
+    assert precious.read_text() == "keep me"
+    assert "is a directory" in asyncio.run(go(folder))
+    assert folder.is_dir()
+
+
+def test_a_live_socket_is_not_stolen_but_a_stale_one_is_replaced(
+    machine: VirtMachine, sock_dir: Path
+) -> None:
+    """QEMU unlinks and rebinds a live path, cutting off the process that owns it."""
+    live = sock_dir / "live"
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale = sock_dir / "stale"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        owner.bind(str(live))
+        owner.listen(1)
+        dead.bind(str(stale))  # bound, never listening: what a crashed VMM leaves
+
+        async def go() -> None:
+            server = QmpServer(machine, live)
+            with pytest.raises(UsageError, match="in use by another process"):
+                await server.start()
+            await server.close()
+            other = QmpServer(machine, stale)
+            await other.start()
+            _reader, writer = await _open(str(stale))
+            writer.close()
+            await writer.wait_closed()
+            await other.close()
+
+        asyncio.run(go())
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with probe:
+            probe.connect(str(live))  # the owner still has its address
+        assert not stale.exists()  # ours was removed on close
+    finally:
+        owner.close()
+        dead.close()
+
+
+def test_vmm_refuses_paths_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    precious = tmp_path / "file"
+    precious.write_text("keep me")
+    base = ["vmm", "--smp", "cpus=1,maxcpus=2", "--kernel", "none"]
+    for qmp, agent, message in [
+        (precious, tmp_path / "a", "--qmp socket path"),
+        (tmp_path / "q", precious, "--agent socket path"),
+        (tmp_path / "q", tmp_path, "is a directory"),
+    ]:
+        assert main([*base, "--qmp", f"unix:{qmp}", "--agent", f"unix:{agent}"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert precious.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ----------------------------------------------------------------------------- docs/qmp.md
+# ``docs/qmp.md`` promises exact error texts for the JSON the server refuses and a
+# rule for socket paths; these run the live server against what the page says, so
+# the page cannot drift from the code (QA follow-up, formerly tests/e2e/test_qa_followups.py).
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "qmp.md"
+
+# What to send for each documented refusal (keyed by the start of its desc).
+STRICT_INPUTS = {
+    "JSON parse error, duplicate key": b'{"execute": "query-status", "execute": "quit"}\n',
+    "JSON parse error, invalid token": b'{"execute": "query-status", "id": NaN}\n',
+    "JSON parse error, number": b'{"execute": "query-status", "id": 1e999}\n',
+    "JSON parse error, integer of": b'{"execute": "query-status", "id": ' + b"7" * 1001 + b"}\n",
+    "JSON parse error, control character": b'{"execute": "query-st\n',
+}
+
+
+def _doc_section(title: str) -> str:
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(title)
+    end = text.find("\n#", start + len(title))
+    return text[start : end if end != -1 else len(text)]
+
+
+def _documented_strict_errors() -> list[str]:
+    rows = [line for line in _doc_section("### Strict JSON").splitlines() if line.startswith("| ")]
+    descs = [re.findall(r"`([^`]*)`", row.rsplit("|", 2)[1]) for row in rows[1:]]
+    return [d[0] for d in descs if d]
+
+
+def test_documented_strict_json_errors_are_what_the_server_says(
+    machine: VirtMachine, sock_dir: Path
+) -> None:
+    documented = _documented_strict_errors()
+    assert len(documented) == len(STRICT_INPUTS), documented
+    for desc in documented:
+        key = next(k for k in STRICT_INPUTS if desc.startswith(k))
+        data = STRICT_INPUTS[key]
+        # Afterwards a good command must still be served on the same connection.
+        got = _qmp_exchange(
+            machine, str(sock_dir / "q.sock"), data + b'{"execute": "query-status"}\n', 2
+        )
+        want = re.escape(desc).replace(r"\ N\ ", r"\ [0-9]+\ ")
+        assert "id" not in got[0], got
+        assert got[0]["error"]["class"] == "GenericError"
+        assert re.fullmatch(want, got[0]["error"]["desc"]), (desc, got[0])
+        assert got[1]["return"]["status"] == "running"
+
+
+def test_documented_finite_large_number_is_accepted(machine: VirtMachine, sock_dir: Path) -> None:
+    assert "(`1.5e308`), are accepted" in _doc_section("### Strict JSON")
+    got = _qmp_exchange(
+        machine, str(sock_dir / "q.sock"), b'{"execute": "query-status", "id": 1.5e308}\n', 1
+    )
+    assert got[0]["id"] == 1.5e308 and "return" in got[0]
+
+
+@pytest.fixture
+def live(sock_dir: Path) -> Iterator[Path]:
+    path = sock_dir / "live.sock"
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owner.bind(str(path))
+    owner.listen(1)
+    yield path
+    owner.close()
+
+
+def test_documented_socket_rule_is_shared_by_qmp_and_agent(live: Path, sock_dir: Path) -> None:
+    section = _doc_section("## Socket paths")
+    assert "`--qmp socket PATH is in use by another process`" in section
+    with pytest.raises(UsageError, match=f"^--qmp socket {live} is in use by another process$"):
+        claim_socket_path(str(live), "--qmp")
+    dev = AgentChannelDevice(live)
+    with pytest.raises(AgentChannelError, match=f"^agent socket {live} is in use"):
+        dev.start()
+    dev.close()
+    assert live.exists()
+    stale = sock_dir / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(stale))
+    claim_socket_path(str(stale), "--qmp")  # stale: removed, as documented
+    assert not stale.exists()
+    (sock_dir / "file").write_text("mine")
+    with pytest.raises(UsageError, match="a file that is not a socket; refusing to replace it"):
+        claim_socket_path(str(sock_dir / "file"), "--qmp")
+
+
+# ----------------------------------------------------- docs/contract.md §1, §7 literally
+# Written from the contract's text (spec-coverage audit, formerly
+# tests/e2e/test_spec_coverage.py), over the wire against the real process.
+
+
+@pytest.mark.slow
+def test_query_cpus_fast_lists_plugged_vcpus_each_with_its_own_host_thread(
+    vmm: Callable[..., VmmProcess],
+) -> None:
+    process = vmm("cpus=2,maxcpus=4")
+
+    async def go() -> None:
+        client = await qmp_connect(process.qmp_path, "spec-coverage")
+        await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c3", "core-id": 3})
+        cpus: list[dict[str, Any]] = await client.execute("query-cpus-fast")  # type: ignore[assignment]
+        hot: list[dict[str, Any]] = await client.execute("query-hotpluggable-cpus")  # type: ignore[assignment]
+        await client.disconnect()
+        assert [c["cpu-index"] for c in cpus] == [0, 1, 3]  # plugged only, unplugged 2 absent
+        by_core = {h["props"]["core-id"]: h for h in hot}
+        for cpu in cpus:
+            assert set(cpu) >= {"cpu-index", "qom-path", "thread-id", "props", "target"}
+            assert cpu["target"] == "aarch64"
+            assert cpu["props"] == by_core[cpu["cpu-index"]]["props"]
+            assert cpu["qom-path"] == by_core[cpu["cpu-index"]]["qom-path"]
+        assert by_core[3]["qom-path"] == "/machine/peripheral/c3"
+        threads = [c["thread-id"] for c in cpus]
+        assert len(set(threads)) == 3  # one host thread per plugged vCPU
+        assert set(threads) <= process.task_ids() - {process.pid}
+
+    asyncio.run(go())
+
+
+class _RawQmp:
+    """A bare QMP socket: what a client other than qemu.qmp may send (any JSON ``id``)."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rb")
+        self.greeting = json.loads(self.file.readline())
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply: dict[str, Any] = json.loads(self.file.readline())
+            if "event" not in reply:
+                return reply
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_any_json_id_is_echoed_and_props_must_be_json_integers(
+    vmm: Callable[..., VmmProcess],
+) -> None:
+    process = vmm("cpus=1,maxcpus=4")
+    qmp = _RawQmp(process.qmp_path)
+    try:
+        assert set(qmp.greeting) == {"QMP"}
+        assert set(qmp.greeting["QMP"]) == {"version", "capabilities"}
+        assert qmp.greeting["QMP"]["capabilities"] == []
+        assert qmp.call({"execute": "qmp_capabilities", "id": 7}) == {"return": {}, "id": 7}
+        for id_ in ({"a": [1, None]}, [3], 2.5, "x"):
+            ok = qmp.call({"execute": "query-status", "id": id_})
+            assert ok["id"] == id_ and "return" in ok
+            bad = qmp.call({"execute": "no-such-command", "id": id_})
+            assert bad["id"] == id_ and bad["error"]["class"] == "CommandNotFound"
+        for value in (True, 1.0, "1", None, [1]):
+            reply = qmp.call(
+                {
+                    "execute": "device_add",
+                    "arguments": {"driver": "max-arm-cpu", "id": "c", "core-id": value},
+                }
+            )
+            assert reply["error"]["class"] == "GenericError", value
+            assert "core-id" in reply["error"]["desc"], value
+        hot = qmp.call({"execute": "query-hotpluggable-cpus"})["return"]
+        assert [("qom-path" in h) for h in hot] == [False, False, False, True]  # nothing plugged
+        added = {"driver": "max-arm-cpu", "id": "c", "core-id": 1}
+        assert qmp.call({"execute": "device_add", "arguments": added}) == {"return": {}}
+    finally:
+        qmp.close()

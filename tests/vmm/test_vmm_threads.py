@@ -9,6 +9,7 @@ read from ``/proc/<vmm pid>/task`` (docs/contract.md §1: a host thread per plug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -239,3 +240,89 @@ def test_tables_in_guest_ram_equal_cpuplug_acpi_tables(
     )  # fmt: skip
     files = {p.stem: p.read_bytes() for p in tmp_path.glob("*.dat")}
     assert found == files
+
+
+# ---------------------------------------------------- docs/contract.md §1, §4, §7 literally
+# Written from the contract's text (spec-coverage audit, formerly
+# tests/e2e/test_spec_coverage.py): addresses and bits are literals, never
+# cpuplug.acpi.virt's names for them.
+
+SPEC_CPUHP = 0x090C_0000  # §1: CPU hotplug block
+SPEC_GED = 0x0908_0000  # §1: GED event selector
+
+
+def _check_timestamp(event: dict[str, Any], since: float) -> None:
+    stamp = event["timestamp"]
+    assert set(stamp) == {"seconds", "microseconds"}
+    assert isinstance(stamp["seconds"], int) and isinstance(stamp["microseconds"], int)
+    assert 0 <= stamp["microseconds"] < 1_000_000
+    when = stamp["seconds"] + stamp["microseconds"] / 1e6
+    assert since - 1 <= when <= time.time() + 1  # wall-clock time of the event
+
+
+@pytest.mark.slow
+def test_device_del_raises_the_ged_event_and_every_event_carries_a_timestamp(
+    vmm: Callable[..., VmmProcess],
+) -> None:
+    process = vmm("cpus=1,maxcpus=4")
+    probe = process.probe()
+    since = time.time()
+
+    async def go() -> None:
+        client = await qmp_connect(process.qmp_path, "spec-coverage")
+        await client.execute("device_add", {"driver": "max-arm-cpu", "id": "c2", "core-id": 2})
+        assert probe.load(SPEC_GED, 4) == 0x8 and probe.load(SPEC_GED, 4) == 0  # read clears
+        probe.irqs()
+        probe.store(SPEC_CPUHP, 4, 2)
+        probe.store(SPEC_CPUHP + 4, 1, 0x02)  # OSPM clears the insert
+        # device_del returns at once (nobody has ejected yet), marks remove pending and
+        # raises the CPU-hotplug GED event with an edge on GSI 41.
+        assert await client.execute("device_del", {"id": "c2"}) == {}
+        assert probe.load(SPEC_CPUHP + 4, 1) & 0x04
+        assert probe.load(SPEC_GED, 4) == 0x8 and probe.load(SPEC_GED, 4) == 0
+        deadline = time.monotonic() + TIMEOUT
+        irqs: list[int] = []
+        while 41 not in irqs and time.monotonic() < deadline:
+            irqs += probe.irqs()
+        assert 41 in irqs
+        probe.store(SPEC_CPUHP + 5, 1, 1)  # cmd 1: OST event
+        probe.store(SPEC_CPUHP + 8, 4, 3)
+        probe.store(SPEC_CPUHP + 5, 1, 2)  # cmd 2: OST status, emits ACPI_DEVICE_OST
+        probe.store(SPEC_CPUHP + 8, 4, 0x84)
+        ost = await next_event(client, "ACPI_DEVICE_OST")
+        assert ost["data"] == {
+            "info": {"device": "c2", "slot": "2", "slot-type": "CPU", "source": 3, "status": 0x84}
+        }
+        _check_timestamp(ost, since)
+        probe.store(SPEC_CPUHP + 4, 1, 0x08)  # eject
+        deleted = await next_event(client, "DEVICE_DELETED")
+        assert deleted["data"] == {"device": "c2", "path": "/machine/peripheral/c2"}
+        _check_timestamp(deleted, since)
+        await client.execute("quit")
+        shutdown = await next_event(client, "SHUTDOWN")
+        _check_timestamp(shutdown, since)
+        with contextlib.suppress(EOFError):  # the VMM hung up after quit, as QEMU does
+            await client.disconnect()
+
+    asyncio.run(go())
+    assert process.wait() == 0
+
+
+@pytest.mark.slow
+def test_memory_map_of_spec_1_as_the_guest_sees_it(vmm: Callable[..., VmmProcess]) -> None:
+    # 130 possible vCPUs so that vCPU 123 lives in the second redistributor region.
+    probe = vmm("cpus=1,maxcpus=130").probe()
+    ram_end = 0x4000_0000 + 256 * 1024 * 1024  # RAM at 0x4000_0000, 256 MiB by default
+    probe.store(ram_end - 8, 8, 0x1122_3344_5566_7788)
+    assert probe.load(ram_end - 8, 8) == 0x1122_3344_5566_7788
+    probe.store(ram_end, 4, 0x55)  # past RAM: nothing there, reads as zero
+    assert probe.load(ram_end, 4) == 0
+    assert probe.load(0x0800_0000 + 0xFFE8, 4) >> 4 & 0xF == 3  # GICD: GICv3 PIDR2.ArchRev
+    for index, frame in ((0, 0x080A_0000), (122, 0x080A_0000 + 122 * 0x2_0000), (123, 1 << 38)):
+        affinity = probe.load(frame + 0x8 + 4, 4)  # GICR_TYPER[63:32] = the vCPU's affinity
+        assert affinity == ((index // 16) << 8) | (index % 16), index
+    assert probe.load(0x0908_0000, 4) == 0  # GED selector: nothing pending
+    probe.store(0x090C_0000, 4, 0)  # CPU hotplug block: vCPU 0 is enabled and present
+    assert probe.load(0x090C_0004, 1) == 0x21
+    probe.store(0x090C_0000, 4, 129)
+    assert probe.load(0x090C_0004, 1) == 0x20  # possible, not plugged: present only
