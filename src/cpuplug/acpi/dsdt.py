@@ -50,7 +50,6 @@ from cpuplug.acpi.aml.builder import (
     NameRef,
     Node,
     Notify,
-    Offset,
     One,
     OperationRegion,
     Package,
@@ -64,17 +63,28 @@ from cpuplug.acpi.aml.builder import (
     TableIds,
     While,
     Zero,
-    field_layout,
 )
+from cpuplug.acpi.aml.nodes import FieldElement
 from cpuplug.acpi.aml.opcodes import ACCESS_TYPES, REGION_SPACES, UPDATE_RULES
 from cpuplug.acpi.errors import AmlError
+from cpuplug.cpuhp_abi import (
+    CMD_GET_NEXT_EVENT,
+    CMD_OST_EVENT,
+    CMD_OST_STATUS,
+    FLAG_PRESENT,
+    GED_EVT_CPU_HOTPLUG,
+    GED_EVT_PWR_DOWN,
+    NOTIFY_POWER_BUTTON,
+    PRES_FIELDS,
+    CpuSta,
+    OstSource,
+    PresField,
+)
 
 __all__ = [
     "CPU_SCAN_METHOD",
     "CPU_STATUS_METHOD",
     "DSDT_IDS",
-    "GED_EVENT_CPU_HOTPLUG",
-    "GED_EVENT_POWER_DOWN",
     "build_dsdt",
     "cpu_device_name",
     "cpus_device",
@@ -92,17 +102,24 @@ CPU_SCAN_METHOD = CPUS_PATH + ".CSCN"
 CPU_STATUS_METHOD = CPUS_PATH + ".CSTA"
 PWRB_PATH = "\\_SB.PWRB"
 
-GED_EVENT_POWER_DOWN = 0x2
-GED_EVENT_CPU_HOTPLUG = 0x8
-
 CNEW_SIZE = 255
 """QEMU's batch: an ACPI 1.0 Package(255) of vCPUs found with a pending insert."""
 
-# CSTA answers (ACPI _STA bits: present 0, enabled 1, shown in UI 2, functioning 3)
-STA_ENABLED = 0x0F
-STA_PRESENT_DISABLED = 0x0D
-
 _SYSTEM_MEMORY = REGION_SPACES["SystemMemory"]
+
+_FIELD_ACCESS = {
+    1: (ACCESS_TYPES["ByteAcc"], UPDATE_RULES["WriteAsZeros"]),
+    4: (ACCESS_TYPES["DWordAcc"], UPDATE_RULES["Preserve"]),
+}
+"""Register width -> (access type, update rule) of the Field that holds its fields.
+
+QEMU's choices: the flags are written one bit at a time and every other bit that
+reads as 1 would act when written back (eject!), so that Field writes zeros
+around the bit; the 32-bit registers are always written whole.
+"""
+
+_PRES_NAMES = frozenset(f.name for f in PRES_FIELDS)
+"""The field names the CPU methods may use: a typo fails the build, not the guest."""
 
 
 class _Config(Protocol):
@@ -123,7 +140,37 @@ def cpu_device_name(index: int) -> str:
 
 
 def _int(value: int) -> Integer:
-    return Integer(value)
+    return Integer(int(value))  # a plain int, never the enum member it may come from
+
+
+def _pres_fields(*, present_bit: bool) -> tuple[Field, ...]:
+    """The register block's Fields, built from ``cpuhp_abi.PRES_FIELDS``.
+
+    One Field per access width, in ascending width (QEMU's order: the byte-wide
+    flags and command, then the 32-bit selector and data), each field at its
+    declared bit position with reserved runs over the gaps.
+    """
+    fields = [f for f in PRES_FIELDS if present_bit or f.flag != FLAG_PRESENT]
+    out: list[Field] = []
+    for width in sorted({f.width for f in fields}):
+        access, update = _FIELD_ACCESS[width]
+        group = sorted((f for f in fields if f.width == width), key=lambda f: f.first_bit)
+        elements = _field_elements(group)
+        out.append(Field("PRST", elements, access, False, update))
+    return tuple(out)
+
+
+def _field_elements(fields: list[PresField]) -> tuple[FieldElement, ...]:
+    elements: list[FieldElement] = []
+    bit = 0
+    for f in fields:
+        if f.first_bit < bit:
+            raise AmlError(f"register field {f.name} overlaps the one before it")
+        if f.first_bit > bit:
+            elements.append(ReservedField(f.first_bit - bit))
+        elements.append(NamedField(f.name, f.bits))
+        bit = f.first_bit + f.bits
+    return tuple(elements)
 
 
 def pres_device(
@@ -134,9 +181,6 @@ def pres_device(
     present_bit: bool = True,
 ) -> Device:
     """``\\_SB.PRES``: the register block of docs/contract.md §3 as fields, and the lock CPLK."""
-    flags = [("CPEN", 1), ("CINS", 1), ("CRMV", 1), ("CEJ0", 1), ("CEJF", 1)]
-    if present_bit:
-        flags.append(("CPRS", 1))
     return Device(
         path,
         (
@@ -145,20 +189,7 @@ def pres_device(
             Mutex("CPLK", 0),
             Name("_CRS", ResourceTemplate(Memory32Fixed(base, length))),
             OperationRegion("PRST", _SYSTEM_MEMORY, _int(base), _int(length)),
-            Field(
-                "PRST",
-                field_layout([Offset(4), *flags, Offset(5), ("CCMD", 8)]),
-                ACCESS_TYPES["ByteAcc"],
-                False,
-                UPDATE_RULES["WriteAsZeros"],
-            ),
-            Field(
-                "PRST",
-                (NamedField("CSEL", 32), ReservedField(32), NamedField("CDAT", 32)),
-                ACCESS_TYPES["DWordAcc"],
-                False,
-                UPDATE_RULES["Preserve"],
-            ),
+            *_pres_fields(present_bit=present_bit),
         ),
     )
 
@@ -183,9 +214,11 @@ def cpus_device(
         raise AmlError(f"cannot describe {count} vCPUs")
 
     def reg(field: str) -> NameRef:
+        if field not in _PRES_NAMES:
+            raise AmlError(f"{field} is not a field of the CPU hotplug register block")
         return NameRef(f"{res}.{field}")
 
-    lock = reg("CPLK")
+    lock = NameRef(f"{res}.CPLK")
     acquire = Acquire(lock, 0xFFFF)
     release = Release(lock)
 
@@ -205,17 +238,19 @@ def cpus_device(
         status.append(
             If(
                 LEqual(reg("CPEN"), One),
-                (Store(_int(STA_ENABLED), Local(0)),),
+                (Store(_int(CpuSta.PRESENT_ENABLED), Local(0)),),
                 (
                     If(
                         LEqual(reg("CPRS"), One),
-                        (Store(_int(STA_PRESENT_DISABLED), Local(0)),),
+                        (Store(_int(CpuSta.PRESENT_DISABLED), Local(0)),),
                     ),
                 ),
             )
         )
     else:
-        status.append(If(LEqual(reg("CPEN"), One), (Store(_int(STA_ENABLED), Local(0)),)))
+        status.append(
+            If(LEqual(reg("CPEN"), One), (Store(_int(CpuSta.PRESENT_ENABLED), Local(0)),))
+        )
     csta = Method(
         "CSTA",
         1,
@@ -244,9 +279,9 @@ def cpus_device(
         (
             acquire,
             Store(Arg(0), reg("CSEL")),
-            Store(One, reg("CCMD")),
+            Store(_int(CMD_OST_EVENT), reg("CCMD")),
             Store(Arg(1), reg("CDAT")),
-            Store(_int(2), reg("CCMD")),
+            Store(_int(CMD_OST_STATUS), reg("CCMD")),
             Store(Arg(2), reg("CDAT")),
             release,
         ),
@@ -296,7 +331,7 @@ def _scan_body(count: int, reg: _RegFn, remove_after_insert: bool) -> tuple[Node
         (
             Store(Zero, has_event),
             Store(uid, reg("CSEL")),
-            Store(Zero, reg("CCMD")),  # command 0: next vCPU with an event, from uid
+            Store(_int(CMD_GET_NEXT_EVENT), reg("CCMD")),  # next vCPU with an event, from uid
             If(LLess(reg("CDAT"), uid), (Break(),)),  # wrapped around: scan done
             If(LEqual(num_added, _int(CNEW_SIZE)), (Store(One, has_job), Break())),
             Store(reg("CDAT"), uid),
@@ -307,7 +342,7 @@ def _scan_body(count: int, reg: _RegFn, remove_after_insert: bool) -> tuple[Node
                     If(
                         LEqual(reg("CRMV"), One),
                         (
-                            MethodCall("CTFY", (uid, _int(3))),
+                            MethodCall("CTFY", (uid, _int(OstSource.EJECT_REQUEST))),
                             Store(One, reg("CRMV")),
                             Store(One, has_event),
                         ),
@@ -321,7 +356,7 @@ def _scan_body(count: int, reg: _RegFn, remove_after_insert: bool) -> tuple[Node
         LLess(idx, num_added),
         (
             Store(DerefOf(Index(cnew, idx)), uid),
-            MethodCall("CTFY", (uid, One)),
+            MethodCall("CTFY", (uid, _int(OstSource.DEVICE_CHECK))),
             Store(uid, Debug()),
             Store(uid, reg("CSEL")),
             Store(One, reg("CINS")),  # clear the insert event
@@ -384,10 +419,11 @@ def ged_device(
     events: list[Node] = []
     sel = Local(0)
     if power_button is not None:
-        bit = _int(GED_EVENT_POWER_DOWN)
-        events.append(If(LEqual(And(sel, bit), bit), (Notify(NameRef(power_button), _int(0x80)),)))
+        bit = _int(GED_EVT_PWR_DOWN)
+        notify = Notify(NameRef(power_button), _int(NOTIFY_POWER_BUTTON))
+        events.append(If(LEqual(And(sel, bit), bit), (notify,)))
     if cpu_scan is not None:
-        bit = _int(GED_EVENT_CPU_HOTPLUG)
+        bit = _int(GED_EVT_CPU_HOTPLUG)
         events.append(If(LEqual(And(sel, bit), bit), (MethodCall(cpu_scan, ()),)))
     return Device(
         "GED",

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cpuplug import cpuhp_abi
 from cpuplug.acpi import tables
 from cpuplug.errors import UsageError
 
@@ -47,7 +48,7 @@ GED_GSI = 32 + GED_SPI  # 41, edge-triggered
 
 CPUHP_BASE = 0x090C_0000
 """CPU hotplug register block (docs/contract.md §3)."""
-CPUHP_SIZE = 12
+CPUHP_SIZE = cpuhp_abi.BLOCK_SIZE
 
 AGENT_CHANNEL_BASE = 0x0A00_0000
 """The agent channel device (virtio-vsock's role); described in the DSDT."""

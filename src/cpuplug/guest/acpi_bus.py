@@ -45,30 +45,20 @@ from cpuplug.acpi.aml.resources import Interrupt, parse_resources
 from cpuplug.acpi.errors import AcpiError
 from cpuplug.acpi.interp import Interpreter
 from cpuplug.agent_protocol import EventName
+from cpuplug.cpuhp_abi import (
+    NOTIFY_POWER_BUTTON,
+    STA_BIT_ENABLED,
+    STA_BIT_FUNCTIONING,
+    STA_BIT_PRESENT,
+    STA_DEFAULT,
+    OstEjectStatus,
+    OstSource,
+    OstStatus,
+)
 from cpuplug.guest.boot import FirmwareTables
 from cpuplug.guest.cpu import CpuHotplugError, CpuManager
 from cpuplug.guest.klog import KernelLog, Uevents
 from cpuplug.hw import PhysicalAddressSpace
-
-# _STA bits (ACPI 6.5 §6.3.7)
-STA_PRESENT = 0x01
-STA_ENABLED = 0x02
-STA_FUNCTIONING = 0x08
-STA_DEFAULT = 0x0F
-
-# Notify values (ACPI 6.5 §5.6.6)
-NOTIFY_BUS_CHECK = 0x00
-NOTIFY_DEVICE_CHECK = 0x01
-NOTIFY_EJECT_REQUEST = 0x03
-NOTIFY_POWER_BUTTON = 0x80
-
-# _OST source event codes and status codes (include/linux/acpi.h)
-OST_EC_OSPM_EJECT = 0x103
-OST_SC_SUCCESS = 0x00
-OST_SC_NON_SPECIFIC_FAILURE = 0x01
-OST_SC_EJECT_NOT_SUPPORTED = 0x80
-OST_SC_DEVICE_BUSY = 0x82
-OST_SC_EJECT_IN_PROGRESS = 0x84
 
 HID_PROCESSOR = "ACPI0007"
 HID_GED = "ACPI0013"
@@ -200,8 +190,8 @@ class AcpiBus:
         value = self.interp.evaluate(path + "._STA")
         if not isinstance(value, int):
             raise AcpiError(f"{path}._STA returned {type(value).__name__}")
-        if value & STA_ENABLED and not value & STA_PRESENT:
-            value &= ~(STA_ENABLED | STA_FUNCTIONING)
+        if value & STA_BIT_ENABLED and not value & STA_BIT_PRESENT:
+            value &= ~(STA_BIT_ENABLED | STA_BIT_FUNCTIONING)
         return value
 
     @staticmethod
@@ -219,13 +209,13 @@ class AcpiBus:
         if not self.interp.exists(path + "._OST"):
             return
         try:
-            self.interp.evaluate(path + "._OST", source, status, b"")
+            self.interp.evaluate(path + "._OST", int(source), int(status), b"")
         except AcpiError as exc:
             self.log.warn(f"ACPI: {path}: _OST failed: {exc}")
             return
         dev = self.devices.get(path)
         cpu = dev.cpu if dev is not None and dev.cpu is not None else -1
-        self.events.emit(EventName.OST_SENT, cpu=cpu, source=source, status=status)
+        self.events.emit(EventName.OST_SENT, cpu=cpu, source=int(source), status=int(status))
 
     # ------------------------------------------------------------------- scan
 
@@ -246,7 +236,7 @@ class AcpiBus:
             except AcpiError as exc:
                 self.log.warn(f"ACPI: {path}: _STA failed: {exc}")
                 continue
-            if not sta & (STA_PRESENT | STA_FUNCTIONING):
+            if not sta & (STA_BIT_PRESENT | STA_BIT_FUNCTIONING):
                 continue
             dev = self.devices.get(path)
             if dev is None:
@@ -293,7 +283,7 @@ class AcpiBus:
 
     def _processor_add(self, dev: AcpiDevice, sta: int) -> None:
         """``acpi_processor_add``: -ENODEV unless Enabled; else register the CPU (once)."""
-        if not sta & STA_ENABLED:
+        if not sta & STA_BIT_ENABLED:
             return
         if dev.cpu is None:
             self.log.err(f"ACPI: {dev.path}: Unable to map CPU to valid ID")
@@ -370,14 +360,14 @@ class AcpiBus:
         with self._irq_lock:
             immediate, self._immediate_ost = self._immediate_ost, []
         for path, value in immediate:
-            self.ost(path, value, OST_SC_NON_SPECIFIC_FAILURE)
+            self.ost(path, value, OstStatus.NON_SPECIFIC_FAILURE)
 
     # ---------------------------------------------------------------- Notify
 
     def _notify(self, path: str, value: int) -> None:
         """``acpi_bus_notify``: runs right after the AML method that issued the Notify."""
         dev = self.devices.get(path)
-        if value in (NOTIFY_BUS_CHECK, NOTIFY_DEVICE_CHECK, NOTIFY_EJECT_REQUEST):
+        if value in (OstSource.BUS_CHECK, OstSource.DEVICE_CHECK, OstSource.EJECT_REQUEST):
             if dev is None:
                 with self._irq_lock:
                     self._immediate_ost.append((path, value))
@@ -394,7 +384,7 @@ class AcpiBus:
         with self._irq_lock:
             immediate, self._immediate_ost = self._immediate_ost, []
         for path, value in immediate:
-            self.ost(path, value, OST_SC_NON_SPECIFIC_FAILURE)
+            self.ost(path, value, OstStatus.NON_SPECIFIC_FAILURE)
 
     def queue_work(self, fn: Callable[[], None]) -> None:
         """Append to ``kacpi_hotplug`` (ordered: one item at a time, FIFO)."""
@@ -419,35 +409,35 @@ class AcpiBus:
                     self.worker_busy.clear()
 
     def _hotplug_event(self, dev: AcpiDevice, value: int) -> None:
-        if value in (NOTIFY_EJECT_REQUEST, OST_EC_OSPM_EJECT):
+        if value in (OstSource.EJECT_REQUEST, OstSource.OSPM_EJECT):
             self._eject(dev, value)
             return
         try:
             with self.cpus.hotplug_locked():
-                self._device_check(dev, bus_check=value == NOTIFY_BUS_CHECK)
-            status = OST_SC_SUCCESS
+                self._device_check(dev, bus_check=value == OstSource.BUS_CHECK)
+            status = OstStatus.SUCCESS
         except (AcpiError, CpuHotplugError) as exc:
             self.log.warn(f"ACPI: {dev.path}: device check failed: {exc}")
-            status = OST_SC_NON_SPECIFIC_FAILURE
+            status = OstStatus.NON_SPECIFIC_FAILURE
         self.ost(dev.path, value, status)
 
     def _device_check(self, dev: AcpiDevice, *, bus_check: bool) -> None:
         """``acpi_scan_device_check`` / ``acpi_scan_bus_check``."""
         sta = self.sta(dev.path)
-        if dev.attached and not sta & STA_ENABLED:
+        if dev.attached and not sta & STA_BIT_ENABLED:
             # acpi_scan_check_subtree: a surprise "removal" by Device Check only drops
             # the binding; the processor driver has no .detach, so cpuN stays.
             dev.attached = False
             self.log.warn(f"ACPI: {dev.path}: no longer enabled; use an eject request to remove")
             return
-        if not sta & (STA_PRESENT | STA_FUNCTIONING):
+        if not sta & (STA_BIT_PRESENT | STA_BIT_FUNCTIONING):
             return
         if dev.attached and not bus_check:
             self.log.printk(f"ACPI: {dev.path}: Already enumerated", 7)
             return
         self.scan(dev.path if bus_check else dev.parent)
 
-    def _eject(self, dev: AcpiDevice, source: int = NOTIFY_EJECT_REQUEST) -> None:
+    def _eject(self, dev: AcpiDevice, source: int = OstSource.EJECT_REQUEST) -> None:
         """``acpi_scan_hot_remove`` for a processor, final ``_OST`` included.
 
         ``source`` is 0x03 for a Notify, 0x103 for an eject written to sysfs;
@@ -456,24 +446,24 @@ class AcpiBus:
         path = dev.path
         if dev.hid == HID_PROCESSOR and not self.processor_hotplug_enabled:
             self.log.info(f"ACPI: {path}: Eject disabled")
-            self.ost(path, source, OST_SC_EJECT_NOT_SUPPORTED)
+            self.ost(path, source, OstEjectStatus.NOT_SUPPORTED)
             return
         if not self.interp.exists(path + "._EJ0"):
-            self.ost(path, source, OST_SC_EJECT_NOT_SUPPORTED)
+            self.ost(path, source, OstEjectStatus.NOT_SUPPORTED)
             return
-        self.ost(path, NOTIFY_EJECT_REQUEST, OST_SC_EJECT_IN_PROGRESS)
-        status = OST_SC_SUCCESS
+        self.ost(path, OstSource.EJECT_REQUEST, OstEjectStatus.IN_PROGRESS)
+        status: int = OstStatus.SUCCESS
         try:
             with self.cpus.hotplug_locked():
                 status = self._eject_locked(dev)
         except CpuHotplugError as exc:
             self.log.warn(f"ACPI: {path}: eject failed: {exc}")
-            status = OST_SC_NON_SPECIFIC_FAILURE
+            status = OstStatus.NON_SPECIFIC_FAILURE
         self.ost(path, source, status)
 
     def request_eject(self, dev: AcpiDevice) -> None:
         """``eject_store``: writing 1 to ``/sys/bus/acpi/devices/<dev>/eject`` (source 0x103)."""
-        self.queue_work(lambda: self._hotplug_event(dev, OST_EC_OSPM_EJECT))
+        self.queue_work(lambda: self._hotplug_event(dev, OstSource.OSPM_EJECT))
 
     def _eject_locked(self, dev: AcpiDevice) -> int:
         path = dev.path
@@ -483,30 +473,30 @@ class AcpiBus:
             except CpuHotplugError as exc:
                 self.log.warn(f"ACPI: {path}: Offline failed.")
                 if exc.errno == errno.EBUSY:
-                    return OST_SC_DEVICE_BUSY
-                return OST_SC_NON_SPECIFIC_FAILURE
+                    return OstEjectStatus.DEVICE_BUSY
+                return OstStatus.NON_SPECIFIC_FAILURE
         try:
             self.interp.evaluate(path + "._EJ0", 1)
         except AcpiError as exc:
             self.log.warn(f"ACPI: {path}: _EJ0 failed: {exc}")
-            return OST_SC_NON_SPECIFIC_FAILURE
+            return OstStatus.NON_SPECIFIC_FAILURE
         try:
             sta = self.sta(path)
         except AcpiError as exc:
             self.log.warn(f"ACPI: {path}: Status check after eject failed ({exc})")
-            return OST_SC_SUCCESS
-        if sta & STA_ENABLED:
+            return OstStatus.SUCCESS
+        if sta & STA_BIT_ENABLED:
             self.log.warn(f"ACPI: {path}: Eject incomplete - status 0x{sta:x}")
             if dev.cpu is not None:
                 self.events.emit(EventName.EJECT_INCOMPLETE, cpu=dev.cpu)
-            return OST_SC_SUCCESS
+            return OstStatus.SUCCESS
         # acpi_processor_post_eject → arch_unregister_cpu
-        if not sta & STA_PRESENT:
+        if not sta & STA_BIT_PRESENT:
             self.log.warn("Changing CPU present bit is not supported")
         dev.attached = False
         if dev.cpu is not None:
             self.cpus.unregister(dev.cpu)
-        return OST_SC_SUCCESS
+        return OstStatus.SUCCESS
 
     def _power_button(self) -> None:
         self.log.info("ACPI: button: power button pressed; powering off")

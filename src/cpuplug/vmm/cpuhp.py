@@ -4,6 +4,8 @@ Twelve little-endian bytes of MMIO through which the guest's AML (``\\_SB.PRES``
 fields CSEL/CPEN/CINS/CRMV/CEJ0/CEJF/CPRS/CCMD/CDAT, driven by ``\\_SB.CPUS``
 methods) learns which vCPU slots have pending insert/remove events, acknowledges
 them, ejects vCPUs and reports ``_OST`` results back to the host.
+The offsets, flag bits and commands are :mod:`cpuplug.cpuhp_abi`'s, the module
+the DSDT builds those fields from; this one is only their behaviour.
 
 The register semantics follow QEMU's ``cpu_hotplug_rd``/``cpu_hotplug_wr``
 (hw/acpi/cpu.c) exactly, because the AML that QEMU generates -- and that our
@@ -45,25 +47,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cpuplug.acpi.virt import CPUHP_SIZE
+from cpuplug.cpuhp_abi import (
+    CMD_GET_CPU_ID,
+    CMD_GET_NEXT_EVENT,
+    CMD_OST_EVENT,
+    CMD_OST_STATUS,
+    COMMANDS,
+    FLAG_EJECT,
+    FLAG_ENABLED,
+    FLAG_FW_REMOVE,
+    FLAG_INSERT,
+    FLAG_PRESENT,
+    FLAG_REMOVE,
+    OFFSET_COMMAND,
+    OFFSET_DATA,
+    OFFSET_DATA2,
+    OFFSET_FLAGS,
+    OFFSET_SELECTOR,
+)
 from cpuplug.errors import CpuplugError
 
 __all__ = [
     "BOOT_CPU_INDEX",
-    "CMD_GET_CPU_ID",
-    "CMD_GET_NEXT_EVENT",
-    "CMD_OST_EVENT",
-    "CMD_OST_STATUS",
-    "FLAG_EJECT",
-    "FLAG_ENABLED",
-    "FLAG_FW_REMOVE",
-    "FLAG_INSERT",
-    "FLAG_PRESENT",
-    "FLAG_REMOVE",
-    "OFFSET_COMMAND",
-    "OFFSET_DATA",
-    "OFFSET_DATA2",
-    "OFFSET_FLAGS",
-    "OFFSET_SELECTOR",
     "CpuHotplugBlock",
     "CpuHotplugError",
     "OstInfo",
@@ -71,28 +76,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-# Register offsets (docs/contract.md §3).
-OFFSET_SELECTOR = 0x0  # write: selector; read: command data 2
-OFFSET_DATA2 = 0x0
-OFFSET_FLAGS = 0x4  # read: status flags; write: control flags
-OFFSET_COMMAND = 0x5  # write: command
-OFFSET_DATA = 0x8  # read/write: command data
-
-# Flag bits at offset 4.
-FLAG_ENABLED = 0x01
-FLAG_INSERT = 0x02
-FLAG_REMOVE = 0x04
-FLAG_EJECT = 0x08  # write only
-FLAG_FW_REMOVE = 0x10
-FLAG_PRESENT = 0x20  # read only
-
-# Commands written at offset 5.
-CMD_GET_NEXT_EVENT = 0
-CMD_OST_EVENT = 1
-CMD_OST_STATUS = 2
-CMD_GET_CPU_ID = 3
-_CMD_MAX = 4
 
 _U32 = 0xFFFF_FFFF
 BOOT_CPU_INDEX = 0
@@ -268,7 +251,7 @@ class CpuHotplugBlock:
         return None
 
     def _command_locked(self, value: int) -> None:
-        if value >= _CMD_MAX:
+        if value not in COMMANDS:
             return
         self._command = value
         if value != CMD_GET_NEXT_EVENT:

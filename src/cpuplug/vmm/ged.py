@@ -3,7 +3,8 @@
 A hardware-reduced ACPI machine has no GPE block, so the host tells the guest
 "something happened" by OR-ing a bit into a 32-bit selector and pulsing an edge
 interrupt (GSI 41). The guest's ``\\_SB.GED._EVT`` reads the selector (``ESEL``),
-which returns the pending bits and clears them, and runs one handler per bit.
+which returns the pending bits and clears them, and runs one handler per bit. The
+bits are :mod:`cpuplug.cpuhp_abi`'s ``GED_EVT_*``, shared with the DSDT's ``_EVT``.
 
 Why read-to-clear plus a pulse per event is race-free: a bit raised after the
 guest's read and before its handler ends is simply pending again and comes with a
@@ -25,19 +26,13 @@ import threading
 from collections.abc import Callable
 
 from cpuplug.acpi.virt import GED_SIZE
+from cpuplug.cpuhp_abi import GED_EVT_CPU_HOTPLUG, GED_EVT_PWR_DOWN
 from cpuplug.errors import CpuplugError
 
 __all__ = [
-    "GED_EVT_CPU_HOTPLUG",
-    "GED_EVT_PWR_DOWN",
     "GedError",
     "GenericEventDevice",
 ]
-
-GED_EVT_PWR_DOWN = 0x2
-"""Power button: ``_EVT`` does ``Notify(PWRB, 0x80)``."""
-GED_EVT_CPU_HOTPLUG = 0x8
-"""CPU hotplug: ``_EVT`` runs the CPU scan (``CSCN``)."""
 
 
 class GedError(CpuplugError):

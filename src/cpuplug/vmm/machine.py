@@ -41,11 +41,12 @@ from typing import BinaryIO
 
 from cpuplug.acpi import virt
 from cpuplug.acpi.virt import MachineConfig, MachineTables, build_machine_tables
+from cpuplug.cpuhp_abi import GED_EVT_CPU_HOTPLUG, GED_EVT_PWR_DOWN
 from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.hw import AgentChannel, Kernel, Machine, PhysicalAddressSpace
 from cpuplug.vmm.bus import AddressSpace, GuestRam, MmioBus, Pl011Uart
 from cpuplug.vmm.cpuhp import CpuHotplugBlock, CpuHotplugError, OstInfo
-from cpuplug.vmm.ged import GED_EVT_CPU_HOTPLUG, GED_EVT_PWR_DOWN, GenericEventDevice
+from cpuplug.vmm.ged import GenericEventDevice
 from cpuplug.vmm.gic import Gic
 from cpuplug.vmm.psci import Psci
 from cpuplug.vmm.vcpu import (
