@@ -1,4 +1,4 @@
-"""QMP (docs/contract.md §7) against the real ``cpuplug vmm`` process, driven by the official client.
+"""QMP (docs/contract.md §7) against the real ``cpuplug vmm`` process, via the official client.
 
 Every exchange goes through ``qemu.qmp.QMPClient``. Garbage that no JSON client
 would send is written to the client's own stream (``_writer``) and its reply is
