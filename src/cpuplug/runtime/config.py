@@ -121,6 +121,11 @@ def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib descends recursively into arrays and inline tables: `a=` followed by
+        # thousands of `[` exhausts the interpreter's stack (D4). No real config nests
+        # more than a few levels, so the file is at fault, not the environment.
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, val in doc.items():
         if isinstance(val, dict) or key in _SECTION_ROOTS:
@@ -177,12 +182,21 @@ def load_config(path: str | Path | None = None) -> RuntimeConfig:
     """Load ``path`` (must exist), or the default path if it exists, else defaults."""
     explicit = path is not None
     p = Path(path) if path is not None else default_config_path()
+    # A file that is not text or not a file is the user's mistake in naming it (a usage
+    # error, exit 2, D9); only a failure to read a proper file is the environment's.
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if explicit:
             raise ConfigError(f"config file {p} does not exist") from None
         return RuntimeConfig()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CpuplugError(f"cannot read config file {p}: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (TOML must be): byte 0x{exc.object[exc.start]:02x}"
+            f" at offset {exc.start}"
+        ) from None
+    except OSError as exc:
+        raise CpuplugError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     return parse_config(text, str(p))
