@@ -9,11 +9,20 @@ traceback or argparse's usage dump.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from cpuplug.cli import main
+from cpuplug.cli import build_parser, main
+from cpuplug.runtime.state import (
+    SandboxState,
+    StateStore,
+)
 
 SRC = Path(__file__).parents[2] / "src"
 
@@ -46,6 +55,25 @@ def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPUPLUG_CONFIG", str(tmp_path / "no-such-config.toml"))
 
 
+def stopped_sandbox(root: Path, name: str) -> None:
+    """A sandbox as ``stop`` leaves it: a state file and nothing running."""
+    store = StateStore(root)
+    store.create(name)
+    store.save(
+        SandboxState(
+            name=name,
+            created=time.time(),
+            mode="acpi",
+            static=False,
+            default_vcpus="1",
+            maxcpus=2,
+            boot_vcpus=1,
+            remove_timeout=10.0,
+            status="stopped",
+        )
+    )
+
+
 # ======================================================================== D4: deep TOML
 
 
@@ -66,6 +94,47 @@ def test_d4_deeply_nested_config_is_one_line_exit_2(
     line = assert_one_error_line(err)
     assert str(config) in line and "nested too deeply" in line
     assert not (tmp_path / "root").exists()
+
+
+# ======================================================================== D7: argparse errors
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["update", "--cpus", "--1", "x"], "invalid --cpus value '--1'"),
+        (["update", "--cpus", "-1", "x"], "invalid --cpus value '-1'"),
+        (["update", "--cpu-quota", "-1e3", "x"], "invalid --cpu-quota value '-1e3'"),
+        (["inspect", "-x"], "inspect: "),
+        (["update", "--cpus"], "argument --cpus: expected one argument"),
+        (["ps", "--json", "extra"], "unrecognized arguments: extra"),
+        (["ps", "--root", "--json"], "argument --root: expected one argument"),
+        (["vmm", "--smp"], "vmm: argument --smp: expected one argument"),
+        (["acpi", "bogus"], "acpi: argument ACTION: invalid choice: 'bogus'"),
+        (["no-such-command"], "invalid choice: 'no-such-command'"),
+    ],
+)
+def test_d7_every_argument_error_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    """D7: option values starting with ``-`` and other argparse errors.
+
+    Before: ``cpuplug update --cpus --1 x`` and ``cpuplug inspect -x`` printed
+    argparse's multi-line usage block; only the vmm parser had a one-line error.
+    """
+    rc, _, err = cpuplug(argv, capsys)
+    assert rc == 2
+    assert match in assert_one_error_line(err)
+
+
+def test_d7_negative_values_still_reach_the_options_that_take_them() -> None:
+    """D7: ``--cpu-quota -1`` (no limit) must keep parsing as a value, not an option."""
+    args = build_parser("update").parse_args(
+        ["update", "--cpu-quota", "-1", "--cpu-period", "100000", "x"]
+    )
+    assert (args.cpu_quota, args.cpu_period, args.name) == ("-1", "100000", "x")
+    args = build_parser("run").parse_args(["run", "--name", "n", "--", "sh", "--cpus", "-x"])
+    assert args.name == "n" and args.cmd == ["--", "sh", "--cpus", "-x"]
 
 
 # ======================================================================== D9: unreadable config
@@ -92,3 +161,56 @@ def test_d9_unreadable_config_is_a_usage_error_naming_the_file(
     line = assert_one_error_line(err)
     assert str(config) in line
     assert ("is a directory" if kind == "directory" else "not UTF-8") in line
+
+
+# ======================================================================== --root placement
+
+
+def test_root_may_come_before_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cpuplug --root DIR ps`` (runc's and docker's order for global flags).
+
+    Before: ``--root`` was only an option of each subcommand, so argparse took DIR
+    for the command name ("invalid choice").  After the command it still works and,
+    if both are given, wins.  A command without a state directory refuses it.
+    """
+    stopped_sandbox(tmp_path, "x")
+    for argv in (
+        ["--root", str(tmp_path), "ps", "--json"],
+        [f"--root={tmp_path}", "ps", "--json"],
+        ["ps", "--root", str(tmp_path), "--json"],
+        ["--root", str(tmp_path / "elsewhere"), "ps", "--root", str(tmp_path), "--json"],
+    ):
+        rc, out, err = cpuplug(argv, capsys)
+        assert (rc, err) == (0, ""), argv
+        assert [r["name"] for r in json.loads(out)] == ["x"], argv
+    argv = ["--root", str(tmp_path), "ps", "--root", str(tmp_path / "elsewhere"), "--json"]
+    rc, out, _ = cpuplug(argv, capsys)
+    assert (rc, json.loads(out)) == (0, [])
+
+    out_dir = tmp_path / "tables"
+    rc, _, err = cpuplug(["--root", str(tmp_path), "acpi", "tables", "--out", str(out_dir)], capsys)
+    assert rc == 2 and "--root is an option of the runtime commands" in assert_one_error_line(err)
+    assert not out_dir.exists()
+
+
+def test_root_before_the_command_keeps_the_other_parties_unimported(tmp_path: Path) -> None:
+    """``cpuplug --root DIR ps`` builds only the runtime's parsers: the VMM and the
+    ACPI tools are not imported just to find out which command was asked for."""
+    code = (
+        "import sys\n"
+        "from cpuplug.cli import main\n"
+        f"assert main(['--root', {str(tmp_path)!r}, 'ps', '--json']) == 0\n"
+        "loaded = [m for m in sys.modules if m.startswith(('cpuplug.vmm', 'cpuplug.acpi.cli'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -27,7 +27,14 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _root(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", help="state directory (default $XDG_RUNTIME_DIR/cpuplug)")
+    # ``cpuplug --root DIR CMD`` works too (cpuplug.cli's global option, runc's and
+    # docker's place for it); this one, after the command, wins when both are given.
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="state directory (default $CPUPLUG_ROOT, /run/cpuplug for root, else "
+        "$XDG_RUNTIME_DIR/cpuplug); may also come before the command",
+    )
 
 
 def _limits(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,7 @@ import asyncio
 import logging
 import re
 import signal
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from cpuplug.acpi.virt import GICR_REGION2_BASE, MODES, RAM_BASE, MachineConfig
 from cpuplug.errors import UsageError
@@ -68,13 +67,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--cpu-model", default="max", help=f"CPU model: {' | '.join(CPU_MODELS)}")
     parser.add_argument("--console", metavar="FILE", help="also write the guest console here")
     parser.set_defaults(func=run)
-    # Like every cpuplug error: one line, exit 2 (argparse would print the usage too).
-    parser.error = _one_line_error
-
-
-def _one_line_error(message: str) -> NoReturn:
-    sys.stderr.write(f"cpuplug vmm: error: {message}\n")
-    sys.exit(2)
+    # An argument error is one line, exit 2, like every cpuplug error: the parser is
+    # a cpuplug.cli.CpuplugArgumentParser (subparsers inherit their parent's class).
 
 
 def build_machine(args: argparse.Namespace) -> tuple[VirtMachine, str]:
