@@ -5,7 +5,8 @@ method, is ``docs/agent-protocol.md``. This module is the single implementation 
 
 * framing — a 4-byte big-endian length ``N`` (``1 <= N <= MAX_FRAME``) followed by
   ``N`` bytes of UTF-8 JSON that must be an object (:func:`encode_frame`,
-  :class:`FrameDecoder`, :func:`parse_body`);
+  :class:`FrameDecoder`, :func:`parse_body`); parsed strictly, by the parser QMP
+  uses too (:mod:`cpuplug.strict_json`);
 * message shapes — request / reply / error / event (:func:`make_request`,
   :func:`make_reply`, :func:`make_error`, :func:`make_event`, :func:`parse_request`,
   :func:`parse_incoming`);
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+from cpuplug import strict_json
 from cpuplug.errors import CpuplugError
 
 MAX_FRAME: Final = 1 << 20
@@ -287,8 +289,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
     """Decode one frame body into a JSON object.
 
     Non-UTF-8 → :class:`FrameError` (fatal: the agent closes the connection, as
-    decided in the protocol); empty, invalid JSON or a non-object →
-    :class:`ProtocolError` EPROTO (the connection keeps serving).
+    decided in the protocol); empty, not strict JSON (:mod:`cpuplug.strict_json`:
+    no duplicate keys, ``NaN``, ``1e999`` or huge integers, the same refusals and
+    reasons as QMP) or a non-object → :class:`ProtocolError` EPROTO (the
+    connection keeps serving).
     """
     if not body:
         raise ProtocolError(ErrorCode.EPROTO, "empty frame")
@@ -297,18 +301,15 @@ def parse_body(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise FrameError(ErrorCode.EPROTO, f"frame body is not UTF-8: {exc.reason}") from exc
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(ErrorCode.EPROTO, f"frame body is not JSON: {exc}") from exc
+        value = strict_json.loads(text)
+    except strict_json.JsonRefused as exc:
+        why = f"frame body is not strict JSON: {exc.reason}"
+        raise ProtocolError(ErrorCode.EPROTO, why) from exc
     if not isinstance(value, dict):
         raise ProtocolError(
             ErrorCode.EPROTO, f"message must be a JSON object, not {type(value).__name__}"
         )
     return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 # --------------------------------------------------------------------------- messages

@@ -12,7 +12,10 @@ Input is split into JSON values by :class:`JsonSplitter`, a small streaming
 scanner in the spirit of QEMU's json-streamer, which bounds both the size and
 the nesting depth of a message and resynchronises after garbage, so a client
 sending non-JSON, a non-object or a gigantic line gets an error reply and the
-connection (and the VMM) keeps serving. Commands run on the event-loop thread;
+connection (and the VMM) keeps serving. Each value is then parsed by
+:mod:`cpuplug.strict_json`, the parser the agent protocol uses too, which refuses
+what Python's json module accepts beyond RFC 8259 (duplicate keys, ``NaN``,
+``1e999``, huge integers). Commands run on the event-loop thread;
 machine errors (:class:`cpuplug.errors.CpuplugError`) become ``GenericError``
 replies and any other exception is logged and reported, never fatal.
 """
@@ -23,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -31,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cpuplug import strict_json
 from cpuplug.errors import CpuplugError
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.sockpath import claim_socket_path
@@ -73,7 +76,7 @@ class JsonSplitter:
     """Split a byte stream into top-level JSON values, bounded in size and depth.
 
     ``feed`` returns the complete values found so far as raw ``bytes`` (parse them
-    with :func:`json.loads`), and :class:`ParseFault` items for values that were
+    with :func:`cpuplug.strict_json.loads`), and :class:`ParseFault` items for values that were
     too big or too deep. An oversized value is *skipped to its end* (its brackets
     are still tracked, so the next message is found again), and the memory held
     never exceeds about :data:`MAX_MESSAGE` however much a client sends.
@@ -467,9 +470,9 @@ class QmpServer:
         if isinstance(item, ParseFault):
             return _error(item.desc)
         try:
-            message = parse_message(item)
-        except (ValueError, RecursionError) as exc:
-            return _error(f"JSON parse error, {_json_reason(exc)}")
+            message = strict_json.loads(item)
+        except strict_json.JsonRefused as exc:
+            return _error(f"JSON parse error, {exc.reason}")
         if not isinstance(message, dict):
             return _error("QMP input must be a JSON object")
         has_id = "id" in message
@@ -564,63 +567,5 @@ class QmpServer:
         return {}
 
 
-class _JsonRefused(ValueError):
-    """Valid to Python's json module, but not JSON a QMP server may accept."""
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Python keeps the last of duplicate keys, so '{"execute": "query-status",
-    # "execute": "quit"}' would quietly run quit; QEMU's parser refuses it.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _JsonRefused(f"duplicate key '{key}'")
-        result[key] = value
-    return result
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: echoed in an id it would become 'Infinity'
-        raise _JsonRefused(f"number {text[:32]} is out of range")
-    return value
-
-
-def _int(text: str) -> int:
-    if len(text) > _MAX_INT_DIGITS:
-        raise _JsonRefused(f"integer of {len(text)} digits is too long")
-    return int(text)
-
-
-def _constant(name: str) -> Any:
-    raise _JsonRefused(f"invalid token '{name}'")  # NaN / Infinity are not JSON
-
-
-_MAX_INT_DIGITS = 1000
-
-
-def parse_message(data: bytes) -> Any:
-    """Strict JSON: what ``json.loads`` accepts beyond RFC 8259 is a parse error.
-
-    Refused: duplicate object keys, ``NaN``/``Infinity`` and numbers that only
-    decode to infinity (a reply echoing such an ``id`` would not be JSON any
-    client could read), and integers too long to convert.
-    """
-    return json.loads(
-        data, object_pairs_hook=_object, parse_float=_float, parse_int=_int,
-        parse_constant=_constant,
-    )  # fmt: skip
-
-
 def _error(desc: str, error_class: str = "GenericError") -> dict[str, object]:
     return {"error": {"class": error_class, "desc": desc}}
-
-
-def _json_reason(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "nesting too deep"
-    if isinstance(exc, _JsonRefused):
-        return str(exc)
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at byte {exc.pos}"
-    return str(exc)
