@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.harness.hostload import host_hash_rate
 
-from cpuplug.runtime.state import process_alive
+from cpuplug.runtime.process import process_alive
+from tests.harness.hostload import host_hash_rate
 
 pytestmark = pytest.mark.slow
 
@@ -240,8 +240,8 @@ def test_throughput_follows_vcpus_and_cpu_max_limits_it(cli: Cli, tmp_path: Path
     assert cli.nproc("t") == 1
     work_one, cpus_one, one = stress_usage(cli, "t", 1.5)
     assert cpus_one == "0"
-    cli.ok("update", "--cpuset-cpus", "0", "t")  # cpuset size 1 + default 1 → 2 vCPUs
-    assert cli.nproc("t") == 2
+    cli.ok("update", "--cpuset-cpus", "0-1", "t")  # cpuset size 2 + default 1 → 3 vCPUs
+    assert cli.nproc("t") == 2  # the container is confined to its cpuset (D3)
     work_two, cpus_two, two = stress_usage(cli, "t", 1.5)
     assert cpus_two == "0-1", "the exec'd hogs ran on both vCPUs"
     assert two > 1.3 * one, f"1 vCPU: {one:.2f} CPU-s/s, 2 vCPUs: {two:.2f}"
@@ -365,13 +365,15 @@ def test_kata_historical_cpuset_update_bugs(cli: Cli) -> None:
     cli.ok("run", "--name", "h", "--max-cpus", "8", "--", "sleep", "600")
     assert cli.nproc("h") == 1
     assert "vCPUs 1 -> 2" in cli.ok("update", "--cpuset-cpus", "1", "h").stdout
-    assert cli.nproc("h") == 2
-    cli.ok("update", "--cpuset-cpus", "0-2", "h")
-    assert cli.nproc("h") == 4
+    # D3: the container is confined to the cpuset it asked for (the VM grew by its size)
+    assert cli.nproc("h") == 1
+    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "1"
+    assert "vCPUs 2 -> 4" in cli.ok("update", "--cpuset-cpus", "0-2", "h").stdout
+    assert cli.nproc("h") == 3
     cli.ok("update", "--cpuset-cpus", "0", "h")
-    assert cli.nproc("h") == 2
-    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0-1"
+    assert cli.nproc("h") == 1
+    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0"
     bad = cli("update", "--cpuset-cpus", "0-", "h")
     assert bad.returncode == 2
-    cli.ok("update", "--cpus", "2", "h")  # quota now wins over the cpuset count
-    assert cli.nproc("h") == 3
+    assert "vCPUs 2 -> 3" in cli.ok("update", "--cpus", "2", "h").stdout  # quota wins
+    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0"  # the cpuset stays

@@ -9,17 +9,29 @@ then ``DEVICE_DELETED`` (or a refusal status), and an agent whose
 
 from __future__ import annotations
 
-import subprocess
+import contextlib
+import os
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cpuplug.agent_protocol import AgentError, format_cpu_list
-from cpuplug.runtime import sandbox
-from cpuplug.runtime.qmp_client import QmpCommandError, VmmGone
+from cpuplug.runtime import process
+from cpuplug.runtime.hypervisor import (
+    Capabilities,
+    Completion,
+    HotplugMode,
+    HypervisorKind,
+    VmSpec,
+)
+from cpuplug.runtime.hypervisors.qmp import QmpHypervisor
+from cpuplug.runtime.process import ProcessIdentity
+from cpuplug.runtime.qmp_client import QmpCommandError, VmmGone, VmmUnreachable
 
 
 class FakeMachine:
@@ -240,39 +252,85 @@ class FakeAgent:
         pass
 
 
+class FakeBackend:
+    """A :class:`cpuplug.runtime.hypervisor.Backend` whose VMM is a ``sleep`` process
+    (so liveness, stop and rm act on a real process) driven over :class:`FakeVmm`
+    through the real QMP hypervisor code."""
+
+    kind = HypervisorKind.BUILTIN
+
+    def __init__(self, world: FakeWorld) -> None:
+        self.world = world
+
+    def start(self, spec: VmSpec) -> ProcessIdentity:
+        m = self.world.m
+        m.maxcpus = spec.maxcpus
+        m.plugged = {i: f"/machine/unattached/device[{i}]" for i in range(spec.boot_vcpus)}
+        m.online = set(range(spec.boot_vcpus))
+        ident = process.launch(["sleep", "300"], spec.sandbox_dir / "vmm.log")
+        self.world.pids[str(spec.qmp_path)] = ident.pid
+        return ident
+
+    def attach(self, spec: VmSpec) -> QmpHypervisor:
+        if self.world.m.dead:
+            raise VmmUnreachable("fake VMM is dead")
+        vmm = FakeVmm(self.world.m)
+        self.world.vmms.append(vmm)
+        caps = self.world.caps
+        if spec.mode is HotplugMode.ONLINE_OFFLINE:
+            caps = replace(caps, hot_add=False, hot_remove=False, replug=False)
+        return QmpHypervisor(self.kind, vmm, caps)
+
+    def request_quit(self, qmp_path: Path) -> None:
+        """QMP ``quit``: the stand-in process exits, as a VMM does."""
+        self.world.m.qmp_log.append(("quit", {}))
+        pid = self.world.pids.get(str(qmp_path))
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+BUILTIN_CAPS = Capabilities(
+    hot_add=True,
+    hot_remove=True,
+    replug=True,
+    max_plugs=None,
+    completion=Completion.INSERT_OST | Completion.DELETED_BY_ID | Completion.SLOT_STATE,
+)
+
+
 class FakeWorld:
-    """Factories for :class:`cpuplug.runtime.sandbox.Runtime` backed by one FakeMachine."""
+    """A :class:`cpuplug.runtime.sandbox.Runtime` backend and agent over one FakeMachine."""
 
     def __init__(self, maxcpus: int = 8) -> None:
         self.m = FakeMachine(maxcpus)
         self.agent = FakeAgent(self.m)
         self.vmms: list[FakeVmm] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}
+        self.caps = BUILTIN_CAPS
+        self.fake_backend = FakeBackend(self)
 
-    def launcher(self, st: Any, qmp: Path, agent: Path, sandbox_dir: Path) -> int:
-        """Start a real stand-in process, so liveness, stop and rm behave for real."""
-        self.m.maxcpus = st.maxcpus
-        self.m.plugged = {i: f"/machine/unattached/device[{i}]" for i in range(st.boot_vcpus)}
-        self.m.online = set(range(st.boot_vcpus))
-        proc = subprocess.Popen(["sleep", "300"])
-        sandbox._CHILDREN[proc.pid] = proc
-        self.procs.append(proc)
-        return proc.pid
+    def backend(self, kind: HypervisorKind) -> FakeBackend:
+        return self.fake_backend
+
+    def kill_vmm(self) -> None:
+        """SIGKILL the first sandbox's stand-in VMM and wait until it is gone."""
+        ident = process.ProcessIdentity.of(next(iter(self.pids.values())))
+        assert ident is not None
+        os.kill(ident.pid, signal.SIGKILL)
+        assert process.wait_exit(ident, 10)
+
+    def vmm_gone(self, timeout: float = 5.0) -> bool:
+        """The first sandbox's stand-in VMM has exited (waited for, bounded, and reaped:
+        it is our child, so another process that killed it leaves it a zombie)."""
+        ident = process.ProcessIdentity.of(next(iter(self.pids.values())))
+        return ident is None or process.wait_exit(ident, timeout)
 
     def cleanup(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(10)
-            sandbox._CHILDREN.pop(proc.pid, None)
-
-    def connect_qmp(self, path: Path) -> FakeVmm:
-        if self.m.dead:
-            from cpuplug.runtime.qmp_client import VmmUnreachable
-
-            raise VmmUnreachable("fake VMM is dead")
-        vmm = FakeVmm(self.m)
-        self.vmms.append(vmm)
-        return vmm
+        for pid in self.pids.values():
+            ident = process.ProcessIdentity.of(pid)
+            if ident is not None:
+                process.terminate(ident)
 
     def connect_agent(self, path: Path) -> FakeAgent:
         return self.agent

@@ -9,20 +9,28 @@ traceback or argparse's usage dump.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cpuplug.cli import build_parser, main
+from cpuplug.runtime.config import RuntimeConfig
+from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.state import (
+    LockTimeout,
     SandboxState,
     StateStore,
 )
+from tests.harness.runtime_fakes import FakeWorld
 
 SRC = Path(__file__).parents[2] / "src"
 
@@ -55,6 +63,23 @@ def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPUPLUG_CONFIG", str(tmp_path / "no-such-config.toml"))
 
 
+def fake_runtime(world: FakeWorld, root: Path) -> Runtime:
+    """A Runtime whose VMM is the fakes' ``sleep`` stand-in (a real process to stop)."""
+    return Runtime(
+        root,
+        RuntimeConfig(default_maxvcpus=2),
+        backends=world.backend,
+        connect_agent=world.connect_agent,
+    )
+
+
+@pytest.fixture
+def world() -> Iterator[FakeWorld]:
+    w = FakeWorld()
+    yield w
+    w.cleanup()
+
+
 def stopped_sandbox(root: Path, name: str) -> None:
     """A sandbox as ``stop`` leaves it: a state file and nothing running."""
     store = StateStore(root)
@@ -72,6 +97,68 @@ def stopped_sandbox(root: Path, name: str) -> None:
             status="stopped",
         )
     )
+
+
+# ======================================================================== D1: full disk
+
+
+def test_d1_full_disk_at_run_leaves_no_directory_and_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """D1: ``cpuplug run`` with ENOSPC while writing the first state file.
+
+    Before: the empty ``<root>/<name>`` directory stayed behind, so the name was
+    blocked for good (``run`` said it exists, ``rm``/``rm -f`` said it does not), and
+    the message was a bare "No space left on device" naming no file.
+    """
+    root = tmp_path / "root"
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)
+        rc, _, err = cpuplug(["run", "--root", str(root), "--name", "x", "--", "true"], capsys)
+    assert rc == 1
+    line = assert_one_error_line(err)
+    assert str(root / "x" / "state.json") in line and "No space left on device" in line
+    assert list(root.iterdir()) == [], "nothing may be left behind, not even a temp dir"
+
+    world = FakeWorld()
+    try:
+        rt = Runtime(
+            root,
+            RuntimeConfig(default_maxvcpus=2),
+            backends=world.backend,
+            connect_agent=world.connect_agent,
+        )
+        assert rt.run(RunRequest(["true"], Resources(), name="x")).status == "running"
+    finally:
+        world.cleanup()
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["rm", "rm-f"])
+def test_d1_rm_removes_a_leftover_directory_without_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], force: bool
+) -> None:
+    """D1: a sandbox directory with no state file and no VMM socket (what a failed
+    ``run`` left before the fix, plus the ``lock`` file an ``rm`` attempt creates).
+
+    Before: ``ps`` did not show it, ``run`` said it exists, ``rm`` and ``rm -f`` said
+    "no such sandbox": nothing could ever free the name.
+    """
+    leftover = tmp_path / "x"
+    leftover.mkdir(mode=0o700)
+    (leftover / "lock").touch()
+    rc, out, _ = cpuplug(["ps", "--root", str(tmp_path), "--json"], capsys)
+    assert rc == 0
+    assert [(r["name"], r["status"]) for r in json.loads(out)] == [("x", "broken")]
+    rc, _, err = cpuplug(["run", "--root", str(tmp_path), "--name", "x", "--", "true"], capsys)
+    assert rc == 2 and "cpuplug rm x" in assert_one_error_line(err)
+
+    rc, out, err = cpuplug(["rm", "--root", str(tmp_path), *(["-f"] if force else []), "x"], capsys)
+    assert (rc, out, err) == (0, "x\n", "")
+    assert not leftover.exists()
 
 
 # ======================================================================== D4: deep TOML
@@ -161,6 +248,98 @@ def test_d9_unreadable_config_is_a_usage_error_naming_the_file(
     line = assert_one_error_line(err)
     assert str(config) in line
     assert ("is a directory" if kind == "directory" else "not UTF-8") in line
+
+
+# ======================================================================== D10: read-only state
+
+
+def _can_mount_read_only(tmp: Path) -> bool:
+    """A private mount namespace with a read-only bind mount works here (root with
+    CAP_SYS_ADMIN); the mount is gone with the namespace's last process."""
+    if shutil.which("unshare") is None:
+        return False
+    script = (
+        f'mount --bind "{tmp}" "{tmp}" && mount -o remount,ro,bind "{tmp}" && ! touch "{tmp}/w"'
+    )
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["stop"], "its VMM is stopped, but cannot write"),
+        (["rm", "-f"], "its VMM is stopped, but cannot remove"),
+    ],
+    ids=["stop", "rm-f"],
+)
+def test_d10_stop_and_rm_f_work_on_a_read_only_state_directory(
+    tmp_path: Path, world: FakeWorld, argv: list[str], match: str
+) -> None:
+    """D10: ``stop`` / ``rm -f`` with the state directory on a read-only mount.
+
+    Before: ``StateStore.lock`` opened the lock file ``O_RDWR|O_CREAT``, which fails
+    with EROFS, so neither command got as far as the VMM: it kept running and
+    nothing could stop it.  Now the lock is taken on a read-only descriptor, the VMM
+    is stopped, and the one line says what could not be done to the directory.
+    A real read-only bind mount, in a private mount namespace (``unshare -m``).
+    """
+    if not _can_mount_read_only(tmp_path):
+        pytest.skip("needs unshare -m and mount (CAP_SYS_ADMIN) for a read-only bind mount")
+    root = tmp_path / "root"
+    fake_runtime(world, root).run(RunRequest(["true"], Resources(), name="x"))
+    script = (
+        f'mount --bind "{root}" "{root}" && mount -o remount,ro,bind "{root}" && '
+        f'exec "{sys.executable}" -m cpuplug "$@"'
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *argv, "--root", str(root), "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+    )
+    assert proc.returncode == 1, proc.stderr
+    line = assert_one_error_line(proc.stderr)
+    assert match in line and "Read-only file system" in line
+    assert world.vmm_gone(), "the VMM must be stopped"
+    assert (root / "x").is_dir()
+    assert main(["rm", "--root", str(root), "x"]) == 0  # writable again: a dead one goes
+    assert not (root / "x").exists()
+
+
+def test_d10_lock_falls_back_to_read_only_descriptors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    world: FakeWorld,
+) -> None:
+    """D10 without a mount namespace: every open for writing or creating fails with
+    EROFS and no lock file exists yet, so the lock falls back to the sandbox directory
+    itself, which must still exclude a second locker.
+
+    Before: ``os.open(lock, O_RDWR|O_CREAT)`` raised and ``stop`` never reached the VMM.
+    """
+    fake_runtime(world, tmp_path).run(RunRequest(["true"], Resources(), name="x"))
+    (tmp_path / "x" / "lock").unlink()
+    real_open = os.open
+
+    def read_only_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    store = StateStore(tmp_path)
+    with store.lock("x"), pytest.raises(LockTimeout), store.lock("x", timeout=0.05):
+        pass
+    rc, _, err = cpuplug(["stop", "--root", str(tmp_path), "x"], capsys)
+    assert rc == 1
+    line = assert_one_error_line(err)
+    assert "its VMM is stopped, but cannot write" in line
+    assert str(tmp_path / "x" / "state.json") in line
+    assert world.vmm_gone()
 
 
 # ======================================================================== --root placement

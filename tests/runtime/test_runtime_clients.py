@@ -23,6 +23,7 @@ import pytest
 from cpuplug import agent_protocol as ap
 from cpuplug.runtime import resize as rz
 from cpuplug.runtime.agent_client import AgentClient, AgentUnreachable, wait_for_agent
+from cpuplug.runtime.hypervisors import qmp as qh
 from cpuplug.runtime.qmp_client import (
     QmpCommandError,
     QmpConnection,
@@ -79,9 +80,9 @@ def test_unreachable_vmm(tmp_path: Path) -> None:
 def test_commands_errors_and_integer_props(vmm: tuple[subprocess.Popen[bytes], Path]) -> None:
     _, qmp = vmm
     with QmpConnection(qmp) as q:
-        slots = rz.query_slots(q)
+        slots = qh.query_slots(q)
         assert [s.core_id for s in slots] == [0, 1, 2, 3] and slots[0].plugged
-        rz.hot_add(q, slots[2], rz.StepLog())
+        qh.hot_add(q, slots[2], rz.StepLog())
         cpus = q.execute("query-cpus-fast")
         assert sorted(c["props"]["core-id"] for c in cpus) == [0, 2]
         assert all(c["thread-id"] > 0 for c in cpus)
@@ -100,11 +101,11 @@ def test_remove_without_a_guest_times_out_instead_of_hanging(
 ) -> None:
     _, qmp = vmm
     with QmpConnection(qmp) as q:
-        slots = rz.query_slots(q)
-        rz.hot_add(q, slots[1], rz.StepLog())
+        slots = qh.query_slots(q)
+        qh.hot_add(q, slots[1], rz.StepLog())
         t0 = time.monotonic()
         with pytest.raises(rz.RemoveTimeout, match="vCPU 1"):
-            rz.hot_remove(q, 1, None, 0.5, rz.StepLog())
+            qh.hot_remove(q, 1, None, 0.5, rz.StepLog())
         assert time.monotonic() - t0 < 5.0
 
 

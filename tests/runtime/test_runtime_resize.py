@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from cpuplug.runtime import resize as rz
+from cpuplug.runtime.hypervisors import qmp as qh
 from cpuplug.runtime.qmp_client import VmmGone
 from tests.harness.runtime_fakes import FakeMachine, FakeVmm
 
@@ -71,11 +72,11 @@ def test_reconcile_order_trusts_the_vmm() -> None:
 def plugged_vmm(maxcpus: int = 4, extra: tuple[int, ...] = (1,)) -> tuple[FakeMachine, FakeVmm]:
     m = FakeMachine(maxcpus)
     vmm = FakeVmm(m)
-    s = rz.query_slots(vmm)
+    s = qh.query_slots(vmm)
     log = rz.StepLog()
     for core in extra:
-        rz.hot_add(vmm, s[core], log)
-    assert rz.wait_inserted(vmm, extra, 1.0, log) == []
+        qh.hot_add(vmm, s[core], log)
+    assert qh.wait_inserted(vmm, extra, 1.0, log) == []
     return m, vmm
 
 
@@ -96,7 +97,7 @@ def test_hot_add_sends_integer_props_and_id_by_core() -> None:
 def test_remove_completes_on_device_deleted() -> None:
     m, vmm = plugged_vmm()
     log = rz.StepLog()
-    rz.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, log)
+    qh.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, log)
     assert 1 not in m.plugged and log.steps[-1]["step"] == "device_del"
 
 
@@ -104,7 +105,7 @@ def test_remove_accepts_a_child_path_event() -> None:
     """QEMU 7.2 on x86 only named .../hcpuN/lapic; waiting for the id alone would hang."""
     m, vmm = plugged_vmm()
     m.child_path_only = True
-    rz.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, rz.StepLog())
+    qh.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, rz.StepLog())
     assert 1 not in m.plugged
 
 
@@ -112,7 +113,7 @@ def test_remove_sees_completion_in_the_slot_table() -> None:
     m, vmm = plugged_vmm()
     m.no_deleted_event = True
     t0 = time.monotonic()
-    rz.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, rz.StepLog())
+    qh.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 5.0, rz.StepLog())
     assert time.monotonic() - t0 < 2.0, "must not wait for the timeout"
 
 
@@ -121,7 +122,7 @@ def test_refused_eject_fails_fast_naming_vcpu_and_status() -> None:
     m.refuse_eject[1] = 0x82
     t0 = time.monotonic()
     with pytest.raises(rz.EjectRefused, match=r"vCPU 1.*0x82 \(device busy\)"):
-        rz.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 10.0, rz.StepLog())
+        qh.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 10.0, rz.StepLog())
     assert time.monotonic() - t0 < 2.0
     assert 1 in m.plugged
 
@@ -132,7 +133,7 @@ def test_silent_guest_times_out_instead_of_hanging() -> None:
     m.silent_eject.add(1)
     t0 = time.monotonic()
     with pytest.raises(rz.RemoveTimeout, match=r"vCPU 1 was not removed within 0\.3s"):
-        rz.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 0.3, rz.StepLog())
+        qh.hot_remove(vmm, 1, "/machine/peripheral/cpu-1", 0.3, rz.StepLog())
     assert time.monotonic() - t0 < 3.0
 
 
@@ -142,7 +143,7 @@ def test_dead_vmm_ends_the_wait() -> None:
     m.die_after_del = True
     t0 = time.monotonic()
     with pytest.raises(VmmGone):
-        rz.hot_remove(vmm, 1, None, 10.0, rz.StepLog())
+        qh.hot_remove(vmm, 1, None, 10.0, rz.StepLog())
     assert time.monotonic() - t0 < 2.0
     assert m.qmp_log[-1][0] == "device_del"
 
@@ -157,6 +158,6 @@ def test_insert_ost_failure_names_the_vcpu() -> None:
         }
     )
     with pytest.raises(rz.ResizeError, match=r"vCPU 2.*0x01"):
-        rz.wait_inserted(vmm, [2], 1.0, rz.StepLog())
+        qh.wait_inserted(vmm, [2], 1.0, rz.StepLog())
     # silence is not an error here: the agent's OnlineCPUMem decides
-    assert rz.wait_inserted(vmm, [3], 0.05, rz.StepLog()) == [3]
+    assert qh.wait_inserted(vmm, [3], 0.05, rz.StepLog()) == [3]

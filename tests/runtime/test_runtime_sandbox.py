@@ -40,8 +40,7 @@ def make_rt(world: FakeWorld, tmp_path: Path, **cfg: Any) -> Runtime:
     return Runtime(
         tmp_path,
         config,
-        launcher=world.launcher,
-        connect_qmp=world.connect_qmp,
+        backends=world.backend,
         connect_agent=world.connect_agent,
     )
 
@@ -149,10 +148,10 @@ def test_interrupted_update_is_reconciled_by_inspect(world: FakeWorld, tmp_path:
     assert st.pending is not None and st.plugged == [0, 1, 2, 3]
     assert world.m.online == {0, 1}
     info = rt.inspect("b1")
-    assert info["reconciled"] is True and info["pending"] is None
+    assert info.reconciled is True and info.pending is None
     assert world.m.online == {0, 1, 2, 3}
-    assert [r["vcpu"] for r in info["vcpus"] if r["online"]] == [0, 1, 2, 3]
-    assert [r["thread_id"] for r in info["vcpus"] if r["plugged"]] == [1000, 1001, 1002, 1003]
+    assert [r.vcpu for r in info.vcpus if r.online] == [0, 1, 2, 3]
+    assert [r.thread_id for r in info.vcpus if r.plugged] == [1000, 1001, 1002, 1003]
     assert rt.store.load("b1").history[-1]["op"] == "reconcile"
 
 
@@ -174,9 +173,8 @@ def test_dead_vmm_fails_cleanly_then_ps_and_rm(world: FakeWorld, tmp_path: Path)
     rt = make_rt(world, tmp_path)
     rt.run(RunRequest(["true"], cpus("1"), name="b1"))
     world.m.dead = True
-    world.procs[0].kill()
-    world.procs[0].wait(10)
-    assert [r["status"] for r in rt.ps()] == ["dead"]
+    world.kill_vmm()
+    assert [r.status for r in rt.ps()] == ["dead"]
     with pytest.raises(SandboxNotRunning, match="dead"):
         rt.update("b1", cpus("2"))
     rt.rm("b1")
@@ -189,8 +187,8 @@ def test_stop_and_rm(world: FakeWorld, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="rm -f"):
         rt.rm("b1")
     rt.stop("b1")
-    assert world.procs[0].poll() is not None, "the VMM process is gone (and reaped)"
-    assert rt.ps()[0]["status"] == "stopped"
+    assert world.vmm_gone(), "the VMM process is gone (and reaped)"
+    assert rt.ps()[0].status == "stopped"
     assert "KillContainer" in agent_calls(world)
     assert ("quit", {}) in world.m.qmp_log
     rt.rm("b1")
@@ -201,7 +199,7 @@ def test_rm_force_stops_a_running_sandbox(world: FakeWorld, tmp_path: Path) -> N
     rt = make_rt(world, tmp_path)
     rt.run(RunRequest(["true"], cpus("1"), name="b1"))
     rt.rm("b1", force=True)
-    assert world.procs[0].poll() is not None and rt.ps() == []
+    assert world.vmm_gone() and rt.ps() == []
 
 
 def test_failed_run_cleans_up(world: FakeWorld, tmp_path: Path) -> None:
@@ -215,7 +213,7 @@ def test_failed_run_cleans_up(world: FakeWorld, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         rt.run(RunRequest(["true"], cpus("1"), name="b1"))
     assert rt.ps() == []
-    assert world.procs[0].poll() is not None
+    assert world.vmm_gone()
 
 
 def test_two_updates_serialise_and_the_last_wins(world: FakeWorld, tmp_path: Path) -> None:
@@ -265,23 +263,20 @@ def test_two_updates_serialise_and_the_last_wins(world: FakeWorld, tmp_path: Pat
     assert len(st.plugged) == 3 and world.agent.cgroups["b1"]["quota"] == 200000
 
 
-def test_vmm_dying_at_start_up_is_reported_and_cleaned(world: FakeWorld, tmp_path: Path) -> None:
-    import subprocess
+def test_vmm_dying_at_start_up_is_reported_and_cleaned(
+    world: FakeWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpuplug.runtime import process, sandbox
+    from cpuplug.runtime.hypervisor import VmSpec
 
-    from cpuplug.runtime import sandbox
-
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def crashing_launcher(st: Any, qmp: Path, agent: Path, d: Path) -> int:
-        (d / "vmm.log").write_text("cpuplug vmm: error: cannot map GIC\n")
-        proc = subprocess.Popen(["true"])
-        proc.wait(10)
-        sandbox._CHILDREN[proc.pid] = proc
-        procs.append(proc)
-        return proc.pid
+    def crashing_start(spec: VmSpec) -> process.ProcessIdentity:
+        (spec.sandbox_dir / "vmm.log").write_text("cpuplug vmm: error: cannot map GIC\n")
+        ident = process.launch(["true"], spec.sandbox_dir / "out.log")
+        assert process.wait_exit(ident, 10)
+        return ident
 
     rt = make_rt(world, tmp_path)
-    rt.launcher = crashing_launcher
+    monkeypatch.setattr(world.fake_backend, "start", crashing_start)
     with pytest.raises(sandbox.SandboxError, match=r"exited during start-up.*cannot map GIC"):
         rt.run(RunRequest(["true"], cpus("1"), name="b1"))
     assert rt.ps() == [] and not (tmp_path / "b1").exists()

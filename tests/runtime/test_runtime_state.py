@@ -18,6 +18,8 @@ import pytest
 from cpuplug.cli import main
 from cpuplug.errors import UsageError
 from cpuplug.runtime.bundle import read_bundle
+from cpuplug.runtime.process import process_alive
+from cpuplug.runtime.process import start_ticks as process_start_ticks
 from cpuplug.runtime.state import (
     ContainerState,
     LockTimeout,
@@ -27,8 +29,6 @@ from cpuplug.runtime.state import (
     StateError,
     StateStore,
     default_root,
-    process_alive,
-    process_start_ticks,
 )
 
 
@@ -414,7 +414,7 @@ def test_a_broken_sandbox_is_listed_and_rm_f_stops_its_vmm(tmp_path: Path) -> No
         (d / "state.json").write_text('{"version": 1, "maxcpus": "lo')
         rt = Runtime(root)
         rows = rt.ps()
-        assert [(r["name"], r["status"]) for r in rows] == [("sb1", "broken")]
+        assert [(r.name, r.status) for r in rows] == [("sb1", "broken")]
         with pytest.raises(StateError, match="rm -f"):
             rt.rm("sb1")
         assert vmm.poll() is None
@@ -436,6 +436,6 @@ def test_rm_f_of_a_broken_sandbox_without_a_vmm_removes_the_directory(tmp_path: 
     store.create("gone")
     (tmp_path / "gone" / "state.json").write_text("")
     rt = Runtime(tmp_path)
-    assert [r["status"] for r in rt.ps()] == ["broken"]
+    assert [r.status for r in rt.ps()] == ["broken"]
     rt.rm("gone", force=True)
     assert not (tmp_path / "gone").exists()

@@ -23,6 +23,7 @@ from rich.table import Table
 from cpuplug.errors import UsageError
 from cpuplug.runtime.bundle import read_bundle
 from cpuplug.runtime.config import HOTPLUG_MODES, load_config
+from cpuplug.runtime.records import VcpuRow, to_jsonable
 from cpuplug.runtime.sandbox import (
     MAX_CFS_PERIOD_US,
     MIN_CFS_US,
@@ -208,27 +209,28 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     rows = _runtime(args).ps()
     if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
+        print(json.dumps(to_jsonable(rows), indent=2, sort_keys=True))
         return 0
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "STATUS", "VCPUS", "CPUS", "MODE", "PID", "CREATED"):
+    for col in ("NAME", "STATUS", "VCPUS", "CPUS", "MODE", "HYPERVISOR", "PID", "CREATED"):
         table.add_column(col)
     for r in rows:
-        age = time.time() - r["created"]
+        age = time.time() - r.created
         table.add_row(
-            r["name"],
-            r["status"],
-            f"{r['vcpus']}/{r['maxcpus']}",
-            r["cpus"],
-            r["mode"],
-            str(r["pid"] or "-"),
+            r.name,
+            r.status.value,
+            f"{r.vcpus}/{r.maxcpus}",
+            r.cpus,
+            r.mode,
+            r.hypervisor,
+            str(r.pid or "-"),
             f"{age:.0f}s ago",
         )
     _out().print(table)
     return 0
 
 
-def vcpu_table(rows: list[dict[str, Any]], title: str = "vCPUs") -> Table:
+def vcpu_table(rows: list[VcpuRow], title: str = "vCPUs") -> Table:
     def mark(v: bool | None) -> str:
         return "-" if v is None else ("[green]yes[/green]" if v else "no")
 
@@ -237,11 +239,7 @@ def vcpu_table(rows: list[dict[str, Any]], title: str = "vCPUs") -> Table:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            str(r["vcpu"]),
-            mark(r["plugged"]),
-            mark(r["enabled"]),
-            mark(r["online"]),
-            str(r["thread_id"] or "-"),
+            str(r.vcpu), mark(r.plugged), mark(r.enabled), mark(r.online), str(r.thread_id or "-")
         )
     return table
 
@@ -249,36 +247,37 @@ def vcpu_table(rows: list[dict[str, Any]], title: str = "vCPUs") -> Table:
 def cmd_inspect(args: argparse.Namespace) -> int:
     info = _runtime(args).inspect(args.name)
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        print(json.dumps(to_jsonable(info), indent=2, sort_keys=True, default=str))
         return 0
     out = _out()
-    cfg = info["config"]
+    cfg = info.config
     out.print(
-        f"[bold]{info['name']}[/bold]  status={info['status']}  vmm pid={info['vmm_pid']}  "
-        f"mode={cfg['hotplug_mode']}  static={cfg['static_sandbox_resource_mgmt']}  "
-        f"maxcpus={cfg['maxcpus']}  default_vcpus={cfg['default_vcpus']}"
+        f"[bold]{info.name}[/bold]  status={info.status.value}  vmm pid={info.vmm_pid}  "
+        f"hypervisor={cfg.hypervisor}  mode={cfg.hotplug_mode}  "
+        f"static={cfg.static_sandbox_resource_mgmt}  "
+        f"maxcpus={cfg.maxcpus}  default_vcpus={cfg.default_vcpus}"
     )
-    if info.get("warning"):
-        out.print(f"[yellow]warning:[/yellow] {info['warning']}")
-    if info.get("reconciled"):
+    if info.warning:
+        out.print(f"[yellow]warning:[/yellow] {info.warning}")
+    if info.reconciled:
         out.print("[yellow]state reconciled with the VMM[/yellow]")
-    out.print(vcpu_table(info["vcpus"]))
+    out.print(vcpu_table(info.vcpus))
     limits = Table(title="cgroup limits", header_style="bold")
     for col in ("container", "quota", "period", "cpuset", "usage (s)", "throttled"):
         limits.add_column(col)
-    for c in info["containers"]:
-        stats = info.get("cgroups", {}).get(c["id"], {})
+    for c in info.containers:
+        stats = info.cgroups.get(c.id, {})
         cpu = stats.get("cpu", {})
         limits.add_row(
-            c["id"],
-            str(c["quota"]),
-            str(c["period"]),
+            c.id,
+            str(c.quota),
+            str(c.period),
             str(stats.get("cpuset_effective", "-")),
             f"{cpu.get('usage_usec', 0) / 1e6:.2f}",
             str(cpu.get("nr_throttled", "-")),
         )
     out.print(limits)
-    out.print(history_table(info["history"]))
+    out.print(history_table(info.history))
     return 0
 
 

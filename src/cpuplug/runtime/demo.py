@@ -89,13 +89,13 @@ def _usage(rt: Runtime, name: str) -> int:
 def _vcpu_line(rt: Runtime, name: str) -> str:
     info = rt.inspect(name)
     cells = []
-    for row in info["vcpus"]:
-        if row["online"]:
-            cells.append(f"[green]{row['vcpu']}:on(tid {row['thread_id']})[/green]")
-        elif row["plugged"]:
-            cells.append(f"[yellow]{row['vcpu']}:plugged[/yellow]")
+    for row in info.vcpus:
+        if row.online:
+            cells.append(f"[green]{row.vcpu}:on(tid {row.thread_id})[/green]")
+        elif row.plugged:
+            cells.append(f"[yellow]{row.vcpu}:plugged[/yellow]")
         else:
-            cells.append(f"[dim]{row['vcpu']}:-[/dim]")
+            cells.append(f"[dim]{row.vcpu}:-[/dim]")
     return " ".join(cells)
 
 

@@ -1,4 +1,4 @@
-"""Resizing a running VM's vCPU set over QMP: the plan (pure) and its execution.
+"""The resize plan: which vCPU slots to plug or unplug (pure), and its step log.
 
 The plan follows docs/contract.md §8 — grow into free slots in **ascending** core-id order
 (QEMU lists slots highest first; Kata's Go runtime walks that list as is and
@@ -7,18 +7,8 @@ hot-adds the *highest* socket first, issue #9392), device id ``cpu-<core-id>``
 props (QEMU ≥ 9.2 refuses strings); shrink the newest hot-added vCPU first,
 never vCPU 0, never a boot vCPU, never below one.
 
-Execution does better than Kata where the references show it hanging:
-
-* ``device_del`` is followed by a wait **with a timeout** (Go Kata waits forever
-  on a refused eject).
-* Completion is ``DEVICE_DELETED`` naming the device *or its QOM path or a child of
-  it* (QEMU 7.2 on x86 only ever named ``…/hcpuN/lapic``, tests/data/README.md), or
-  the slot no longer being plugged in ``query-hotpluggable-cpus`` — so a VMM that
-  emits the event differently cannot make us wait forever.
-* An ``ACPI_DEVICE_OST`` failure status for the slot (e.g. 0x82 "device busy")
-  fails the removal at once, naming the vCPU and the status, instead of waiting
-  for the timeout.
-* A dropped QMP connection (VMM killed) ends every wait immediately.
+Carrying a plan out is a hypervisor's job (:mod:`cpuplug.runtime.hypervisor`;
+over QMP: :mod:`cpuplug.runtime.hypervisors.qmp`).
 """
 
 from __future__ import annotations
@@ -26,15 +16,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cpuplug.errors import CpuplugError
-from cpuplug.runtime.qmp_client import QmpCommandError, VmmGone
 
 DEVICE_PREFIX = "cpu-"
-POLL_SLICE = 0.25
-"""Longest a removal wait goes without re-checking ``query-hotpluggable-cpus``."""
-
 OST_SOURCE_INSERT = 0x01
 OST_SOURCE_EJECT = 0x03
 OST_SUCCESS = 0x00
@@ -176,23 +162,6 @@ def plan_resize(
     return Plan(current, target=target)
 
 
-# --------------------------------------------------------------------------- execution
-
-
-class Vmm(Protocol):
-    """What resizing needs from a QMP connection (``QmpConnection`` satisfies it)."""
-
-    def execute(
-        self, command: str, arguments: Mapping[str, Any] | None = None, timeout: float | None = None
-    ) -> Any: ...
-
-    def next_event(self, timeout: float) -> dict[str, Any] | None: ...
-
-
-def query_slots(vmm: Vmm) -> list[Slot]:
-    return parse_slots(vmm.execute("query-hotpluggable-cpus"))
-
-
 @dataclass
 class StepLog:
     """Timings of one resize, kept in sandbox history (``inspect``, ``events``)."""
@@ -203,115 +172,3 @@ class StepLog:
     def add(self, what: str, started: float, **detail: Any) -> None:
         ms = round((self.clock() - started) * 1000, 2)
         self.steps.append({"step": what, "ms": ms, "at": time.time(), **detail})
-
-
-def hot_add(
-    vmm: Vmm,
-    slot: Slot,
-    log: StepLog,
-) -> None:
-    """``device_add`` one slot with its integer props and id ``cpu-<core-id>``."""
-    args: dict[str, Any] = {"driver": slot.type, "id": device_id(slot.core_id)}
-    args.update(slot.props)
-    t0 = log.clock()
-    vmm.execute("device_add", args)
-    log.add("device_add", t0, vcpu=slot.core_id)
-
-
-def _ost_info(event: Mapping[str, Any]) -> tuple[int, int, int] | None:
-    """(slot, source, status) of an ``ACPI_DEVICE_OST`` for a CPU, else None."""
-    if event.get("event") != "ACPI_DEVICE_OST":
-        return None
-    info = (event.get("data") or {}).get("info") or {}
-    if info.get("slot-type") not in (None, "CPU"):
-        return None
-    try:
-        return int(info["slot"]), int(info["source"]), int(info["status"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def wait_inserted(vmm: Vmm, cores: Iterable[int], timeout: float, log: StepLog) -> list[int]:
-    """Wait for the guest's insert ``_OST`` on each core; return those not confirmed.
-
-    A failure status raises :class:`ResizeError` naming the vCPU.  Cores that stay
-    silent until the timeout are returned, not raised: the agent's
-    ``OnlineCPUMem`` has its own bounded retries and gives the final word.
-    """
-    waiting = set(cores)
-    t0 = log.clock()
-    deadline = t0 + timeout
-    while waiting:
-        remaining = deadline - log.clock()
-        if remaining <= 0:
-            break
-        ev = vmm.next_event(remaining)
-        if ev is None:
-            break
-        if ev.get("event") == "SHUTDOWN":
-            raise VmmGone("the VMM shut down during hot-add")
-        info = _ost_info(ev)
-        if info is None:
-            continue
-        core, source, status = info
-        if core in waiting and source == OST_SOURCE_INSERT:
-            if status != OST_SUCCESS:
-                raise ResizeError(
-                    f"guest failed to add vCPU {core}: _OST status {ost_text(status)}"
-                )
-            waiting.discard(core)
-            log.add("insert_ost", t0, vcpu=core)
-    return sorted(waiting)
-
-
-def hot_remove(
-    vmm: Vmm,
-    core: int,
-    qom_path: str | None,
-    timeout: float,
-    log: StepLog,
-) -> None:
-    """``device_del cpu-<core>`` and wait for completion, a refusal, or the timeout."""
-    dev = device_id(core)
-    t0 = log.clock()
-    vmm.execute("device_del", {"id": dev})
-    deadline = t0 + timeout
-    last_status: int | None = None
-    while True:
-        remaining = deadline - log.clock()
-        if remaining <= 0:
-            if not _still_plugged(vmm, core):
-                break
-            raise RemoveTimeout(core, timeout, last_status)
-        ev = vmm.next_event(min(remaining, POLL_SLICE))
-        if ev is None:
-            if not _still_plugged(vmm, core):
-                break  # completion seen in the slot table (no event named it)
-            continue
-        name = ev.get("event")
-        if name == "SHUTDOWN":
-            raise VmmGone(f"the VMM shut down while removing vCPU {core}")
-        if name == "DEVICE_DELETED":
-            data = ev.get("data") or {}
-            path = str(data.get("path") or "")
-            if data.get("device") == dev or (qom_path and path == qom_path):
-                break
-            if qom_path and path.startswith(qom_path + "/") and not _still_plugged(vmm, core):
-                break  # QEMU-on-x86 style: only the child (…/lapic) was named
-            continue
-        info = _ost_info(ev)
-        if info is None or info[0] != core or info[1] != OST_SOURCE_EJECT:
-            continue
-        last_status = info[2]
-        if last_status not in (OST_SUCCESS, OST_EJECT_IN_PROGRESS):
-            log.add("eject_refused", t0, vcpu=core, status=last_status)
-            raise EjectRefused(core, last_status)
-    log.add("device_del", t0, vcpu=core)
-
-
-def _still_plugged(vmm: Vmm, core: int) -> bool:
-    try:
-        slots = query_slots(vmm)
-    except QmpCommandError:
-        return True
-    return any(s.core_id == core and s.plugged for s in slots)

@@ -1,16 +1,17 @@
 """Sandbox lifecycle and resize: Kata's ``Sandbox``/``updateResources`` for cpuplug.
 
 :class:`Runtime` is the in-process API behind every CLI command.  A sandbox is a
-VMM process (``python -m cpuplug vmm``) plus one container created through the
+VM started by a hypervisor backend (:mod:`cpuplug.runtime.hypervisor`; the
+orchestration here imports none of them) plus one container created through the
 guest agent; everything about it is in the state store, so each method can run
-in a fresh process.  The VMM is reached only over QMP and the guest only over the
-agent protocol (docs/contract.md §0) — the connection factories are injectable so tests can
-drive the orchestration against fakes.
+in a fresh process.
 
-Order of a resize (docs/contract.md §8, Kata's ``Container.update`` order): VM resize and
-online first, the guest cgroup last.  Unlike Kata, every wait is bounded, the
-state is written after each hotplug step, and an interrupted resize is
-reconciled with ``query-hotpluggable-cpus`` by the next command.
+Order of a resize (docs/contract.md §8, Kata's ``Container.update`` order): VM
+resize and online first, the guest cgroup last.  Unlike Kata, every wait is
+bounded, and the requested resources are the *desired state*: they are written
+(with a ``pending`` mark) before the VM is touched, so a command killed or failing
+half-way leaves a sandbox whose next command finishes the interrupted intent —
+vCPUs, online set, cpuset and quota all brought to what was last asked for.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
-import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -32,10 +29,30 @@ from typing import Any, Protocol
 
 from cpuplug import agent_protocol as ap
 from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.runtime import process
 from cpuplug.runtime import resize as rz
 from cpuplug.runtime.agent_client import AgentClient, wait_for_agent
 from cpuplug.runtime.config import RuntimeConfig
-from cpuplug.runtime.qmp_client import QmpConnection, QmpError, VmmUnreachable
+from cpuplug.runtime.hypervisor import (
+    Backend,
+    HotplugMode,
+    Hypervisor,
+    HypervisorKind,
+    VmmRunState,
+    VmSpec,
+    backend,
+)
+from cpuplug.runtime.process import ProcessIdentity
+from cpuplug.runtime.qmp_client import QmpError, VmmUnreachable
+from cpuplug.runtime.records import (
+    ContainerInfo,
+    ContainerStatus,
+    SandboxConfigInfo,
+    SandboxInfo,
+    SandboxStatus,
+    SandboxSummary,
+    VcpuRow,
+)
 from cpuplug.runtime.sizing import (
     ContainerCpu,
     boot_topology,
@@ -45,28 +62,25 @@ from cpuplug.runtime.sizing import (
 )
 from cpuplug.runtime.state import (
     ContainerState,
+    LockTimeout,
     SandboxState,
     StateError,
+    StatelessSandbox,
     StateStore,
-    process_alive,
-    process_start_ticks,
     validate_name,
 )
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
 MIN_CFS_US = 1000
 MAX_CFS_PERIOD_US = 1_000_000
 FAULT_ENV = "CPUPLUG_FAULT"
 """Test hook for crash tests.  ``CPUPLUG_FAULT=<step>`` SIGKILLs this process at that
-named step, to prove a killed command leaves a state the next one reconciles
-(``after-device-add`` is between ``device_add`` and ``OnlineCPUMem``);
+named step, to prove a killed command leaves a state the next one finishes
+(``after-device-add`` is between ``device_add`` and ``OnlineCPUMem``,
+``after-vmm-start`` between the VMM's start and the container's);
 ``CPUPLUG_FAULT=kill-vmm:<step>`` SIGKILLs the sandbox's VMM there instead and
 carries on, to prove the command then fails cleanly."""
-
-# Children started by this process, so stop() can reap them (no zombies in tests).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class SandboxError(CpuplugError):
@@ -134,6 +148,8 @@ class RunRequest:
 
 @dataclass
 class UpdateResult:
+    """What an update did; ``before``/``after`` count the vCPUs the guest has online."""
+
     name: str
     before: int
     after: int
@@ -142,6 +158,7 @@ class UpdateResult:
     period: int | None
     added: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    offlined: list[int] = field(default_factory=list)
     warning: str | None = None
     qmp_commands: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -167,75 +184,28 @@ class AgentLike(Protocol):
     def close(self) -> None: ...
 
 
-class VmmLike(rz.Vmm, Protocol):
-    sent: list[str]
-
-    def close(self) -> None: ...
-
-
-class Launcher(Protocol):
-    """Starts a sandbox's VMM; returns its pid."""
-
-    def __call__(self, st: SandboxState, qmp: Path, agent: Path, sandbox_dir: Path) -> int: ...
-
-
-def launch_vmm(st: SandboxState, qmp: Path, agent: Path, sandbox_dir: Path) -> int:
-    """Start ``python -m cpuplug vmm`` in its own session, output into ``vmm.log``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cpuplug",
-        "vmm",
-        "--smp",
-        f"cpus={st.boot_vcpus},maxcpus={st.maxcpus}",
-        "--qmp",
-        f"unix:{qmp}",
-        "--agent",
-        f"unix:{agent}",
-        "--mode",
-        st.mode,
-        "--console",
-        str(sandbox_dir / "console.log"),
-    ]
-    with open(sandbox_dir / "vmm.log", "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc.pid
-
-
-def _connect_qmp(path: Path) -> VmmLike:
-    return QmpConnection(path).connect()
-
-
 def _connect_agent(path: Path) -> AgentLike:
     return AgentClient(path).connect()
 
 
 class _Session:
-    """Lazily opened connections for one command; ``qmp`` is only opened if used."""
+    """Lazily opened connections for one command: the hypervisor and the agent."""
 
     def __init__(self, rt: Runtime, st: SandboxState) -> None:
         self._rt = rt
         self.st = st
-        self._qmp: VmmLike | None = None
+        self._hv: Hypervisor | None = None
         self._agent: AgentLike | None = None
 
     @property
-    def qmp(self) -> VmmLike:
-        if self._qmp is None:
-            self._qmp = self._rt.connect_qmp(self._rt.store.socket_path(self.st.name, "qmp"))
-        return self._qmp
+    def hv(self) -> Hypervisor:
+        if self._hv is None:
+            self._hv = self._rt.backend_of(self.st).attach(self._rt.spec(self.st))
+        return self._hv
 
     @property
-    def qmp_commands(self) -> list[str]:
-        return list(self._qmp.sent) if self._qmp is not None else []
+    def commands_sent(self) -> list[str]:
+        return self._hv.commands_sent() if self._hv is not None else []
 
     @property
     def agent(self) -> AgentLike:
@@ -248,11 +218,29 @@ class _Session:
         self._agent = agent
 
     def close(self) -> None:
-        for conn in (self._qmp, self._agent):
+        for conn in (self._hv, self._agent):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-        self._qmp = self._agent = None
+        self._hv = self._agent = None
+
+
+class _Progress:
+    """What a resize already changed, so a failure can say so (and the state keep it)."""
+
+    def __init__(self, result: UpdateResult) -> None:
+        self.result = result
+
+    def describe(self) -> str:
+        r = self.result
+        done = []
+        if r.added:
+            done.append("plugged vCPU " + ",".join(map(str, r.added)))
+        if r.removed:
+            done.append("unplugged vCPU " + ",".join(map(str, r.removed)))
+        if r.offlined:
+            done.append("offlined CPU " + ",".join(map(str, r.offlined)))
+        return "; ".join(done)
 
 
 # --------------------------------------------------------------------------- runtime
@@ -266,50 +254,86 @@ class Runtime:
         root: str | Path | None = None,
         config: RuntimeConfig | None = None,
         *,
-        launcher: Launcher = launch_vmm,
-        connect_qmp: Callable[[Path], VmmLike] = _connect_qmp,
+        backends: Callable[[HypervisorKind], Backend] = backend,
         connect_agent: Callable[[Path], AgentLike] = _connect_agent,
         start_timeout: float = START_TIMEOUT,
         host_cpus: int | None = None,
     ) -> None:
         self.store = StateStore(root)
         self.config = config if config is not None else RuntimeConfig()
-        self.launcher = launcher
-        self.connect_qmp = connect_qmp
+        self.backends = backends
         self.connect_agent = connect_agent
         self.start_timeout = start_timeout
         self.host_cpus = host_cpus
 
     # ------------------------------------------------------------------ helpers
 
-    def alive(self, st: SandboxState) -> bool:
-        return process_alive(st.vmm_pid, st.vmm_start_ticks)
+    def backend_of(self, st: SandboxState) -> Backend:
+        return self.backends(HypervisorKind(st.hypervisor))
 
-    def status(self, st: SandboxState) -> str:
-        """``running``/``creating`` only while the VMM lives; else ``dead``."""
-        if st.status == "creating" and st.vmm_pid is None:
-            return "creating"  # a run is starting it
-        if st.status in ("running", "creating") and not self.alive(st):
-            return "dead"
-        return st.status
+    def spec(self, st: SandboxState) -> VmSpec:
+        return VmSpec(
+            name=st.name,
+            boot_vcpus=st.boot_vcpus,
+            maxcpus=st.maxcpus,
+            mode=HotplugMode(st.mode),
+            qmp_path=self.store.socket_path(st.name, "qmp"),
+            agent_path=self.store.socket_path(st.name, "agent"),
+            sandbox_dir=self.store.dir(st.name),
+        )
+
+    @staticmethod
+    def _identity(st: SandboxState) -> ProcessIdentity | None:
+        if st.vmm_pid is None:
+            return None
+        return ProcessIdentity(st.vmm_pid, st.vmm_start_ticks, st.vmm_exe)
+
+    def alive(self, st: SandboxState) -> bool:
+        ident = self._identity(st)
+        return ident is not None and ident.matches()
+
+    def status(self, st: SandboxState, *, locked: bool = False) -> SandboxStatus:
+        """What the sandbox is now, from its state, its VMM and its lock.
+
+        A ``creating`` sandbox whose lock is free has lost the ``run`` that was
+        creating it (killed): it is ``failed``, and ``rm`` cleans it up (D6).
+        ``locked`` says the caller holds the lock (then no creator can be running).
+        """
+        stored = SandboxStatus(st.status)
+        if stored is SandboxStatus.CREATING and (locked or not self._lock_held(st.name)):
+            return SandboxStatus.FAILED
+        if stored in (SandboxStatus.RUNNING, SandboxStatus.CREATING) and not self.alive(st):
+            return SandboxStatus.DEAD if stored is SandboxStatus.RUNNING else stored
+        return stored
+
+    def _lock_held(self, name: str) -> bool:
+        try:
+            with self.store.lock(name, 0):
+                return False
+        except LockTimeout:
+            return True
+        except CpuplugError:
+            return False
 
     @contextlib.contextmanager
     def _locked(self, name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[SandboxState]:
         with self.store.lock(name, timeout):
             yield self.store.load(name)
 
-    def _require_running(self, st: SandboxState) -> None:
-        status = self.status(st)
-        if status != "running":
-            raise SandboxNotRunning(
-                f"sandbox {st.name} is {status}"
-                + (" (its VMM exited; cpuplug rm it)" if status == "dead" else "")
-            )
+    def _require_running(self, st: SandboxState, *, locked: bool = False) -> None:
+        status = self.status(st, locked=locked)
+        if status is not SandboxStatus.RUNNING:
+            hint = ""
+            if status is SandboxStatus.DEAD:
+                hint = " (its VMM exited; cpuplug rm it)"
+            elif status is SandboxStatus.FAILED:
+                hint = " (its creation was interrupted; cpuplug rm it)"
+            raise SandboxNotRunning(f"sandbox {st.name} is {status}{hint}")
 
     @staticmethod
     def _sizing_input(containers: list[ContainerState]) -> list[ContainerCpu]:
         return [
-            ContainerCpu(c.quota, c.period, c.cpuset, stopped=c.status == "stopped")
+            ContainerCpu(c.quota, c.period, c.cpuset, stopped=c.status == ContainerStatus.STOPPED)
             for c in containers
         ]
 
@@ -327,16 +351,12 @@ class Runtime:
         topo, sizing = boot_topology(
             self._sizing_input([container]), default, maxcpus, cfg.static_sandbox_resource_mgmt
         )
-        boot = topo.boot
-        if cfg.hotplug_mode == "online-offline":
-            boot = topo.maxcpus  # every vCPU is present from boot (docs/contract.md §9)
-        sandbox_dir = self.store.create(name)
-        qmp_path = self.store.socket_path(name, "qmp")
-        agent_path = self.store.socket_path(name, "agent")
+        mode = HotplugMode(cfg.hotplug_mode)
+        boot = topo.maxcpus if mode is HotplugMode.ONLINE_OFFLINE else topo.boot
         st = SandboxState(
             name=name,
             created=time.time(),
-            mode=cfg.hotplug_mode,
+            mode=mode.value,
             static=cfg.static_sandbox_resource_mgmt,
             default_vcpus=str(default),
             maxcpus=topo.maxcpus,
@@ -346,80 +366,101 @@ class Runtime:
             plugged=list(range(boot)),
             target=sizing.target,
             warning=sizing.warning,
+            hypervisor=HypervisorKind.BUILTIN.value,
         )
-        self.store.save(st)
         note = on_step or (lambda _s: None)
-        t_start = time.monotonic()
+        self.store.create(name)
         session = _Session(self, st)
         try:
+            # The lock is held from the first save to the last: a `creating` sandbox
+            # whose lock is free is one whose run was killed (see status()).
             with self.store.lock(name, LOCK_TIMEOUT):
-                st.vmm_pid = self.launcher(st, qmp_path, agent_path, sandbox_dir)
-                st.vmm_start_ticks = process_start_ticks(st.vmm_pid)
                 self.store.save(st)
-                note(f"VMM started (pid {st.vmm_pid}, {boot} of {topo.maxcpus} vCPUs)")
-                self._wait_vmm(session, qmp_path, agent_path)
-                st.record(
-                    {
-                        "op": "boot",
-                        "at": time.time(),
-                        "vcpus": boot,
-                        "ms": round((time.monotonic() - t_start) * 1000, 1),
-                    }
-                )
-                note("guest agent ready")
-                session.agent.create_container(
-                    container.id, container.cmd, quota=container.quota, period=container.period
-                )
-                result = self._apply(session, st, [container], sizing.target, sizing.warning)
-                if result.after != boot:
-                    note(f"vCPUs {boot} -> {result.after}")
-                session.agent.start_container(container.id)
-                container.status = "running"
-                st.status = "running"
-                st.record(
-                    {
-                        "op": "run",
-                        "at": time.time(),
-                        "vcpus": result.after,
-                        "ms": round((time.monotonic() - t_start) * 1000, 1),
-                    }
-                )
-                self.store.save(st)
+                self._create(session, st, container, sizing.warning, note)
         except BaseException as exc:
             session.close()
-            log_tail = self._log_tail(sandbox_dir)
-            self._kill_vmm(st)
-            self.store.remove(name)
-            if isinstance(exc, CpuplugError) and log_tail:
+            log_tail = self._log_tail(self.store.dir(name))
+            self._terminate_vmm(st)
+            with contextlib.suppress(CpuplugError, OSError):
+                self.store.remove(name)
+            if isinstance(exc, CpuplugError) and not isinstance(exc, UsageError) and log_tail:
                 raise SandboxError(f"{exc} [vmm: {log_tail}]") from None
             raise
         session.close()
         return st
 
-    def _wait_vmm(self, session: _Session, qmp_path: Path, agent_path: Path) -> None:
-        """Wait until QMP answers and the guest agent is up, or the VMM dies."""
+    def _create(
+        self,
+        session: _Session,
+        st: SandboxState,
+        container: ContainerState,
+        warning: str | None,
+        note: Callable[[str], None],
+    ) -> None:
+        t_start = time.monotonic()
+        be = self.backend_of(st)
+        ident = be.start(self.spec(st))
+        st.vmm_pid, st.vmm_start_ticks, st.vmm_exe = ident.pid, ident.start_ticks, ident.exe
+        self.store.save(st)
+        note(f"VMM started (pid {st.vmm_pid}, {st.boot_vcpus} of {st.maxcpus} vCPUs)")
+        fault_point("after-vmm-start", st.vmm_pid)
+        self._wait_vmm(session)
+        st.record(
+            {
+                "op": "boot",
+                "at": time.time(),
+                "vcpus": st.boot_vcpus,
+                "ms": round((time.monotonic() - t_start) * 1000, 1),
+            }
+        )
+        note("guest agent ready")
+        session.agent.create_container(
+            container.id, container.cmd, quota=container.quota, period=container.period
+        )
+        result = self._apply(session, st, [container], st.target, warning)
+        if result.after != result.before:
+            note(f"vCPUs {result.before} -> {result.after}")
+        session.agent.start_container(container.id)
+        container.status = ContainerStatus.RUNNING.value
+        st.status = SandboxStatus.RUNNING.value
+        st.record(
+            {
+                "op": "run",
+                "at": time.time(),
+                "vcpus": result.after,
+                "ms": round((time.monotonic() - t_start) * 1000, 1),
+            }
+        )
+        self.store.save(st)
+
+    def _wait_vmm(self, session: _Session) -> None:
+        """Wait until the VMM answers and the guest agent is up, or the VMM dies."""
         st = session.st
+        spec = self.spec(st)
         deadline = time.monotonic() + self.start_timeout
         delay = 0.01
         while True:
             if not self.alive(st):
                 raise SandboxError("the VMM exited during start-up")
             try:
-                session.qmp.execute("query-status")
-                break
+                state = session.hv.run_state()
             except (VmmUnreachable, QmpError) as exc:
                 session.close()
                 if time.monotonic() >= deadline:
                     raise SandboxError(f"the VMM did not serve QMP in time: {exc}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        for path in (qmp_path, agent_path):
+                time.sleep(delay)  # the socket appears when the VMM gets there; no event
+                delay = min(delay * 2, 0.1)
+                continue
+            if state is VmmRunState.FAILED:
+                raise SandboxError("the VMM stopped its guest during start-up")
+            break
+        for path in (spec.qmp_path, spec.agent_path):
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
         remaining = max(deadline - time.monotonic(), 0.1)
         session.adopt_agent(
             wait_for_agent(
-                agent_path, remaining, alive=lambda: self.alive(st), connect=self.connect_agent
+                spec.agent_path, remaining, alive=lambda: self.alive(st), connect=self.connect_agent
             )
         )
 
@@ -440,50 +481,87 @@ class Runtime:
         containers: list[ContainerState],
         target: int,
         warning: str | None,
+        op: str = "update",
     ) -> UpdateResult:
-        """Resize to ``target`` (unless static) and push limits to the guest cgroups."""
+        """Bring the VM and the guest cgroups to ``containers``' limits and ``target`` vCPUs.
+
+        The desired state is saved with a ``pending`` mark first; it is cleared only
+        once vCPUs, online set, cpusets and quotas all match it.  A failure part-way
+        keeps the mark (so the next command finishes the job) and says what was done.
+        A guest that *refuses* an eject has answered rather than been interrupted:
+        the update is abandoned and the previous limits stay (``remove-failed``).
+        """
         t0 = time.monotonic()
         log = rz.StepLog()
-        before = len(st.plugged)
-        result = UpdateResult(st.name, before, before, target, None, None, warning=warning)
-        online: list[int] | None = None
+        result = UpdateResult(st.name, 0, 0, target, None, None, warning=warning)
+        progress = _Progress(result)
         if st.static:
-            if target != before and result.warning is None:
-                result.warning = (
-                    f"static sandbox: vCPUs stay at {before} (wanted {target}); quota only"
-                )
-            target = before
-        # online-offline: every vCPU is always plugged, so `before` says nothing about
-        # how many the guest has online; ask it on every update
-        if st.pending is not None or target != before or st.mode == "online-offline":
-            online = self._resize(session, st, target, log, result)
-        main = containers[0]
-        period = main.period if main.quota is not None else None
-        cpuset = format_cpu_list(online) if online is not None else None
-        if st.mode == "online-offline" and online is not None:
-            # every vCPU stays plugged; confine the container to the first `target`
-            # online (the guest already offlined the rest on a shrink)
-            cpuset = format_cpu_list(sorted(online)[:target])
-        for c in containers:
-            if c.status == "stopped":
-                continue
-            t = log.clock()
-            session.agent.update_container(c.id, cpuset_cpus=cpuset, quota=c.quota, period=c.period)
-            log.add("update_container", t, container=c.id, quota=c.quota, cpuset=cpuset)
+            target = st.target
+            result.target = target
+        interrupted = st.pending is not None
+        previous = (st.containers, st.target)
         st.containers = containers
-        st.pending = None
         st.target = target
+        st.pending = {"op": "resize", "target": target, "at": time.time()}
+        self.store.save(st)
+        try:
+            online = self._converge(session, st, target, log, result, interrupted)
+            main = containers[0]
+            for c in containers:
+                if c.status == ContainerStatus.STOPPED:
+                    continue
+                cpuset = _container_cpuset(c, online)
+                t = log.clock()
+                session.agent.update_container(
+                    c.id, cpuset_cpus=cpuset, quota=c.quota, period=c.period
+                )
+                log.add("update_container", t, container=c.id, quota=c.quota, cpuset=cpuset)
+        except rz.EjectRefused as exc:
+            st.containers, st.target = previous
+            st.pending = None
+            st.record(
+                {
+                    "op": "remove-failed",
+                    "at": time.time(),
+                    "vcpu": exc.core,
+                    "error": str(exc),
+                    "steps": log.steps,
+                }
+            )
+            self.store.save(st)
+            raise
+        except CpuplugError as exc:
+            st.record(
+                {
+                    "op": f"{op}-failed",
+                    "at": time.time(),
+                    "error": str(exc),
+                    "steps": log.steps,
+                    "qmp": session.commands_sent,
+                }
+            )
+            with contextlib.suppress(CpuplugError, OSError):
+                self.store.save(st)
+            done = progress.describe()
+            if done and not isinstance(exc, UsageError):
+                raise SandboxError(
+                    f"{exc} (already done: {done}; the next cpuplug command on {st.name} "
+                    "finishes the update)"
+                ) from None
+            raise
+        st.pending = None
         st.warning = result.warning
-        result.after = len(st.plugged)
+        result.after = len(online)
+        period = main.period if main.quota is not None else None
         result.quota, result.period = main.quota, period
-        result.qmp_commands = session.qmp_commands
+        result.qmp_commands = session.commands_sent
         result.steps = log.steps
         result.seconds = time.monotonic() - t0
         st.record(
             {
-                "op": "update",
+                "op": op,
                 "at": time.time(),
-                "before": before,
+                "before": result.before,
                 "after": result.after,
                 "quota": main.quota,
                 "period": period,
@@ -495,96 +573,102 @@ class Runtime:
         self.store.save(st)
         return result
 
-    def _resize(
+    def _converge(
         self,
         session: _Session,
         st: SandboxState,
         target: int,
         log: rz.StepLog,
         result: UpdateResult,
+        interrupted: bool,
     ) -> list[int]:
-        """Hotplug to ``target``; returns the guest's online CPUs afterwards."""
-        if st.mode == "online-offline":
-            return self._resize_online_offline(session, st, target, log, result)
-        interrupted = st.pending is not None  # a killed command left its guest side undone
-        qmp = session.qmp
-        slots = rz.query_slots(qmp)
-        plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
-        if plan.warning:
-            result.warning = plan.warning if result.warning is None else result.warning
-        st.plugged = list(plan.current)
-        result.before = len(st.plugged)
-        st.pending = {"op": "resize", "target": target, "at": time.time()}
-        self.store.save(st)
-        by_core = {s.core_id: s for s in slots}
-        for core in plan.add:
-            rz.hot_add(qmp, by_core[core], log)
-            st.plugged.append(core)
-            result.added.append(core)
-            self.store.save(st)
-            fault_point("after-device-add", st.vmm_pid)
-        online: list[int] | None = None
-        if plan.add or interrupted:
-            rz.wait_inserted(qmp, plan.add, st.remove_timeout, log)
-            t = log.clock()
-            online = session.agent.online_cpu_mem(len(st.plugged))
-            log.add("online_cpu_mem", t, online=format_cpu_list(online))
-            missing = [c for c in st.plugged if c not in online]
-            if missing:
-                raise rz.ResizeError(
-                    f"vCPU(s) {format_cpu_list(missing)} are plugged but not online in the guest"
-                )
-        for core in plan.remove:
-            try:
-                rz.hot_remove(qmp, core, by_core[core].qom_path, st.remove_timeout, log)
-            except rz.ResizeError as exc:
-                st.pending = None  # the VMM's state is known: the vCPU is still there
-                st.record(
-                    {
-                        "op": "remove-failed",
-                        "at": time.time(),
-                        "vcpu": core,
-                        "error": str(exc),
-                        "steps": log.steps,
-                    }
-                )
-                self.store.save(st)
-                raise
-            st.plugged.remove(core)
-            result.removed.append(core)
-            self.store.save(st)
-        if plan.remove:
-            details = session.agent.guest_details()
-            online = sorted(ap.parse_cpu_list(str(details.get("online", ""))))
-        return online if online is not None else list(st.plugged)
+        """Plug, unplug, online and offline until ``target`` vCPUs are online.
 
-    def _resize_online_offline(
-        self,
-        session: _Session,
-        st: SandboxState,
-        target: int,
-        log: rz.StepLog,
-        result: UpdateResult,
-    ) -> list[int]:
-        """docs/contract.md §9's baseline: every vCPU stays plugged; the guest onlines or offlines.
-
-        The guest's online count (side-effect free ``GuestDetails``) decides the
-        direction: grow is ``OnlineCPUMem``, shrink is ``OfflineCPUs``, so a shrink
-        really takes CPUs away from the guest instead of only narrowing the cpuset.
-        Their vCPU threads stay in the VMM, and a guest root can online them again:
-        the density and security costs this mode exists to measure.
+        Written once for every hypervisor; the backend's capabilities decide whether
+        a shrink unplugs vCPUs or only offlines them (a VMM that cannot plug a slot
+        again, or whose plug budget would run out, keeps its vCPUs plugged).  The
+        guest is asked for its online set first, before the VM is touched, so an
+        unreachable agent changes nothing, and a CPU the container offlined itself
+        is brought back.  The VMM is not even asked when the plugged set already has
+        the right size and no earlier command was interrupted (a quota-only update
+        sends no QMP traffic).
         """
         t = log.clock()
-        details = session.agent.guest_details()
-        online = sorted(ap.parse_cpu_list(str(details.get("online", ""))))
+        online = _online(session.agent.guest_details())
         log.add("guest_details", t, online=format_cpu_list(online))
-        t = log.clock()
-        if target < len(online):
-            online = session.agent.offline_cpus(target)
-            log.add("offline_cpus", t, online=format_cpu_list(online))
-        else:
-            online = session.agent.online_cpu_mem(target)
-            log.add("online_cpu_mem", t, online=format_cpu_list(online))
+        result.before = len(online)
+        target = max(1, min(target, st.maxcpus))
+        if target == len(st.plugged) and not interrupted:
+            return self._set_online(session, st, target, online, log, result)
+        hv = session.hv
+        caps = hv.capabilities()
+        slots = hv.slots()
+        st.plugged = rz.reconcile_order(st.plugged, [s.core_id for s in slots if s.plugged])
+
+        if target > len(st.plugged) and caps.hot_add:
+            plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
+            add = list(plan.add)
+            if caps.max_plugs is not None and len(add) > caps.max_plugs - st.plugs_used:
+                add = add[: max(caps.max_plugs - st.plugs_used, 0)]
+                result.warning = (
+                    f"the VMM allows {caps.max_plugs} vCPU plugs in a VM's life; "
+                    f"{len(st.plugged) + len(add)} vCPUs"
+                )
+            elif plan.warning:
+                result.warning = result.warning or plan.warning
+            by_core = {s.core_id: s for s in slots}
+            for core in add:
+                hv.plug(by_core[core], log)
+                st.plugged.append(core)
+                st.plugs_used += 1
+                result.added.append(core)
+                self.store.save(st)
+                fault_point("after-device-add", st.vmm_pid)
+            if add:
+                hv.wait_plugged(add, st.remove_timeout, log)
+        elif target < len(st.plugged):
+            plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
+            free_after = st.maxcpus - len(st.plugged) + len(plan.remove)
+            if plan.remove and caps.may_unplug(st.plugs_used, free_after):
+                if plan.warning:
+                    result.warning = result.warning or plan.warning
+                by_core = {s.core_id: s for s in slots}
+                for core in plan.remove:
+                    hv.unplug(by_core[core], st.remove_timeout, log)
+                    st.plugged.remove(core)
+                    result.removed.append(core)
+                    self.store.save(st)
+                t = log.clock()
+                online = _online(session.agent.guest_details())
+                log.add("guest_details", t, online=format_cpu_list(online))
+        return self._set_online(session, st, target, online, log, result)
+
+    @staticmethod
+    def _set_online(
+        session: _Session,
+        st: SandboxState,
+        target: int,
+        online: list[int],
+        log: rz.StepLog,
+        result: UpdateResult,
+    ) -> list[int]:
+        """Online or offline guest CPUs until ``target`` of the plugged ones are online."""
+        want = min(target, len(st.plugged))
+        if len(online) != want:
+            t = log.clock()
+            if len(online) > want:
+                before = set(online)
+                online = sorted(session.agent.offline_cpus(want))
+                result.offlined.extend(sorted(before - set(online)))
+                log.add("offline_cpus", t, online=format_cpu_list(online))
+            else:
+                online = sorted(session.agent.online_cpu_mem(want))
+                log.add("online_cpu_mem", t, online=format_cpu_list(online))
+        if len(online) < want:
+            missing = sorted(set(st.plugged) - set(online))
+            raise rz.ResizeError(
+                f"vCPU(s) {format_cpu_list(missing)} are plugged but not online in the guest"
+            )
         return online
 
     # ------------------------------------------------------------------ commands
@@ -592,25 +676,30 @@ class Runtime:
     def update(self, name: str, resources: Resources) -> UpdateResult:
         """Recompute the target from the merged limits, resize, update the cgroup."""
         with self._locked(name) as st:
-            self._require_running(st)
+            self._require_running(st, locked=True)
             session = _Session(self, st)
             try:
+                # st.containers holds the last *requested* limits, even if a killed
+                # or failed command left them unapplied (pending): merge into those.
                 containers = [resources.merged_into(st.containers[0]), *st.containers[1:]]
                 sizing = vcpu_target(
                     self._sizing_input(containers), Fraction(st.default_vcpus), st.maxcpus
                 )
                 warning = sizing.warning
-                if st.static and sizing.wanted != len(st.plugged):
+                if st.static and sizing.wanted != st.target:
                     warning = (
-                        f"static sandbox: vCPUs stay at {len(st.plugged)} (the limits want "
+                        f"static sandbox: vCPUs stay at {st.target} (the limits want "
                         f"{sizing.wanted}); only the quota changes"
                     )
                 return self._apply(session, st, containers, sizing.target, warning)
             except CpuplugError as exc:
                 # A killed VMM closes its sockets while its threads still exit:
                 # give it a moment to be gone before deciding what to report.
-                if not isinstance(exc, UsageError) and _wait_exit(
-                    st.vmm_pid or 0, st.vmm_start_ticks, None, 1.0
+                ident = self._identity(st)
+                if (
+                    not isinstance(exc, UsageError)
+                    and ident is not None
+                    and process.wait_exit(ident, 1.0)
                 ):
                     raise SandboxError(
                         f"sandbox {name}: the VMM exited during the update ({exc}); "
@@ -631,7 +720,7 @@ class Runtime:
         finally:
             agent.close()
 
-    def ps(self) -> list[dict[str, Any]]:
+    def ps(self) -> list[SandboxSummary]:
         out = []
         for name in self.store.names():
             try:
@@ -639,113 +728,95 @@ class Runtime:
             except CpuplugError:
                 # Listed, not hidden: its VMM may still run, and rm -f cleans it up.
                 out.append(
-                    {
-                        "name": name,
-                        "status": "broken",
-                        "vcpus": 0,
-                        "maxcpus": 0,
-                        "cpus": "-",
-                        "pid": None,
-                        "created": _mtime(self.store.dir(name)),
-                        "mode": "-",
-                    }
+                    SandboxSummary(
+                        name=name,
+                        status=SandboxStatus.BROKEN,
+                        vcpus=0,
+                        maxcpus=0,
+                        cpus="-",
+                        pid=None,
+                        created=_mtime(self.store.dir(name)),
+                        mode="-",
+                        hypervisor="-",
+                    )
                 )
                 continue
             c = st.containers[0] if st.containers else None
             status = self.status(st)
             out.append(
-                {
-                    "name": st.name,
-                    "status": status,
-                    "vcpus": len(st.plugged) if status == "running" else 0,
-                    "maxcpus": st.maxcpus,
-                    "cpus": _cpus_text(c.quota, c.period) if c else "",
-                    "pid": st.vmm_pid,
-                    "created": st.created,
-                    "mode": st.mode,
-                }
+                SandboxSummary(
+                    name=st.name,
+                    status=status,
+                    vcpus=len(st.plugged) if status is SandboxStatus.RUNNING else 0,
+                    maxcpus=st.maxcpus,
+                    cpus=_cpus_text(c.quota, c.period) if c else "",
+                    pid=st.vmm_pid,
+                    created=st.created,
+                    mode=st.mode,
+                    hypervisor=st.hypervisor,
+                )
             )
         return out
 
-    def inspect(self, name: str) -> dict[str, Any]:
-        """Config, vCPU map, cgroup limits and history; reconciles first if running."""
+    def inspect(self, name: str) -> SandboxInfo:
+        """Config, vCPU map, cgroup limits and history; finishes an interrupted update."""
         with self._locked(name) as st:
-            info: dict[str, Any] = {
-                "name": st.name,
-                "status": self.status(st),
-                "created": st.created,
-                "vmm_pid": st.vmm_pid,
-                "config": {
-                    "hotplug_mode": st.mode,
-                    "static_sandbox_resource_mgmt": st.static,
-                    "default_vcpus": st.default_vcpus,
-                    "maxcpus": st.maxcpus,
-                    "boot_vcpus": st.boot_vcpus,
-                    "remove_timeout": st.remove_timeout,
-                },
-                "containers": [
-                    {
-                        "id": c.id,
-                        "cmd": c.cmd,
-                        "quota": c.quota,
-                        "period": c.period,
-                        "cpuset": c.cpuset,
-                        "status": c.status,
-                    }
+            status = self.status(st, locked=True)
+            info = SandboxInfo(
+                name=st.name,
+                status=status,
+                created=st.created,
+                vmm_pid=st.vmm_pid,
+                config=SandboxConfigInfo(
+                    hotplug_mode=st.mode,
+                    static_sandbox_resource_mgmt=st.static,
+                    default_vcpus=st.default_vcpus,
+                    maxcpus=st.maxcpus,
+                    boot_vcpus=st.boot_vcpus,
+                    remove_timeout=st.remove_timeout,
+                    hypervisor=st.hypervisor,
+                ),
+                containers=[
+                    ContainerInfo(c.id, list(c.cmd), c.quota, c.period, c.cpuset, c.status)
                     for c in st.containers
                 ],
-                "target": st.target,
-                "warning": st.warning,
-                "pending": st.pending,
-                "history": st.history[-20:],
-            }
-            if info["status"] != "running":
-                info["vcpus"] = _vcpu_map(st.maxcpus, st.plugged, {}, None)
+                target=st.target,
+                warning=st.warning,
+                pending=st.pending,
+                history=st.history[-20:],
+            )
+            if status is not SandboxStatus.RUNNING:
+                info.vcpus = _vcpu_rows(st.maxcpus, st.plugged, {}, None)
                 return info
             session = _Session(self, st)
             try:
-                reconciled = self._reconcile(session, st)
-                info["reconciled"] = reconciled
-                threads = {
-                    int(e["props"]["core-id"]): int(e["thread-id"])
-                    for e in session.qmp.execute("query-cpus-fast")
-                }
+                info.reconciled = self._reconcile(session, st)
+                threads = session.hv.vcpu_threads()
                 details = session.agent.guest_details()
-                info["guest"] = details
-                info["vcpus"] = _vcpu_map(st.maxcpus, st.plugged, threads, details)
-                cgroups = {}
+                info.guest = details
+                info.vcpus = _vcpu_rows(st.maxcpus, st.plugged, threads, details)
                 for c in st.containers:
                     with contextlib.suppress(ap.AgentError):
-                        cgroups[c.id] = session.agent.stats_container(c.id)
-                info["cgroups"] = cgroups
-                info["pending"] = st.pending
-                info["history"] = st.history[-20:]
+                        info.cgroups[c.id] = session.agent.stats_container(c.id)
+                info.warning = st.warning
+                info.pending = st.pending
+                info.history = st.history[-20:]
             finally:
                 session.close()
             return info
 
     def _reconcile(self, session: _Session, st: SandboxState) -> bool:
-        """Make the state match the VMM; finish an interrupted resize's guest side."""
-        if st.mode == "online-offline":
-            return False
-        slots = rz.query_slots(session.qmp)
-        order = rz.reconcile_order(st.plugged, [s.core_id for s in slots if s.plugged])
-        changed = order != st.plugged or st.pending is not None
-        st.plugged = order
+        """Make the state match the VMM, and finish an interrupted update's intent."""
         if st.pending is not None:
-            online = session.agent.online_cpu_mem(len(order))
-            for c in st.containers:
-                if c.status != "stopped":
-                    session.agent.update_container(
-                        c.id, cpuset_cpus=format_cpu_list(online), quota=c.quota, period=c.period
-                    )
-            st.record(
-                {"op": "reconcile", "at": time.time(), "vcpus": len(order), "pending": st.pending}
-            )
-            st.pending = None
-        if changed:
-            self.store.save(st)
-        return changed
+            self._apply(session, st, st.containers, st.target, st.warning, op="reconcile")
+            return True
+        plugged = [s.core_id for s in session.hv.slots() if s.plugged]
+        order = rz.reconcile_order(st.plugged, plugged)
+        if order == st.plugged:
+            return False
+        st.plugged = order
+        self.store.save(st)
+        return True
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return list(self.store.load(name).history)
@@ -766,31 +837,29 @@ class Runtime:
             return st
 
     def _stop_locked(self, st: SandboxState) -> None:
-        """Kill the containers, ``quit`` the VMM, make sure it is gone; caller holds the lock."""
-        name = st.name
+        """Kill the containers, stop the VMM (polite, then signals); caller holds the lock."""
         if self.alive(st):
             with contextlib.suppress(Exception):
-                agent = self.connect_agent(self.store.socket_path(name, "agent"))
+                agent = self.connect_agent(self.store.socket_path(st.name, "agent"))
                 try:
                     for c in st.containers:
                         agent.kill_container(c.id)
                 finally:
                     agent.close()
-            with contextlib.suppress(Exception):
-                qmp = self.connect_qmp(self.store.socket_path(name, "qmp"))
-                try:
-                    qmp.execute("quit", timeout=2.0)
-                finally:
-                    qmp.close()
-        self._kill_vmm(st)
+        self._terminate_vmm(st)
         for c in st.containers:
-            c.status = "stopped"
-        st.status = "stopped"
+            c.status = ContainerStatus.STOPPED.value
+        st.status = SandboxStatus.STOPPED.value
         st.record({"op": "stop", "at": time.time()})
-        self.store.save(st)
+        try:
+            self.store.save(st)
+        except StateError as exc:
+            # D10: a read-only state directory must not keep a VMM running; it is
+            # stopped, and the state (which now reads `dead`) says so at the next look.
+            raise StateError(f"sandbox {st.name}: its VMM is stopped, but {exc}") from None
 
     def rm(self, name: str, force: bool = False) -> None:
-        """Remove a stopped or dead sandbox (``force``: stop a running one first).
+        """Remove a stopped, dead or failed sandbox (``force``: stop a running one first).
 
         Holds the lock, so an ``rm`` cannot pull the directory from under a ``run``
         or ``update`` in progress.
@@ -798,88 +867,87 @@ class Runtime:
         with self.store.lock(name, LOCK_TIMEOUT):
             try:
                 st = self.store.load(name)
+            except StatelessSandbox:
+                self.store.remove(name)  # what a failed run left: no VMM can be in it (D1)
+                return
             except StateError as exc:
                 if not force:
                     hint = f"cpuplug rm -f {name} stops its VMM and removes it"
                     raise StateError(f"{exc} ({hint})") from None
                 self._rm_broken(name)
                 return
-            if self.status(st) in ("running", "creating"):
+            if self.status(st, locked=True) is SandboxStatus.RUNNING:
                 if not force:
                     raise UsageError(f"sandbox {name} is running: stop it first or use rm -f")
-                self._stop_locked(st)
-            self._kill_vmm(st)
-            self.store.remove(name)
+                with contextlib.suppress(StateError):  # D10: removal below says why
+                    self._stop_locked(st)
+            self._terminate_vmm(st)
+            try:
+                self.store.remove(name)
+            except StateError as exc:
+                raise StateError(f"sandbox {name}: its VMM is stopped, but {exc}") from None
 
     def _rm_broken(self, name: str) -> None:
         """Stop the VMM of a sandbox whose state file is unreadable, then remove it.
 
-        Without the state there is no recorded pid, so the VMM is found through what
-        is left in its directory: its QMP socket (``quit``; the socket's peer
-        credentials name the process, so it can be escalated to SIGTERM/SIGKILL if it
-        does not exit) and, if present, a ``vmm.pid`` file.  The directory is kept if
-        the VMM cannot be stopped, so it is never orphaned without a trace.
+        Without the state there is no recorded pid; the VMM is found through its
+        QMP socket, whose peer credentials (from the kernel, not from a file) name
+        the process.  The directory is kept if the VMM cannot be stopped, so it is
+        never orphaned without a trace.
         """
         d = self.store.dir(name)
-        pids = {p for p in (_socket_peer_pid(d / "qmp.sock"), _pid_file(d / "vmm.pid")) if p}
-        pids.discard(os.getpid())  # never ourselves (an in-process QMP server in tests)
-        procs = [(pid, process_start_ticks(pid)) for pid in pids]
-        if (d / "qmp.sock").exists():
-            with contextlib.suppress(Exception):
-                qmp = self.connect_qmp(d / "qmp.sock")
-                try:
-                    qmp.execute("quit", timeout=2.0)
-                finally:
-                    qmp.close()
-        for pid, ticks in procs:
-            proc = _CHILDREN.get(pid)
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and process_alive(pid, ticks):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, sig)
-                if _wait_exit(pid, ticks, proc, STOP_TIMEOUT if sig else 2.0):
-                    break
-            else:
-                raise SandboxError(f"sandbox {name}: its VMM (pid {pid}) did not exit; kept {d}")
-            _CHILDREN.pop(pid, None)
+        qmp_path = d / "qmp.sock"
+        peer = process.socket_peer(qmp_path)
+        if peer is not None and not process.terminate(
+            peer, lambda: self._quit_any(qmp_path)
+        ):
+            raise SandboxError(f"sandbox {name}: its VMM (pid {peer.pid}) did not exit; kept {d}")
         self.store.remove(name)
 
-    def _kill_vmm(self, st: SandboxState) -> None:
-        """Wait for the VMM to exit (bounded), then TERM, then KILL; reap our children."""
-        pid = st.vmm_pid
-        if pid is None:
+    def _quit_any(self, qmp_path: Path) -> None:
+        """Ask whatever VMM serves ``qmp_path`` to quit (every backend speaks QMP quit)."""
+        self.backends(HypervisorKind.BUILTIN).request_quit(qmp_path)
+
+    def _terminate_vmm(self, st: SandboxState) -> None:
+        """Stop the sandbox's VMM: QMP ``quit``, then SIGTERM, then SIGKILL.
+
+        Only a process proven to be this sandbox's VMM is signalled: the recorded
+        identity (pid + start time + executable), or else the process serving its
+        QMP socket (D5: a pid with no start time proves nothing).
+        """
+        qmp_path = self.store.socket_path(st.name, "qmp")
+        ident = self._identity(st)
+        if ident is None or not ident.matches():
+            ident = process.socket_peer(qmp_path)
+        if ident is None:
             return
-        proc = _CHILDREN.get(pid)
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None and self.alive(st):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            if _wait_exit(pid, st.vmm_start_ticks, proc, STOP_TIMEOUT if sig else 2.0):
-                break
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1.0)
-            _CHILDREN.pop(pid, None)
+        be = self.backend_of(st)
+        if not process.terminate(ident, lambda: be.request_quit(qmp_path)):
+            raise SandboxError(f"sandbox {st.name}: its VMM (pid {ident.pid}) did not exit")
 
 
-def _wait_exit(
-    pid: int, ticks: int | None, proc: subprocess.Popen[bytes] | None, timeout: float
-) -> bool:
-    """True once ``pid`` has exited (reaping it if it is our child)."""
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while process_alive(pid, ticks):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)  # not our child: no wait() to block on
-        delay = min(delay * 2, 0.1)
-    return True
+def _online(details: dict[str, Any]) -> list[int]:
+    return sorted(ap.parse_cpu_list(str(details.get("online", ""))))
+
+
+def _container_cpuset(c: ContainerState, online: list[int]) -> str:
+    """The cpuset a container gets: its own ``--cpuset-cpus`` within the online CPUs.
+
+    D3: the requested cpuset used to be stored and shown but never sent; the
+    container got every online CPU.  A cpuset naming no online CPU is refused by
+    the guest's cgroup (``cpuset.cpus`` must intersect the parent's), so it is
+    reported rather than silently widened.
+    """
+    if not c.cpuset:
+        return format_cpu_list(online)
+    wanted = parse_cpu_list(c.cpuset)
+    usable = sorted(wanted & set(online))
+    if not usable:
+        raise SandboxError(
+            f"container {c.id}: --cpuset-cpus {c.cpuset} names no online vCPU "
+            f"(online: {format_cpu_list(online)})"
+        )
+    return format_cpu_list(usable)
 
 
 def _mtime(path: Path) -> float:
@@ -889,53 +957,31 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _socket_peer_pid(path: Path) -> int | None:
-    """Pid of the process serving the unix socket at ``path`` (``SO_PEERCRED``), if any."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        s.connect(str(path))
-        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = int(struct.unpack("3i", creds)[0])
-        return pid if pid > 0 else None
-    return None
-
-
-def _pid_file(path: Path) -> int | None:
-    """The pid in ``path`` if it holds one positive decimal number."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isascii() and text.isdigit() and int(text) > 0 else None
-
-
 def _cpus_text(quota: int | None, period: int | None) -> str:
     if quota is None or quota < 0 or not period:
         return "-"
     return f"{quota / period:.3f}".rstrip("0").rstrip(".")
 
 
-def _vcpu_map(
+def _vcpu_rows(
     maxcpus: int,
     plugged: list[int],
     threads: dict[int, int],
     details: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
+) -> list[VcpuRow]:
     """One row per possible vCPU: plugged / enabled / online and its host thread."""
     sets: dict[str, frozenset[int]] = {}
     for key in ("present", "enabled", "online"):
         raw = (details or {}).get(key)
         sets[key] = ap.parse_cpu_list(str(raw)) if isinstance(raw, str) else frozenset()
-    rows = []
-    for i in range(maxcpus):
-        rows.append(
-            {
-                "vcpu": i,
-                "plugged": i in plugged,
-                "present": i in sets["present"] if details else None,
-                "enabled": i in sets["enabled"] if details else None,
-                "online": i in sets["online"] if details else None,
-                "thread_id": threads.get(i),
-            }
+    return [
+        VcpuRow(
+            vcpu=i,
+            plugged=i in plugged,
+            present=i in sets["present"] if details else None,
+            enabled=i in sets["enabled"] if details else None,
+            online=i in sets["online"] if details else None,
+            thread_id=threads.get(i),
         )
-    return rows
+        for i in range(maxcpus)
+    ]

@@ -64,6 +64,22 @@ class SandboxExists(UsageError):
         super().__init__(f"sandbox {name} already exists (cpuplug rm {name} first)")
 
 
+class StatelessSandbox(StateError):
+    """A sandbox directory with neither a state file nor a QMP socket.
+
+    It is what a ``run`` that failed before its first save left behind (D1: a full
+    disk).  No VMM can be running in it, so ``rm`` may remove it without ``-f``; it is
+    an error rather than :class:`SandboxNotFound` because the name is still taken.
+    """
+
+    def __init__(self, name: str, path: Path) -> None:
+        super().__init__(
+            f"sandbox {name} has no state file: {path} is what a failed run left "
+            f"(cpuplug rm {name} removes it)"
+        )
+        self.name = name
+
+
 class LockTimeout(CpuplugError):
     """Another command held the sandbox lock for longer than we were willing to wait."""
 
@@ -135,6 +151,12 @@ class SandboxState:
     vmm_pid: int | None = None
     vmm_start_ticks: int | None = None
     """``/proc/<pid>/stat`` start time, so a recycled pid is not mistaken for our VMM."""
+    vmm_exe: str | None = None
+    """The VMM's executable when started: part of its identity (runtime.process)."""
+    hypervisor: str = "builtin"
+    """The backend that started the VM (runtime.hypervisor.HypervisorKind value)."""
+    plugs_used: int = 0
+    """vCPU hot-adds over the VM's life (some VMMs bound them: Capabilities.max_plugs)."""
     containers: list[ContainerState] = field(default_factory=list)
     plugged: list[int] = field(default_factory=list)
     """Core ids of plugged vCPUs in plug order (boot vCPUs first): newest is last."""
@@ -252,16 +274,14 @@ class StateStore:
         return (self.dir(name) / "state.json").is_file()
 
     def names(self) -> list[str]:
-        """Every sandbox directory: with a state file, or with a QMP socket but no
-        (readable) state file — a broken sandbox whose VMM may still run must stay
-        visible, or nothing would ever clean it up."""
+        """Every sandbox directory, with a (readable) state file or not: a broken
+        sandbox whose VMM may still run, or the empty directory of a failed ``run``,
+        must stay visible, or nothing would ever clean it up and its name would stay
+        taken without a trace (D1)."""
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if NAME_RE.fullmatch(p.name)
-            and ((p / "state.json").is_file() or (p / "qmp.sock").exists())
+            p.name for p in self.root.iterdir() if NAME_RE.fullmatch(p.name) and p.is_dir()
         )
 
     def load(self, name: str) -> SandboxState:
@@ -269,39 +289,55 @@ class StateStore:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            if path.parent.is_dir() and (path.parent / "qmp.sock").exists():
+            if not path.parent.is_dir():
+                raise SandboxNotFound(name) from None
+            if (path.parent / "qmp.sock").exists():
                 raise StateError(f"sandbox {name} has lost its state file {path}") from None
-            raise SandboxNotFound(name) from None
+            raise StatelessSandbox(name, path.parent) from None
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror}") from None
         return SandboxState.from_json(text, str(path))
 
     def save(self, state: SandboxState) -> None:
-        """Write + fsync + rename + fsync(dir): all or nothing, even on power loss."""
+        """Write + fsync + rename + fsync(dir): all or nothing, even on power loss.
+
+        A failure (a full disk, a read-only mount) is a :class:`StateError` naming the
+        state file: the bare ``OSError`` of a write or fsync names no file (D1).
+        """
         d = self.dir(state.name)
+        path = d / "state.json"
         data = state.to_json().encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=d)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, d / "state.json")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            fd, tmp = tempfile.mkstemp(prefix=".state.", dir=d)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def remove(self, name: str) -> None:
+        """Delete the sandbox directory, or say why it stays (:class:`StateError` naming
+        it: a read-only mount, D10); errors used to be ignored and ``rm`` said it was done."""
         d = self.dir(name)
-        if not d.exists():
+        if not d.is_dir():
             raise SandboxNotFound(name)
-        shutil.rmtree(d, ignore_errors=True)
+        try:
+            shutil.rmtree(d)
+        except OSError as exc:
+            if d.exists():
+                raise StateError(f"cannot remove {d}: {exc.strerror or exc}") from None
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
@@ -314,7 +350,7 @@ class StateStore:
         d = self.dir(name)
         if not d.is_dir():
             raise SandboxNotFound(name)
-        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _lock_fd(d)
         try:
             deadline = time.monotonic() + timeout
             delay = 0.005
@@ -337,35 +373,33 @@ class StateStore:
             os.close(fd)
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parens: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+_CANNOT_CREATE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
+"""Why ``<dir>/lock`` may be impossible to open for writing or to create."""
 
 
-def process_alive(pid: int | None, start_ticks: int | None) -> bool:
-    """True if ``pid`` still runs *and* is the same process (start time matches).
+def _lock_fd(d: Path) -> int:
+    """A descriptor to ``flock`` for the sandbox directory ``d``.
 
-    A zombie is dead (only not yet reaped — our VMMs are re-parented to init when
-    the ``run`` command exits), but a zombie *thread-group leader* whose other
-    threads still run is alive: Linux shows the leader as ``Z`` once the main
-    thread has exited, while the process goes on.
+    Normally ``d/lock``, created if missing.  ``flock`` needs no write access, so
+    where that fails (a read-only mount, a directory we may not write into, a full
+    disk) the existing lock file is opened read-only, and without one the directory
+    itself is locked: ``stop`` and ``rm -f`` must still reach the VMM of a sandbox
+    whose directory cannot be written (D10).  Every command falls back the same way
+    on the same directory, so they still exclude each other.
     """
-    if pid is None:
-        return False
-    ticks = process_start_ticks(pid)
-    if ticks is None or (start_ticks is not None and ticks != start_ticks):
-        return False
+    lock = d / "lock"
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    state = fields.get("State", "").strip()[:1]
-    threads = int(fields.get("Threads", "1").strip() or 1)
-    return not (state in ("Z", "X") and threads <= 1)
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_CREATE:
+            raise StateError(f"cannot open {lock}: {exc.strerror or exc}") from None
+    try:
+        return os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateError(f"cannot open {lock}: {exc.strerror or exc}") from None
+    try:
+        return os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StateError(f"cannot lock {d}: {exc.strerror or exc}") from None

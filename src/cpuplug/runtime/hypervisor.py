@@ -1,0 +1,190 @@
+"""The hypervisor interface: what the orchestration needs from any VMM.
+
+Kata's ``Hypervisor`` interface in miniature.  The orchestration
+(:mod:`cpuplug.runtime.sandbox`) is written once against :class:`Hypervisor`;
+each VMM is a backend under :mod:`cpuplug.runtime.hypervisors` that is loaded by
+name (:func:`backend`) and never imported by the orchestration (an import-linter
+contract in ``pyproject.toml`` says so).
+
+What differs between VMMs is declared, not special-cased: :class:`Capabilities`
+says whether the VMM can hot-add, hot-remove, plug a slot again after removing
+one, how many plugs a VM's life allows, and which completion signals it sends.
+The orchestration reads them to choose between unplugging a vCPU and only
+offlining it, so a VMM that crashes on re-plug (QEMU 7.2 under TCG) or runs out
+of vCPU contexts (QEMU 10.0 under TCG) is driven safely without an ``if qemu``.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.runtime.process import ProcessIdentity
+from cpuplug.runtime.resize import Slot, StepLog
+
+
+class HypervisorKind(enum.StrEnum):
+    """The backends, by the name users give (``--hypervisor``) and state files keep."""
+
+    BUILTIN = "builtin"
+
+
+class HotplugMode(enum.StrEnum):
+    """How a sandbox's vCPU count changes (docs/contract.md §8, §9)."""
+
+    ACPI = "acpi"
+    """vCPUs are hot-added and hot-removed through ACPI; only boot vCPUs exist at boot."""
+    ONLINE_OFFLINE = "online-offline"
+    """Every vCPU is plugged at boot; the guest onlines and offlines them."""
+
+
+class VmmRunState(enum.StrEnum):
+    """What the VMM says of its guest (QMP ``query-status``), or that it is gone."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    FAILED = "failed"
+    """Stopped by an error (QEMU's ``internal-error``, ``guest-panicked``...): waiting
+    for it to finish anything is pointless."""
+    GONE = "gone"
+
+
+class Completion(enum.Flag):
+    """Signals a VMM sends when a hotplug step is done (any of them suffices)."""
+
+    INSERT_OST = enum.auto()
+    """``ACPI_DEVICE_OST`` source 1 status 0 for the slot, after a plug."""
+    EJECT_OST = enum.auto()
+    """The final ``ACPI_DEVICE_OST`` source 3 status 0 for the slot, after an unplug."""
+    DELETED_BY_ID = enum.auto()
+    """``DEVICE_DELETED`` naming the device id (cpuplug's VMM, QEMU on arm64)."""
+    DELETED_CHILD_PATH = enum.auto()
+    """``DEVICE_DELETED`` naming only a child path (QEMU on x86: ``.../lapic``)."""
+    SLOT_STATE = enum.auto()
+    """The slot's state in ``query-hotpluggable-cpus`` (always available: polled)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a running VMM can do with vCPUs."""
+
+    hot_add: bool
+    hot_remove: bool
+    replug: bool
+    """A removed slot (or any slot after an unplug) can be plugged again."""
+    max_plugs: int | None
+    """Hot-adds a VM's whole life allows (None: unbounded)."""
+    completion: Completion
+
+    def may_unplug(self, plugs_used: int, free_after: int) -> bool:
+        """Whether unplugging now keeps every free slot pluggable later.
+
+        ``free_after`` counts the free slots once the unplug is done.  Unplugging
+        is refused when the VMM could not plug them all again: no re-plug at all,
+        or a plug budget smaller than the slots a later grow may need.
+        """
+        if not self.hot_remove:
+            return False
+        if not self.replug:
+            return False
+        return self.max_plugs is None or self.max_plugs - plugs_used >= free_after
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """What to start: sizes and where the control sockets go."""
+
+    name: str
+    boot_vcpus: int
+    maxcpus: int
+    mode: HotplugMode
+    qmp_path: Path
+    agent_path: Path
+    sandbox_dir: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class HypervisorError(CpuplugError):
+    """The VMM failed to start or to carry out a step."""
+
+
+class Hypervisor(Protocol):
+    """One running VM, as the orchestration drives it.
+
+    Every call is bounded in time; a VMM that dies makes the call fail at once
+    (``VmmGone``) instead of at its timeout.
+    """
+
+    kind: HypervisorKind
+
+    def capabilities(self) -> Capabilities: ...
+
+    def run_state(self) -> VmmRunState: ...
+
+    def slots(self) -> list[Slot]:
+        """Every possible vCPU, ascending core id; plugged ones carry their QOM path."""
+        ...
+
+    def plug(self, slot: Slot, log: StepLog) -> None:
+        """Start plugging one vCPU (returns once the VMM accepted it)."""
+        ...
+
+    def wait_plugged(self, cores: Sequence[int], timeout: float, log: StepLog) -> list[int]:
+        """Wait for the guest to take each plugged core; return those not confirmed."""
+        ...
+
+    def unplug(self, slot: Slot, timeout: float, log: StepLog) -> None:
+        """Unplug one vCPU and wait (bounded) until it is gone, refused, or timed out."""
+        ...
+
+    def vcpu_threads(self) -> dict[int, int]:
+        """Host thread id of each plugged vCPU, by core id."""
+        ...
+
+    def commands_sent(self) -> list[str]:
+        """The management commands this handle sent (shown in ``update`` history)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A hypervisor kind: how to start its VMM and how to reach a running one."""
+
+    kind: HypervisorKind
+
+    def start(self, spec: VmSpec) -> ProcessIdentity:
+        """Launch the VMM process (do not wait for it); returns its identity."""
+        ...
+
+    def attach(self, spec: VmSpec) -> Hypervisor:
+        """A handle on the running VMM started from ``spec`` (raises if unreachable)."""
+        ...
+
+    def request_quit(self, qmp_path: Path) -> None:
+        """Ask the VMM serving ``qmp_path`` to exit (the polite first step of stopping
+        it; takes a path, not a spec, so a sandbox whose state is lost can be stopped)."""
+        ...
+
+
+_BACKEND_MODULES = {HypervisorKind.BUILTIN: "cpuplug.runtime.hypervisors.builtin"}
+
+
+def parse_kind(text: str) -> HypervisorKind:
+    try:
+        return HypervisorKind(text)
+    except ValueError:
+        names = ", ".join(k.value for k in HypervisorKind)
+        raise UsageError(f"unknown hypervisor {text!r}: use one of {names}") from None
+
+
+def backend(kind: HypervisorKind) -> Backend:
+    """The backend for ``kind``, imported only now (the orchestration imports none)."""
+    module = importlib.import_module(_BACKEND_MODULES[kind])
+    made: Backend = module.BACKEND
+    return made
