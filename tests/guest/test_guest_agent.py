@@ -684,18 +684,23 @@ def agent_env() -> Iterator[Env]:
     env.close()
 
 
-def test_exec_timeout_too_large_is_einval_and_spawns_nothing(agent_env: Env) -> None:
+def test_exec_timeout_too_large_is_refused_and_spawns_nothing(agent_env: Env) -> None:
     """``timeout: 1e999`` (infinity) was an EIO "internal error" *after* the spawn,
-    leaving the process running unwaited in the container."""
+    leaving the process running unwaited in the container. Now ``1e999`` is not strict
+    JSON (docs/agent-protocol.md): the frame is refused before any request exists; a
+    finite ``1e300`` is a request the agent refuses with EINVAL."""
     agent_env.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
-    for timeout in (b"1e999", b"1e300"):
+    for timeout, id_, code, message in (
+        (b"1e999", None, "EPROTO", "frame body is not strict JSON: number 1e999 is out of range"),
+        (b"1e300", 7, "EINVAL", "'timeout' must be at most"),
+    ):
         body = (
             b'{"id": 7, "method": "ExecProcess", "params": {"container_id": "c", '
             b'"cmd": ["sleep", "30"], "timeout": ' + timeout + b"}}"
         )
         reply = agent_env.raw(struct.pack(">I", len(body)) + body)
-        assert reply["id"] == 7 and reply["error"]["code"] == "EINVAL", reply
-        assert "'timeout' must be at most" in reply["error"]["message"]
+        assert reply["id"] == id_ and reply["error"]["code"] == code, reply
+        assert message in reply["error"]["message"]
         assert agent_env.kernel.sched.tasks() == []
     out = agent_env.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["true"]})
     assert out["exit_code"] == 0  # and the agent keeps serving
