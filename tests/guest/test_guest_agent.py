@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import queue
-import shutil
 import socket
 import struct
-import tempfile
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from cpuplug import agent_protocol as ap
-from cpuplug.acpi.virt import MachineConfig
 from cpuplug.guest.agent import Agent
-from cpuplug.guest.kernel import GuestKernel
-from cpuplug.vmm.machine import VirtMachine
 from tests.harness.guest_fakes import FakeChannel, FakeKernel
+from tests.harness.machine import GuestMachine
 
 CG = "/sys/fs/cgroup"
 
@@ -442,67 +436,8 @@ def test_a_handler_bug_costs_one_request_not_the_agent(
 # ------------------------------------------------------------------ the real guest kernel
 
 
-class RealVm:
-    """The real guest kernel (with its agent) booted on the in-process VirtMachine."""
-
-    def __init__(self, config: Any) -> None:
-        self.dir = tempfile.mkdtemp(prefix="cpuplug-agent-")
-        self.path = f"{self.dir}/agent.sock"
-        holder: dict[str, GuestKernel] = {}
-
-        def entry(machine: Any) -> GuestKernel:
-            holder["k"] = GuestKernel(machine)
-            return holder["k"]
-
-        self.machine = VirtMachine(config, kernel=entry, agent_path=self.path)
-        self.events = self.machine.event_queue()
-        self.machine.start()
-        self.kernel = holder["k"]
-        assert self.kernel.booted.wait(10) and self.kernel.panicked is None
-        self.socks: list[socket.socket] = []
-        self.sock = self.connect()
-        self._ids = 0
-
-    def connect(self) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(self.path)
-        self.socks.append(s)
-        return s
-
-    def call(self, method: ap.Method, params: dict[str, Any] | None = None,
-             sock: socket.socket | None = None) -> dict[str, Any]:  # fmt: skip
-        self._ids += 1
-        return ap.call(sock or self.sock, method, params or {}, timeout=30, req_id=self._ids)
-
-    def ost(self) -> tuple[int, int]:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                ev = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError("no ACPI_DEVICE_OST") from None
-            if ev.name == "ACPI_DEVICE_OST":
-                info = ev.data["info"]
-                return info["source"], info["status"]
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-        self.kernel.shutdown()
-        self.machine.shutdown()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def real_vm() -> Iterator[RealVm]:
-    vm = RealVm(MachineConfig(cpus=1, maxcpus=4))
-    yield vm
-    vm.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("agent-")]
-
-
-def test_real_kernel_hot_add_then_online_cpu_mem(real_vm: RealVm) -> None:
-    vm = real_vm
+def test_real_kernel_hot_add_then_online_cpu_mem(machine_agent: GuestMachine) -> None:
+    vm = machine_agent
     assert vm.call(ap.Method.GUEST_DETAILS) == {
         "possible": "0-3",
         "present": "0-3",
@@ -544,8 +479,8 @@ def test_real_kernel_hot_add_then_online_cpu_mem(real_vm: RealVm) -> None:
     assert names.index(("CpuRegistered", {"cpu": 2})) < names.index(("CpuOnline", {"cpu": 2}))
 
 
-def test_real_kernel_refuses_a_cpu_the_host_did_not_give(real_vm: RealVm) -> None:
-    vm = real_vm
+def test_real_kernel_refuses_a_cpu_the_host_did_not_give(machine_agent: GuestMachine) -> None:
+    vm = machine_agent
     agent = vm.kernel.agent
     assert agent is not None
     agent.online_retries = 3
@@ -569,45 +504,43 @@ def test_real_kernel_refuses_a_cpu_the_host_did_not_give(real_vm: RealVm) -> Non
     assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0"
 
 
-def test_real_kernel_online_offline_mode_lets_guest_root_online() -> None:
-    vm = RealVm(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
-    try:
-        assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-3"
-        vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
-        line = "echo 0 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
-        out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
-        assert out == {"exit_code": 0, "stdout": "0-2\n", "stderr": ""}
-        # the guest brings it back on its own: nothing on the host had to agree
-        assert vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4, "cpu_only": True}) == {
-            "online": [0, 1, 2, 3]
-        }
-    finally:
-        vm.close()
+def test_real_kernel_online_offline_mode_lets_guest_root_online(
+    guest_machine: Callable[..., GuestMachine],
+) -> None:
+    vm = guest_machine(cpus=4, maxcpus=4, mode="online-offline", agent=True)
+    assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-3"
+    vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    line = "echo 0 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+    out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
+    assert out == {"exit_code": 0, "stdout": "0-2\n", "stderr": ""}
+    # the guest brings it back on its own: nothing on the host had to agree
+    assert vm.call(ap.Method.ONLINE_CPU_MEM, {"nb_cpus": 4, "cpu_only": True}) == {
+        "online": [0, 1, 2, 3]
+    }
 
 
-def test_real_kernel_online_offline_mode_offline_cpus_then_guest_root_onlines_again() -> None:
+def test_real_kernel_online_offline_mode_offline_cpus_then_guest_root_onlines_again(
+    guest_machine: Callable[..., GuestMachine],
+) -> None:
     """docs/contract.md §9: shrinking this mode really offlines vCPUs in the guest, but their
     threads stay in the VMM (density cost) and a guest root can bring them back
     (security cost): the host does not get to say no."""
-    vm = RealVm(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
-    try:
-        vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
-        assert vm.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 2}) == {"online": [0, 1]}
-        assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"
-        cg = vm.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})
-        assert cg["cpuset_effective"] == "0-1"
-        vcpus = sorted(t.name for t in threading.enumerate() if t.name.startswith("vcpu"))
-        assert vcpus == ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]
-        line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
-        out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
-        assert out == {"exit_code": 0, "stdout": "0-1,3\n", "stderr": ""}
-    finally:
-        vm.close()
+    vm = guest_machine(cpus=4, maxcpus=4, mode="online-offline", agent=True)
+    vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})
+    assert vm.call(ap.Method.OFFLINE_CPUS, {"nb_cpus": 2}) == {"online": [0, 1]}
+    assert vm.call(ap.Method.GUEST_DETAILS)["online"] == "0-1"
+    cg = vm.call(ap.Method.STATS_CONTAINER, {"container_id": "c"})
+    assert cg["cpuset_effective"] == "0-1"
+    vcpus = sorted(t.name for t in threading.enumerate() if t.name.startswith("vcpu"))
+    assert vcpus == ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]
+    line = "echo 1 > /sys/devices/system/cpu/cpu3/online; cat /sys/devices/system/cpu/online"
+    out = vm.call(ap.Method.EXEC_PROCESS, {"container_id": "c", "cmd": ["sh", "-c", line]})
+    assert out == {"exit_code": 0, "stdout": "0-1,3\n", "stderr": ""}
 
 
-def test_real_kernel_exec_onlines_a_hot_added_cpu_from_a_task(real_vm: RealVm) -> None:
+def test_real_kernel_exec_onlines_a_hot_added_cpu_from_a_task(machine_agent: GuestMachine) -> None:
     """``echo 1 > cpuN/online`` run as a task: the store happens on a vCPU thread."""
-    vm = real_vm
+    vm = machine_agent
     vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
     assert vm.ost() == (1, 0)
     vm.call(ap.Method.CREATE_CONTAINER, {"container_id": "c", "cmd": []})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from cpuplug.guest.boot import BootError, check_psci_conduit, enumerate_cpus, re
 from cpuplug.guest.kernel import GICD_IROUTER, GuestKernel, kstrtobool
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.hw import VcpuStop
-from tests.harness.guest_fakes import Booted
+from tests.harness.machine import GuestMachine
 
 SYS = "/sys/devices/system/cpu"
 
@@ -176,26 +177,13 @@ def test_kernel_panics_cleanly_on_bad_tables() -> None:
 
 
 @pytest.fixture
-def vm() -> Any:
-    calls: list[tuple[int, int, int, int, int]] = []
-
-    def spy(m: Any) -> None:
-        real = m.vcpus.hvc_handler
-
-        def handler(caller: int, x0: int, x1: int, x2: int, x3: int) -> int:
-            ret: int = real(caller, x0, x1, x2, x3)
-            calls.append((x0, x1, x2, x3, ret))
-            return ret
-
-        m.vcpus.hvc_handler = handler
-
-    b = Booted(MachineConfig(cpus=2, maxcpus=4), before_start=spy)
-    b.hvc_calls = calls  # type: ignore[attr-defined]
-    yield b
-    b.close()
+def machine_booted(guest_machine: Callable[..., GuestMachine]) -> GuestMachine:
+    """The real guest booted on 2 of 4 vCPUs, every HVC it made recorded (``hvc_calls``)."""
+    return guest_machine(cpus=2, maxcpus=4, record_hvc=True)
 
 
-def test_boot_masks_in_acpi_mode(vm: Booted) -> None:
+def test_boot_masks_in_acpi_mode(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     assert vm.cpus("possible") == "0-3"
     assert vm.cpus("present") == "0-3"
     assert vm.cpus("online") == "0-1"
@@ -208,8 +196,9 @@ def test_boot_masks_in_acpi_mode(vm: Booted) -> None:
         assert vm.kernel.log.contains(f"ACPI: CPU{n} has been hot-added")
 
 
-def test_cpu_on_tried_for_every_possible_cpu_denied_is_silent(vm: Booted) -> None:
-    calls = vm.hvc_calls  # type: ignore[attr-defined]
+def test_cpu_on_tried_for_every_possible_cpu_denied_is_silent(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
+    calls = vm.hvc_calls
     cpu_on = {x1: ret for (x0, x1, _x2, _x3, ret) in calls if x0 == psci_abi.CPU_ON_64}
     assert cpu_on == {
         mpidr(1): psci_abi.SUCCESS,
@@ -220,14 +209,16 @@ def test_cpu_on_tried_for_every_possible_cpu_denied_is_silent(vm: Booted) -> Non
     assert vm.kernel.debug.secondary_entries() == [mpidr(1)]
 
 
-def test_log_goes_to_the_uart_named_by_spcr(vm: Booted) -> None:
+def test_log_goes_to_the_uart_named_by_spcr(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     console = vm.machine.console_text()
     assert "Booting Linux on physical CPU 0x0000000000 [0x000f0510]" in console
     assert "CPU1: Booted secondary processor 0x0000000001 [0x000f0510]" in console
     assert re.match(r"\[ *\d+\.\d{6}\] Booting Linux", vm.kernel.log.dmesg())
 
 
-def test_ged_bound_to_its_crs_interrupt_edge_and_routed(vm: Booted) -> None:
+def test_ged_bound_to_its_crs_interrupt_edge_and_routed(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     lines = vm.kernel.acpi.ged_lines
     assert [(g.gsi, g.edge, g.method) for g in lines] == [(GED_GSI, True, "\\_SB.GED._EVT")]
     route = vm.machine.memory.load(GICD_BASE + GICD_IROUTER + 8 * GED_GSI, 8)
@@ -245,17 +236,17 @@ def test_parse_interrupts_reads_extended_irq_descriptors() -> None:
     assert parse_interrupts(crs) == [(41, True), (42, True), (50, False)]
 
 
-def test_online_offline_mode_boots_everything_online_and_registered() -> None:
-    b = Booted(MachineConfig(cpus=3, maxcpus=3, mode="online-offline"))
-    try:
-        assert b.cpus("online") == "0-2"
-        assert b.cpus("enabled") == "0-2"
-        assert b.cpus("offline") == ""
-    finally:
-        b.close()
+def test_online_offline_mode_boots_everything_online_and_registered(
+    guest_machine: Callable[..., GuestMachine],
+) -> None:
+    b = guest_machine(cpus=3, maxcpus=3, mode="online-offline")
+    assert b.cpus("online") == "0-2"
+    assert b.cpus("enabled") == "0-2"
+    assert b.cpus("offline") == ""
 
 
-def test_cpu_files_read_like_linux(vm: Booted) -> None:
+def test_cpu_files_read_like_linux(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     assert vm.read(f"{SYS}/online") == "0-1\n"
     assert vm.read(f"{SYS}/cpu1/online") == "1\n"
     with pytest.raises(GuestOSError):

@@ -6,41 +6,31 @@ checks the guest through its sysfs tree, its log and the machine's events.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import os
 import random
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from qemu.qmp import ConnectError, ExecuteError, QMPClient
+from qemu.qmp import ExecuteError
 
 from cpuplug import agent_protocol as ap
-from cpuplug.acpi.virt import MachineConfig, mpidr
+from cpuplug.acpi.virt import mpidr
 from cpuplug.agent_protocol import parse_cpu_list
 from cpuplug.guest import cpu as guest_cpu
 from cpuplug.guest import psci
 from cpuplug.guest.sched import Task, TaskBody
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.vmm.vcpu import PowerState
-from tests.harness.guest_fakes import Booted, wait_until
+from tests.harness.machine import GuestMachine, wait_until
+from tests.harness.vmm import GuestVmm
 
 SYS = "/sys/devices/system/cpu"
 
-
-@pytest.fixture
-def vm() -> Iterator[Booted]:
-    b = Booted(MachineConfig(cpus=2, maxcpus=4))
-    yield b
-    b.close()
+GuestMachineFactory = Callable[..., GuestMachine]
+"""The ``guest_machine`` fixture (tests/conftest.py): the real guest booted in-process."""
 
 
 def spinner(stop: threading.Event) -> TaskBody:
@@ -52,12 +42,13 @@ def spinner(stop: threading.Event) -> TaskBody:
     return 0
 
 
-def plug(b: Booted, index: int) -> None:
+def plug(b: GuestMachine, index: int) -> None:
     b.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
     assert b.ost() == (1, 0)
 
 
-def test_hot_add_registers_but_leaves_cpu_offline(vm: Booted) -> None:
+def test_hot_add_registers_but_leaves_cpu_offline(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     assert not vm.kernel.vfs.exists(f"{SYS}/cpu2/online")
     plug(vm, 2)
     assert vm.cpus("enabled") == "0-2"
@@ -70,7 +61,8 @@ def test_hot_add_registers_but_leaves_cpu_offline(vm: Booted) -> None:
     assert "CpuRegistered" in names
 
 
-def test_online_through_sysfs_runs_tasks_on_new_cpu(vm: Booted) -> None:
+def test_online_through_sysfs_runs_tasks_on_new_cpu(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     plug(vm, 2)
     vm.kernel.vfs.write(f"{SYS}/cpu2/online", "1\n")
     assert vm.cpus("online") == "0-2"
@@ -88,7 +80,8 @@ def test_online_through_sysfs_runs_tasks_on_new_cpu(vm: Booted) -> None:
         assert task.wait(10)
 
 
-def test_online_of_unregistered_cpu_is_absent_and_refused(vm: Booted) -> None:
+def test_online_of_unregistered_cpu_is_absent_and_refused(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     with pytest.raises(GuestOSError) as exc:
         vm.kernel.vfs.write(f"{SYS}/cpu3/online", "1")
     assert exc.value.errno == errno.ENOENT
@@ -97,8 +90,9 @@ def test_online_of_unregistered_cpu_is_absent_and_refused(vm: Booted) -> None:
     assert exc.value.errno == errno.ENODEV
 
 
-def test_denied_cpu_on_is_eperm_and_silent(vm: Booted) -> None:
+def test_denied_cpu_on_is_eperm_and_silent(machine_booted: GuestMachine) -> None:
     """Firmware that says Enabled while PSCI still denies: the write fails with EPERM."""
+    vm = machine_booted
     with vm.kernel.cpus.hotplug_locked():
         vm.kernel.cpus.register(3)  # as if _STA had said Enabled
     with pytest.raises(GuestOSError) as exc:
@@ -109,7 +103,10 @@ def test_denied_cpu_on_is_eperm_and_silent(vm: Booted) -> None:
     assert vm.cpus("online") == "0-1"
 
 
-def test_cpu_that_never_comes_up_is_eio(vm: Booted, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_that_never_comes_up_is_eio(
+    machine_booted: GuestMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vm = machine_booted
     monkeypatch.setattr(guest_cpu, "CPU_UP_TIMEOUT", 0.3)
     parked = threading.Event()
     real_entry = vm.kernel.secondary_entry
@@ -129,7 +126,8 @@ def test_cpu_that_never_comes_up_is_eio(vm: Booted, monkeypatch: pytest.MonkeyPa
     del real_entry
 
 
-def test_offline_migrates_tasks_powers_off_and_polls(vm: Booted) -> None:
+def test_offline_migrates_tasks_powers_off_and_polls(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     group = vm.kernel.cgroups.create("pinned1")
     group.set_cpus(frozenset({1}))
     stop = threading.Event()
@@ -152,7 +150,8 @@ def test_offline_migrates_tasks_powers_off_and_polls(vm: Booted) -> None:
         assert task.wait(10)
 
 
-def test_last_online_cpu_refuses(vm: Booted) -> None:
+def test_last_online_cpu_refuses(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.kernel.cpu_offline(0)
     assert vm.cpus("online") == "1"
     with pytest.raises(GuestOSError) as exc:
@@ -162,13 +161,15 @@ def test_last_online_cpu_refuses(vm: Booted) -> None:
     assert vm.cpus("online") == "0-1"
 
 
-def test_bad_online_value_is_einval(vm: Booted) -> None:
+def test_bad_online_value_is_einval(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     with pytest.raises(GuestOSError) as exc:
         vm.kernel.vfs.write(f"{SYS}/cpu1/online", "maybe")
     assert exc.value.errno == errno.EINVAL
 
 
-def test_eject_sequence_and_thread_goes_away(vm: Booted) -> None:
+def test_eject_sequence_and_thread_goes_away(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     plug(vm, 2)
     vm.kernel.cpu_online(2)
     stop = threading.Event()
@@ -201,7 +202,8 @@ def test_eject_sequence_and_thread_goes_away(vm: Booted) -> None:
             assert t.wait(10)
 
 
-def test_removing_the_only_online_cpu_is_busy(vm: Booted) -> None:
+def test_removing_the_only_online_cpu_is_busy(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.kernel.cpu_offline(0)
     vm.machine.device_del("/machine/unattached/device[1]")
     assert vm.ost() == (3, 0x84)
@@ -216,7 +218,8 @@ def test_removing_the_only_online_cpu_is_busy(vm: Booted) -> None:
     assert task.wait(10)
 
 
-def test_eject_incomplete_keeps_cpu_registered(vm: Booted) -> None:
+def test_eject_incomplete_keeps_cpu_registered(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     plug(vm, 2)
 
     def refuse(index: int) -> None:
@@ -233,9 +236,10 @@ def test_eject_incomplete_keeps_cpu_registered(vm: Booted) -> None:
 
 
 def test_present_cleared_after_eject_still_unregisters(
-    vm: Booted, monkeypatch: pytest.MonkeyPatch
+    machine_booted: GuestMachine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Linux 6.11 leaks cpuN here ("Changing CPU present bit..."); we warn and unregister."""
+    vm = machine_booted
     plug(vm, 2)
     real = vm.kernel.acpi.sta
 
@@ -251,13 +255,15 @@ def test_present_cleared_after_eject_still_unregisters(
     assert vm.cpus("enabled") == "0-1"
 
 
-def test_notify_for_unknown_object_gets_ost_failure_at_once(vm: Booted) -> None:
+def test_notify_for_unknown_object_gets_ost_failure_at_once(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     del vm.kernel.acpi.devices["\\_SB.CPUS.C003"]  # as if never enumerated
     vm.kernel.acpi.interp.evaluate("\\_SB.CPUS.CTFY", 3, 1)
     assert vm.ost() == (1, 1)
 
 
-def test_device_check_rescans_parent_for_every_new_cpu(vm: Booted) -> None:
+def test_device_check_rescans_parent_for_every_new_cpu(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
     vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
     assert sorted([vm.ost(), vm.ost()]) == [(1, 0), (1, 0)]
@@ -265,7 +271,7 @@ def test_device_check_rescans_parent_for_every_new_cpu(vm: Booted) -> None:
     assert vm.cpus("online") == "0-1"
 
 
-def test_guest_threads_do_not_grow_with_vcpus() -> None:
+def test_guest_threads_do_not_grow_with_vcpus(guest_machine: GuestMachineFactory) -> None:
     def guest_threads() -> set[str]:
         return {
             t.name
@@ -274,14 +280,15 @@ def test_guest_threads_do_not_grow_with_vcpus() -> None:
         }
 
     for maxcpus in (2, 16):
-        b = Booted(MachineConfig(cpus=2, maxcpus=maxcpus))
+        b = guest_machine(cpus=2, maxcpus=maxcpus)
         try:
             assert guest_threads() == {"kacpi_hotplug", "irq/41-ACPI:Ged"}
         finally:
-            b.close()
+            b.close()  # now, not at teardown: the next machine's threads are counted alone
 
 
-def test_security_acpi_mode_raw_cpu_on_is_denied(vm: Booted) -> None:
+def test_security_acpi_mode_raw_cpu_on_is_denied(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     assert not vm.kernel.vfs.exists(f"{SYS}/cpu3")
     threads = vm.machine.vcpus.live_threads()
     assert vm.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.DENIED
@@ -291,30 +298,30 @@ def test_security_acpi_mode_raw_cpu_on_is_denied(vm: Booted) -> None:
     assert 3 not in vm.kernel.online()
 
 
-def test_security_online_offline_mode_guest_can_online_any_cpu() -> None:
-    b = Booted(MachineConfig(cpus=4, maxcpus=4, mode="online-offline"))
-    try:
-        assert b.cpus("online") == "0-3"  # every GICC Enabled: all up at boot
-        assert b.cpus("enabled") == "0-3"
-        b.kernel.vfs.write(f"{SYS}/cpu3/online", "0")
-        assert b.cpus("online") == "0-2"
-        b.kernel.vfs.write(f"{SYS}/cpu3/online", "1")  # a guest root just takes it back
-        group = b.kernel.cgroups.create("on3")
-        group.set_cpus(frozenset({3}))
-        stop = threading.Event()
-        task: Task = b.kernel.sched.spawn(spinner(stop), group, "on3")
-        wait_until(lambda: task.cpu_time_by_cpu.get(3, 0.0) > 0, what="task on CPU3")
-        stop.set()
-        assert task.wait(10)
-        # and raw PSCI works too once it is offline again: the vCPU is plugged
-        b.kernel.cpu_offline(3)
-        assert b.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.SUCCESS
-        wait_until(lambda: 3 in b.kernel.online(), what="raw CPU_ON brings CPU3 up")
-    finally:
-        b.close()
+def test_security_online_offline_mode_guest_can_online_any_cpu(
+    guest_machine: GuestMachineFactory,
+) -> None:
+    b = guest_machine(cpus=4, maxcpus=4, mode="online-offline")
+    assert b.cpus("online") == "0-3"  # every GICC Enabled: all up at boot
+    assert b.cpus("enabled") == "0-3"
+    b.kernel.vfs.write(f"{SYS}/cpu3/online", "0")
+    assert b.cpus("online") == "0-2"
+    b.kernel.vfs.write(f"{SYS}/cpu3/online", "1")  # a guest root just takes it back
+    group = b.kernel.cgroups.create("on3")
+    group.set_cpus(frozenset({3}))
+    stop = threading.Event()
+    task: Task = b.kernel.sched.spawn(spinner(stop), group, "on3")
+    wait_until(lambda: task.cpu_time_by_cpu.get(3, 0.0) > 0, what="task on CPU3")
+    stop.set()
+    assert task.wait(10)
+    # and raw PSCI works too once it is offline again: the vCPU is plugged
+    b.kernel.cpu_offline(3)
+    assert b.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.SUCCESS
+    wait_until(lambda: 3 in b.kernel.online(), what="raw CPU_ON brings CPU3 up")
 
 
-def test_power_button_powers_off(vm: Booted) -> None:
+def test_power_button_powers_off(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.machine.system_powerdown()
     vm.wait_event("SHUTDOWN")
     assert vm.kernel.log.contains("reboot: Power down")
@@ -325,152 +332,9 @@ def test_power_button_powers_off(vm: Booted) -> None:
 # by the official qemu.qmp client and by the agent over its socket.
 
 
-class Vmm:
-    """A ``cpuplug vmm`` process with a QMP client and one agent connection."""
-
-    def __init__(self, tmp: Path, smp: str, mode: str = "acpi") -> None:
-        self.qmp_path = str(tmp / "qmp.sock")
-        self.agent_path = str(tmp / "agent.sock")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cpuplug", "vmm", "--smp", smp, "--mode", mode,
-             "--qmp", f"unix:{self.qmp_path}", "--agent", f"unix:{self.agent_path}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        self.loop = asyncio.new_event_loop()
-        self.qmp = QMPClient("guest-e2e")
-        self.sock: socket.socket | None = None
-        self.req = 0
-        try:
-            self.loop.run_until_complete(self._connect())
-            self.sock = self._agent_socket()
-            self.agent(ap.Method.GUEST_DETAILS, {})  # the guest has booted
-        except BaseException:
-            self.close()
-            raise
-
-    async def _connect(self) -> None:
-        """Connect once the VMM listens (the socket file may exist a moment earlier)."""
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vmm exited: {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-            if os.path.exists(self.qmp_path) and os.path.exists(self.agent_path):
-                try:
-                    await self.qmp.connect(self.qmp_path)
-                    return
-                except ConnectError:
-                    if time.monotonic() > deadline:
-                        raise
-            elif time.monotonic() > deadline:
-                raise AssertionError("vmm sockets did not appear")
-            await asyncio.sleep(0.01)
-
-    def _agent_socket(self) -> socket.socket:
-        deadline = time.monotonic() + 10
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.agent_path)
-                return sock
-            except ConnectionRefusedError:
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                threading.Event().wait(0.01)
-
-    def cmd(self, name: str, args: dict[str, Any] | None = None) -> Any:
-        return self.loop.run_until_complete(self.qmp.execute(name, args))
-
-    def event(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
-        async def get() -> dict[str, Any]:
-            async with asyncio.timeout(timeout):
-                while True:
-                    ev = await self.qmp.events.get()
-                    if ev["event"] == name:
-                        data: dict[str, Any] = ev["data"]
-                        return data
-
-        return self.loop.run_until_complete(get())
-
-    def ost(self, timeout: float = 10.0) -> tuple[int, int]:
-        info = self.event("ACPI_DEVICE_OST", timeout)["info"]
-        return info["source"], info["status"]
-
-    def agent(self, method: ap.Method, params: dict[str, Any], timeout: float = 30.0) -> Any:
-        assert self.sock is not None
-        self.req += 1
-        return ap.call(self.sock, method, params, timeout=timeout, req_id=self.req)
-
-    def details(self) -> dict[str, str]:
-        result: dict[str, str] = self.agent(ap.Method.GUEST_DETAILS, {})
-        return result
-
-    def sh(self, line: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.agent(
-            ap.Method.EXEC_PROCESS, {"container_id": "probe", "cmd": ["sh", "-c", line]}
-        )
-        return result
-
-    def cpu_ticks(self) -> dict[int, int]:
-        text = self.agent(ap.Method.READ_FILE, {"path": "/proc/stat"})["data"]
-        out: dict[int, int] = {}
-        for row in text.splitlines():
-            name, *cols = row.split()
-            if name.startswith("cpu") and name != "cpu":
-                out[int(name[3:])] = int(cols[0])
-        return out
-
-    def event_wait(self, seconds: float) -> None:
-        """Let time pass while polling guest state that has no event to wait on."""
-        threading.Event().wait(seconds)
-
-    def kmsg(self) -> str:
-        text: str = self.agent(ap.Method.READ_FILE, {"path": "/dev/kmsg"})["data"]
-        return text
-
-    def thread_ids(self) -> set[int]:
-        return {int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")}
-
-    def vcpu_threads(self) -> dict[int, int]:
-        """Host thread id → vCPU index of every plugged vCPU (query-cpus-fast)."""
-        return {c["thread-id"]: c["cpu-index"] for c in self.cmd("query-cpus-fast")}
-
-    def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
-
-    def plugged(self) -> set[int]:
-        return {c["cpu-index"] for c in self.cmd("query-cpus-fast")}
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.loop.run_until_complete(
-                    asyncio.wait_for(self.qmp.execute("quit"), 5)
-                )
-        with contextlib.suppress(Exception):
-            self.loop.run_until_complete(self.qmp.disconnect())
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.loop.close()
-
-
-@pytest.fixture
-def vmm(tmp_path: Path) -> Iterator[Vmm]:
-    v = Vmm(tmp_path, "cpus=1,maxcpus=4")
-    v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
-    yield v
-    v.close()
-
-
 @pytest.mark.slow
-def test_e2e_add_online_and_use_then_remove(vmm: Vmm) -> None:
+def test_e2e_add_online_and_use_then_remove(guest_booted: GuestVmm) -> None:
+    vmm = guest_booted
     vmm.agent(ap.Method.CREATE_CONTAINER,
               {"container_id": "load", "cmd": ["stress", "--cpu", "2", "--timeout", "60"]})
     vmm.agent(ap.Method.START_CONTAINER, {"container_id": "load"})
@@ -504,7 +368,8 @@ def test_e2e_add_online_and_use_then_remove(vmm: Vmm) -> None:
 
 
 @pytest.mark.slow
-def test_e2e_security_acpi_mode(vmm: Vmm) -> None:
+def test_e2e_security_acpi_mode(guest_booted: GuestVmm) -> None:
+    vmm = guest_booted
     r = vmm.sh("echo 1 > /sys/devices/system/cpu/cpu3/online")
     assert r["exit_code"] != 0
     assert "cannot create /sys/devices/system/cpu/cpu3/online" in r["stderr"]
@@ -514,42 +379,37 @@ def test_e2e_security_acpi_mode(vmm: Vmm) -> None:
 
 
 @pytest.mark.slow
-def test_e2e_security_online_offline_mode(tmp_path: Path) -> None:
-    v = Vmm(tmp_path, "cpus=4,maxcpus=4", mode="online-offline")
-    try:
-        v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
-        assert v.details()["online"] == "0-3"
-        assert v.sh("echo 0 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
-        assert v.details()["online"] == "0-2"
-        # a guest root takes a vCPU back without the host's say
-        assert v.sh("echo 1 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
-        assert v.details()["online"] == "0-3"
-    finally:
-        v.close()
+def test_e2e_security_online_offline_mode(guest_vmm: Callable[..., GuestVmm]) -> None:
+    v = guest_vmm("cpus=4,maxcpus=4", mode="online-offline")
+    v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
+    assert v.details()["online"] == "0-3"
+    assert v.sh("echo 0 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
+    assert v.details()["online"] == "0-2"
+    # a guest root takes a vCPU back without the host's say
+    assert v.sh("echo 1 > /sys/devices/system/cpu/cpu3/online")["exit_code"] == 0
+    assert v.details()["online"] == "0-3"
 
 
 @pytest.mark.slow
-def test_e2e_removing_the_only_online_cpu_is_busy(tmp_path: Path) -> None:
-    v = Vmm(tmp_path, "cpus=2,maxcpus=4")
-    try:
-        v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
-        r = v.sh("echo 0 > /sys/devices/system/cpu/cpu0/online")
-        assert r["exit_code"] == 0, r
-        v.cmd("device_del", {"id": "/machine/unattached/device[1]"})
-        assert v.ost() == (3, 0x84)
-        assert v.ost() == (3, 0x82)
-        d = v.details()
-        assert (d["online"], d["enabled"]) == ("1", "0-1")
-        assert v.plugged() == {0, 1}
-        assert v.sh("echo still running")["stdout"] == "still running\n"
-    finally:
-        v.close()
+def test_e2e_removing_the_only_online_cpu_is_busy(guest_vmm: Callable[..., GuestVmm]) -> None:
+    v = guest_vmm("cpus=2,maxcpus=4")
+    v.agent(ap.Method.CREATE_CONTAINER, {"container_id": "probe", "cmd": ["true"]})
+    r = v.sh("echo 0 > /sys/devices/system/cpu/cpu0/online")
+    assert r["exit_code"] == 0, r
+    v.cmd("device_del", {"id": "/machine/unattached/device[1]"})
+    assert v.ost() == (3, 0x84)
+    assert v.ost() == (3, 0x82)
+    d = v.details()
+    assert (d["online"], d["enabled"]) == ("1", "0-1")
+    assert v.plugged() == {0, 1}
+    assert v.sh("echo still running")["stdout"] == "still running\n"
 
 
 @pytest.mark.slow
-def test_e2e_storm_of_adds_and_removes_stays_consistent(vmm: Vmm) -> None:
+def test_e2e_storm_of_adds_and_removes_stays_consistent(guest_booted: GuestVmm) -> None:
     """Random adds/removes (and onlining) through QMP; afterwards the guest's
     ``enabled``, the VMM's plugged set and its live vCPU threads agree."""
+    vmm = guest_booted
     rng = random.Random(4)
     tasks0, vcpus0 = vmm.thread_ids(), vmm.vcpu_threads()
     others0 = tasks0 - set(vcpus0)
@@ -588,7 +448,8 @@ def test_e2e_storm_of_adds_and_removes_stays_consistent(vmm: Vmm) -> None:
     assert tasks - set(vcpus) == others0, why
 
 
-def test_task_offlining_its_own_cpu_completes_after_its_slice(vm: Booted) -> None:
+def test_task_offlining_its_own_cpu_completes_after_its_slice(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     group = vm.kernel.cgroups.create("self1")
     group.set_cpus(frozenset({1}))
     result: list[object] = []
@@ -610,8 +471,11 @@ def test_task_offlining_its_own_cpu_completes_after_its_slice(vm: Booted) -> Non
     assert vm.machine.power_state(1) is PowerState.OFF
 
 
-def test_task_blocked_on_hotplug_lock_does_not_deadlock_offline_of_its_cpu(vm: Booted) -> None:
+def test_task_blocked_on_hotplug_lock_does_not_deadlock_offline_of_its_cpu(
+    machine_booted: GuestMachine,
+) -> None:
     """Linux's lock_device_hotplug_sysfs restart: the task gives up (EAGAIN), its CPU goes."""
+    vm = machine_booted
     plug(vm, 2)
     group = vm.kernel.cgroups.create("on1")
     group.set_cpus(frozenset({1}))
@@ -636,8 +500,9 @@ def test_task_blocked_on_hotplug_lock_does_not_deadlock_offline_of_its_cpu(vm: B
     assert vm.cpus("online") == "0"
 
 
-def test_acpi_bus_sysfs_status_and_eject_from_the_guest(vm: Booted) -> None:
+def test_acpi_bus_sysfs_status_and_eject_from_the_guest(machine_booted: GuestMachine) -> None:
     """``ACPI0007:NN/status`` is the raw _STA; writing 1 to ``eject`` is the 0x103 path."""
+    vm = machine_booted
     dev = "/sys/bus/acpi/devices/ACPI0007:02"
     assert vm.read(f"{dev}/path") == "\\_SB.CPUS.C002\n"
     assert vm.read(f"{dev}/status") == "13\n"  # 0x0D: present, not enabled
@@ -654,7 +519,8 @@ def test_acpi_bus_sysfs_status_and_eject_from_the_guest(vm: Booted) -> None:
     assert vm.cpus("enabled") == "0-1"
 
 
-def test_disabled_processor_hotplug_profile_refuses_ejects(vm: Booted) -> None:
+def test_disabled_processor_hotplug_profile_refuses_ejects(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     plug(vm, 2)
     vm.kernel.vfs.write("/sys/firmware/acpi/hotplug/processor/enabled", "0")
     vm.machine.device_del("cpu-2")
@@ -664,7 +530,8 @@ def test_disabled_processor_hotplug_profile_refuses_ejects(vm: Booted) -> None:
     assert vm.kernel.log.contains("Eject disabled")
 
 
-def test_a_bug_in_hotplug_work_does_not_kill_the_worker(vm: Booted) -> None:
+def test_a_bug_in_hotplug_work_does_not_kill_the_worker(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     def boom() -> None:
         raise RuntimeError("kernel bug")
 
@@ -673,7 +540,8 @@ def test_a_bug_in_hotplug_work_does_not_kill_the_worker(vm: Booted) -> None:
     assert vm.kernel.log.contains("BUG: kacpi_hotplug: RuntimeError('kernel bug')")
 
 
-def test_registration_rolls_back_when_its_sysfs_files_fail(vm: Booted) -> None:
+def test_registration_rolls_back_when_its_sysfs_files_fail(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.kernel.vfs.register(f"{SYS}/cpu3/online", lambda: "x\n")  # squat the path
     with vm.kernel.cpus.hotplug_locked(), pytest.raises(guest_cpu.CpuHotplugError) as exc:
         vm.kernel.cpus.register(3)
@@ -681,14 +549,16 @@ def test_registration_rolls_back_when_its_sysfs_files_fail(vm: Booted) -> None:
     assert vm.cpus("enabled") == "0-1"
 
 
-def test_other_notify_values_are_only_logged(vm: Booted) -> None:
+def test_other_notify_values_are_only_logged(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.kernel.acpi.interp.evaluate("\\_SB.CPUS.CTFY", 2, 2)  # Device Wake
     assert vm.kernel.acpi.wait_idle(10)
     assert vm.kernel.log.contains("ACPI: \\_SB.CPUS.C002: Unsupported event type 0x2")
     assert vm.events.empty()  # no _OST, hence no ACPI_DEVICE_OST
 
 
-def test_bus_check_rescans_below_the_notified_node(vm: Booted) -> None:
+def test_bus_check_rescans_below_the_notified_node(machine_booted: GuestMachine) -> None:
+    vm = machine_booted
     vm.kernel.acpi.ged_lines.clear()  # the guest ignores the GED: no scan by itself
     vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
     assert vm.kernel.acpi.wait_idle(10)
@@ -704,7 +574,7 @@ def test_bus_check_rescans_below_the_notified_node(vm: Booted) -> None:
 
 
 def test_offline_request_racing_the_end_of_boot_is_not_lost(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, guest_machine: GuestMachineFactory
 ) -> None:
     """The agent starts before the boot CPU enters its run loop; an offline of CPU0 in
     that window must still take effect (it once hung 5 s and failed with EIO)."""
@@ -727,62 +597,57 @@ def test_offline_request_racing_the_end_of_boot_is_not_lost(
         results.append(t)
 
     monkeypatch.setattr(GuestKernel, "_launch_agent", racing_agent)
-    b = Booted(MachineConfig(cpus=2, maxcpus=2), start_agent=True)
-    try:
-        thread = results.pop(0)
-        assert isinstance(thread, threading.Thread)
-        thread.join(10)
-        assert results == ["ok"]
-        assert b.cpus("online") == "1"
-    finally:
-        b.close()
+    b = guest_machine(cpus=2, maxcpus=2, start_agent=True)
+    thread = results.pop(0)
+    assert isinstance(thread, threading.Thread)
+    thread.join(10)
+    assert results == ["ok"]
+    assert b.cpus("online") == "1"
 
 
 # ======================================================================= docs/contract.md §1, §6
 # Written for the spec-coverage audit (formerly tests/e2e/test_spec_coverage.py).
 
 
-def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregistered() -> None:
+def test_hot_add_whose_registration_fails_reports_ost_1_1_and_cpu_stays_unregistered(
+    machine_booted: GuestMachine,
+) -> None:
     """docs/contract.md §6: Device Check → ``_OST(1, 0)``, "or 1 on failure". The real guest kernel
     on the in-process machine; registration of cpu2 fails because its sysfs path is taken."""
-    vm = Booted(MachineConfig(cpus=2, maxcpus=4))
-    try:
-        vm.kernel.vfs.register("/sys/devices/system/cpu/cpu2/online", lambda: "x\n")
-        vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
-        assert vm.ost() == (1, 1)
-        assert vm.cpus("enabled") == "0-1"
-        vm.kernel.vfs.unregister("/sys/devices/system/cpu/cpu2")
-        vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
-        assert vm.ost() == (1, 0)  # the next hot-add still works, and its rescan of
-        assert vm.cpus("enabled") == "0-3"  # the parent picks up the enabled cpu2 too
-    finally:
-        vm.close()
+    vm = machine_booted
+    vm.kernel.vfs.register("/sys/devices/system/cpu/cpu2/online", lambda: "x\n")
+    vm.machine.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
+    assert vm.ost() == (1, 1)
+    assert vm.cpus("enabled") == "0-1"
+    vm.kernel.vfs.unregister("/sys/devices/system/cpu/cpu2")
+    vm.machine.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
+    assert vm.ost() == (1, 0)  # the next hot-add still works, and its rescan of
+    assert vm.cpus("enabled") == "0-3"  # the parent picks up the enabled cpu2 too
 
 
-def test_hot_add_online_and_remove_of_vcpus_10_16_and_123_with_the_real_guest() -> None:
+def test_hot_add_online_and_remove_of_vcpus_10_16_and_123_with_the_real_guest(
+    guest_machine: GuestMachineFactory,
+) -> None:
     """The whole chain at indices where the encodings differ: C00A/C010/C07B names, Aff1 ≠ 0
     in the MPIDR that CPU_ON targets, and a redistributor in the second GICR region."""
-    vm = Booted(MachineConfig(cpus=1, maxcpus=130))
-    try:
-        assert vm.cpus("possible") == "0-129" and vm.cpus("enabled") == "0"
-        for index in (10, 16, 123):
-            vm.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
-            info = vm.wait_event("ACPI_DEVICE_OST")["info"]
-            assert info == {
-                "device": f"cpu-{index}", "slot": str(index), "slot-type": "CPU",
-                "source": 1, "status": 0,
-            }  # fmt: skip
-        assert vm.cpus("enabled") == "0,10,16,123"
-        for index in (10, 16, 123):
-            vm.kernel.vfs.write(f"/sys/devices/system/cpu/cpu{index}/online", "1\n")
-        assert vm.cpus("online") == "0,10,16,123"
-        assert vm.machine.power_state(123).value == 0  # PSCI ON: CPU_ON found MPIDR 0x70B
-        vm.machine.device_del("cpu-123")
-        assert vm.ost() == (3, 0x84)
-        assert vm.wait_event("DEVICE_DELETED") == {
-            "device": "cpu-123", "path": "/machine/peripheral/cpu-123",
+    vm = guest_machine(cpus=1, maxcpus=130)
+    assert vm.cpus("possible") == "0-129" and vm.cpus("enabled") == "0"
+    for index in (10, 16, 123):
+        vm.machine.device_add("max-arm-cpu", f"cpu-{index}", {"core-id": index})
+        info = vm.wait_event("ACPI_DEVICE_OST")["info"]
+        assert info == {
+            "device": f"cpu-{index}", "slot": str(index), "slot-type": "CPU",
+            "source": 1, "status": 0,
         }  # fmt: skip
-        assert vm.ost() == (3, 0)
-        assert vm.cpus("online") == "0,10,16" and vm.cpus("enabled") == "0,10,16"
-    finally:
-        vm.close()
+    assert vm.cpus("enabled") == "0,10,16,123"
+    for index in (10, 16, 123):
+        vm.kernel.vfs.write(f"/sys/devices/system/cpu/cpu{index}/online", "1\n")
+    assert vm.cpus("online") == "0,10,16,123"
+    assert vm.machine.power_state(123).value == 0  # PSCI ON: CPU_ON found MPIDR 0x70B
+    vm.machine.device_del("cpu-123")
+    assert vm.ost() == (3, 0x84)
+    assert vm.wait_event("DEVICE_DELETED") == {
+        "device": "cpu-123", "path": "/machine/peripheral/cpu-123",
+    }  # fmt: skip
+    assert vm.ost() == (3, 0)
+    assert vm.cpus("online") == "0,10,16" and vm.cpus("enabled") == "0,10,16"

@@ -14,10 +14,8 @@ import queue
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from cpuplug.agent_protocol import format_cpu_list
 from cpuplug.guest.cgroup import CgroupTree
@@ -179,86 +177,6 @@ class FakeKernel:
         for t in self._threads.values():
             t.join(5)
             assert not t.is_alive(), f"{t.name} did not stop"
-
-
-# --------------------------------------------------------------------------- machines
-
-
-class Booted:
-    """An in-process VirtMachine running the guest kernel, with its event queue."""
-
-    def __init__(
-        self,
-        config: object,
-        *,
-        start_agent: bool = False,
-        before_start: Callable[[Any], None] | None = None,
-    ) -> None:
-        from cpuplug.guest.kernel import GuestKernel
-        from cpuplug.vmm.machine import VirtMachine
-
-        holder: dict[str, GuestKernel] = {}
-
-        def entry(machine: Any) -> GuestKernel:
-            k = GuestKernel(machine, start_agent=start_agent)
-            holder["k"] = k
-            return k
-
-        self.machine = VirtMachine(config, kernel=entry)  # type: ignore[arg-type]
-        self.events: queue.Queue[Any] = self.machine.event_queue()
-        if before_start is not None:
-            before_start(self.machine)
-        self.machine.start()
-        self.kernel = holder["k"]
-        assert self.kernel.booted.wait(10), "guest did not boot"
-        assert self.kernel.panicked is None, self.kernel.panicked
-
-    def wait_event(
-        self,
-        name: str,
-        timeout: float = 10.0,
-        match: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> dict[str, Any]:
-        """The next machine event called ``name`` (others before it are dropped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {name} event within {timeout} s")
-            try:
-                ev = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if ev.name == name and (match is None or match(ev.data)):
-                data: dict[str, Any] = ev.data
-                return data
-
-    def ost(self, timeout: float = 10.0) -> tuple[int, int]:
-        info = self.wait_event("ACPI_DEVICE_OST", timeout)["info"]
-        return info["source"], info["status"]
-
-    def read(self, path: str) -> str:
-        return self.kernel.vfs.read(path)
-
-    def cpus(self, name: str) -> str:
-        return self.read(f"/sys/devices/system/cpu/{name}").strip()
-
-    def close(self) -> None:
-        self.kernel.shutdown()
-        self.machine.shutdown()
-        for t in threading.enumerate():
-            if t.name in ("kacpi_hotplug",) or t.name.startswith("irq/"):
-                t.join(5)
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a predicate that has no event to wait on (guest state read from outside)."""
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        ev.wait(0.005)
 
 
 class SocketStream:

@@ -28,18 +28,8 @@ never the VMM: it is guest code.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from cpuplug.hw import Cpu, Machine, Stream
@@ -137,178 +127,16 @@ def start(machine: Machine) -> ProbeKernel:
 
 
 # =======================================================================================
-# Host side: start a real ``cpuplug vmm`` process with this kernel and talk to it.
-# (Used by the VMM's tests and bench; the guest half above never touches this.)
+# The host side (VmmProcess, running_vmm, ProbeClient, walk_tables) is in
+# tests/harness/vmm.py. The names stay importable from here for bench/*.py, lazily, so
+# the VMM process that loads this kernel never imports the host harness.
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class VmmProcess:
-    """One ``python -m cpuplug vmm`` process, its sockets, and a probe connection.
-
-    ``stop()`` always leaves no process behind (terminate, then kill).
-    """
-
-    def __init__(
-        self,
-        workdir: str,
-        smp: str = "cpus=1,maxcpus=4",
-        *,
-        mode: str = "acpi",
-        kernel: str = "tests.harness.vmm_test_kernel:start",
-        extra: tuple[str, ...] = (),
-    ) -> None:
-        self.qmp_path = os.path.join(workdir, "qmp.sock")
-        self.agent_path = os.path.join(workdir, "agent.sock")
-        self.console_path = os.path.join(workdir, "console.log")
-        self.stderr_path = os.path.join(workdir, "vmm.stderr")
-        self.argv = [
-            sys.executable, "-m", "cpuplug", "vmm",
-            "--smp", smp, "--mode", mode, "--kernel", kernel,
-            "--qmp", f"unix:{self.qmp_path}", "--agent", f"unix:{self.agent_path}",
-            "--console", self.console_path, *extra,
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._probe: ProbeClient | None = None
-
-    def start(self, timeout: float = 30.0) -> VmmProcess:
-        """Spawn the VMM and wait until its QMP socket accepts connections."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]
-        )
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"VMM exited early: {self.stderr()}")
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(self.qmp_path)
-                return self  # listening (this connection just sees a greeting)
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("VMM did not start listening") from None
-                time.sleep(0.005)  # no notification exists for "socket file appeared"
-            finally:
-                probe.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def task_ids(self) -> set[int]:
-        """Host thread ids of the VMM process (``/proc/<pid>/task``)."""
-        return {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
-
-    def stderr(self) -> str:
-        with open(self.stderr_path, "rb") as err:
-            return err.read().decode(errors="replace")
-
-    def probe(self) -> ProbeClient:
-        """The (lazily opened) probe connection through the agent channel."""
-        if self._probe is None:
-            self._probe = ProbeClient(self.agent_path)
-        return self._probe
-
-    def wait(self, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+_HOST_SIDE = frozenset({"ROOT", "ProbeClient", "VmmProcess", "running_vmm", "walk_tables"})
 
 
-@contextlib.contextmanager
-def running_vmm(
-    smp: str = "cpus=1,maxcpus=4", *, prefix: str = "vmm", **kw: Any
-) -> Iterator[VmmProcess]:
-    """A started :class:`VmmProcess` in a fresh directory under /tmp (short: unix
-    socket paths are limited to ~100 bytes); on leaving, the process is stopped --
-    also when it failed to start -- and the directory removed."""
-    workdir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    process = VmmProcess(workdir, smp, **kw)
-    try:
-        yield process.start()
-    finally:
-        process.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def __getattr__(name: str) -> Any:
+    if name in _HOST_SIDE:
+        from tests.harness import vmm
 
-
-class ProbeClient:
-    """The host end of the probe protocol (JSON lines over the agent socket)."""
-
-    def __init__(self, path: str, timeout: float = 15.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(timeout)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rwb")
-
-    def op(self, op: str, **args: int) -> dict[str, object]:
-        self.file.write(json.dumps({"op": op, **args}).encode() + b"\n")
-        self.file.flush()
-        line = self.file.readline()
-        if not line:
-            raise EOFError("probe connection closed")
-        reply: dict[str, object] = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(str(reply["error"]))
-        return reply
-
-    def load(self, addr: int, size: int) -> int:
-        value = self.op("load", addr=addr, size=size)["value"]
-        assert isinstance(value, int)
-        return value
-
-    def store(self, addr: int, size: int, value: int) -> None:
-        self.op("store", addr=addr, size=size, value=value)
-
-    def hvc(self, x0: int, x1: int = 0, x2: int = 0, x3: int = 0) -> int:
-        value = self.op("hvc", x0=x0, x1=x1, x2=x2, x3=x3)["value"]
-        assert isinstance(value, int)
-        return value
-
-    def irqs(self) -> list[int]:
-        taken = self.op("irqs")["irqs"]
-        assert isinstance(taken, list)
-        return taken
-
-    def started(self) -> list[list[int]]:
-        started = self.op("started")["started"]
-        assert isinstance(started, list)
-        return started
-
-    def read(self, addr: int, length: int) -> bytes:
-        return bytes.fromhex(str(self.op("read", addr=addr, length=length)["hex"]))
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def walk_tables(read: Callable[[int, int], bytes], rsdp: int) -> dict[str, bytes]:
-    """Follow RSDP → XSDT → tables, FADT → DSDT, the way a guest finds them."""
-    out = {"RSDP": read(rsdp, 36)}
-    xsdt_at = int.from_bytes(out["RSDP"][24:32], "little")
-    xsdt_len = int.from_bytes(read(xsdt_at + 4, 4), "little")
-    out["XSDT"] = read(xsdt_at, xsdt_len)
-    for i in range(36, xsdt_len, 8):
-        at = int.from_bytes(out["XSDT"][i : i + 8], "little")
-        length = int.from_bytes(read(at + 4, 4), "little")
-        blob = read(at, length)
-        out[blob[:4].decode()] = blob
-    dsdt_at = int.from_bytes(out["FACP"][140:148], "little")
-    out["DSDT"] = read(dsdt_at, int.from_bytes(read(dsdt_at + 4, 4), "little"))
-    return out
+        return getattr(vmm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,19 +29,7 @@ from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
 from tests.harness.runtime_fakes import FakeWorld
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs: a zombie whose other threads are gone is dead."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    state = fields.get("State", "").strip()[:1]
-    threads = int(fields.get("Threads", "1").strip() or 1)
-    return not (state in ("Z", "X") and threads <= 1)
-
+from tests.harness.vmm import pid_alive
 
 # ----------------------------------------------------------------------------- runtime CLI
 

@@ -35,7 +35,7 @@ from cpuplug.vmm.cpuhp import (
     CpuHotplugError,
     OstInfo,
 )
-from tests.harness.vmm_test_kernel import VmmProcess
+from tests.harness.vmm import VmmProcess
 
 
 def mpidr(i: int) -> int:

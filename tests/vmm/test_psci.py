@@ -32,7 +32,7 @@ from cpuplug.psci_abi import (
     SYSTEM_RESET,
 )
 from cpuplug.vmm.psci import CpuOnResult, Psci
-from tests.harness.vmm_test_kernel import VmmProcess
+from tests.harness.vmm import VmmProcess
 
 
 class Power(enum.Enum):

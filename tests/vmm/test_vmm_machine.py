@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,107 +31,21 @@ from cpuplug.vmm.machine import (
     resolve_kernel,
 )
 from cpuplug.vmm.vcpu import PowerState
-from tests.harness.vmm_test_kernel import walk_tables
+from tests.harness.machine import COMMAND, DATA, FLAGS, SELECTOR, TIMEOUT, RecordingMachine
+from tests.harness.vmm import walk_tables
 
-SELECTOR, FLAGS, COMMAND, DATA = 0x0, 0x4, 0x5, 0x8
-TIMEOUT = 10.0
-
-
-class RecordingKernel:
-    """A guest kernel for in-process tests: records interrupts and CPU_ON starts.
-
-    ``secondary_entry`` runs ``behaviour(cpu, entry, context)`` if one is set, so a
-    test can make a secondary call CPU_OFF or raise.
-    """
-
-    def __init__(self, machine: Machine) -> None:
-        self.machine = machine
-        self.irqs: queue.Queue[int] = queue.Queue()
-        self.started: queue.Queue[tuple[int, int, int]] = queue.Queue()
-        self.behaviour: Callable[[Cpu, int, int], None] | None = None
-
-    def boot_cpu_main(self, cpu: Cpu) -> None:
-        while True:
-            intid = cpu.wait_for_interrupt(None)
-            if intid is not None:
-                self.irqs.put(intid)
-
-    def secondary_entry(self, cpu: Cpu, entry: int, context: int) -> None:
-        self.started.put((cpu.mpidr, entry, context))
-        if self.behaviour is not None:
-            self.behaviour(cpu, entry, context)
-        while True:
-            cpu.wait_for_interrupt(None)
+MachineFactory = Callable[..., RecordingMachine]
+"""The ``machine`` fixture (tests/conftest.py): a started machine, recording kernel."""
 
 
-class Booted:
-    """A started machine plus its recording kernel and an event queue."""
-
-    def __init__(self, machine: VirtMachine, kernel: RecordingKernel) -> None:
-        self.m = machine
-        self.kernel = kernel
-        self.events: queue.Queue[MachineEvent] = machine.event_queue()
-
-    # The guest's side of the CPU hotplug block, as the AML accesses it.
-    def select(self, index: int) -> None:
-        self.m.memory.store(CPUHP_BASE + SELECTOR, 4, index)
-
-    def flags(self, index: int) -> int:
-        self.select(index)
-        return self.m.memory.load(CPUHP_BASE + FLAGS, 1)
-
-    def control(self, index: int, value: int) -> None:
-        self.select(index)
-        self.m.memory.store(CPUHP_BASE + FLAGS, 1, value)
-
-    def esel(self) -> int:
-        return self.m.memory.load(GED_BASE, 4)
-
-    def event(self, name: str) -> MachineEvent:
-        while True:
-            event = self.events.get(timeout=TIMEOUT)
-            if event.name == name:
-                return event
-
-    def cpu_on(self, index: int, entry: int = 0x8000, context: int = 0) -> int:
-        return self.m.psci.call(0, CPU_ON_64, mpidr(index), entry, context)
-
-
-@pytest.fixture
-def boot(tmp_path: Path) -> Iterator[Callable[..., Booted]]:
-    """Factory for started machines; every one is shut down and its threads checked."""
-    made: list[VirtMachine] = []
-    before = threading.active_count()
-
-    def make(cpus: int = 1, maxcpus: int = 8, mode: str = "acpi", **kw: object) -> Booted:
-        kernels: list[RecordingKernel] = []
-
-        def entry(machine: Machine) -> RecordingKernel:
-            kernels.append(RecordingKernel(machine))
-            return kernels[-1]
-
-        config = MachineConfig(cpus=cpus, maxcpus=maxcpus, mode=mode)  # type: ignore[arg-type]
-        agent = tmp_path / f"agent{len(made)}.sock"
-        machine = VirtMachine(config, kernel=entry, agent_path=agent, **kw)  # type: ignore[arg-type]
-        made.append(machine)
-        machine.start()
-        return Booted(machine, kernels[0])
-
-    yield make
-    for machine in made:
-        machine.shutdown()
-        assert machine.vcpus.live_threads() == 0
-    assert threading.active_count() == before
-
-
-def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Booted]) -> None:
+def test_rsdp_walk_finds_the_acpi_tables_command_output(machine: MachineFactory) -> None:
     """The tables in guest RAM are byte-identical to ``cpuplug acpi tables`` (same builder)."""
     import subprocess
     import sys
     import tempfile
 
     for mode in ("acpi", "online-offline"):
-        b = boot(cpus=2, maxcpus=8, mode=mode)
+        b = machine(cpus=2, maxcpus=8, mode=mode)
         with tempfile.TemporaryDirectory() as out:
             subprocess.run(
                 [
@@ -163,10 +76,10 @@ def test_rsdp_walk_finds_the_acpi_tables_command_output(boot: Callable[..., Boot
 
 
 def test_device_add_thread_exists_and_cpu_on_allowed_before_ged_event(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
     """docs/contract.md §5: CPU_ON must be possible no later than the GED event is raised."""
-    b = boot()
+    b = machine()
     seen: dict[str, object] = {}
     original = b.m.ged.raise_event
 
@@ -184,8 +97,8 @@ def test_device_add_thread_exists_and_cpu_on_allowed_before_ged_event(
     assert b.kernel.started.get(timeout=TIMEOUT) == (mpidr(3), 0x8000, 0)
 
 
-def test_device_add_sets_insert_esel_and_pulses_gsi41(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_device_add_sets_insert_esel_and_pulses_gsi41(machine: MachineFactory) -> None:
+    b = machine()
     assert b.flags(3) == 0x20  # present, not enabled
     b.m.device_add("max-arm-cpu", "cpu-3", {"core-id": 3})
     assert b.kernel.irqs.get(timeout=TIMEOUT) == virt.GED_GSI
@@ -203,8 +116,8 @@ def test_device_add_sets_insert_esel_and_pulses_gsi41(boot: Callable[..., Booted
     assert b.m.memory.load(CPUHP_BASE + DATA, 4) == 3
 
 
-def test_control_write_is_one_action_per_write(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_control_write_is_one_action_per_write(machine: MachineFactory) -> None:
+    b = machine()
     b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
     b.m.device_del("cpu-2")
     assert b.flags(2) == 0x27  # present | remove | insert | enabled
@@ -221,9 +134,9 @@ def test_control_write_is_one_action_per_write(boot: Callable[..., Booted]) -> N
 
 
 def test_eject_ends_thread_emits_device_deleted_keeps_present(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
-    b = boot(cpus=2)
+    b = machine(cpus=2)
     b.m.device_add("max-arm-cpu", "cpu-5", {"core-id": 5})
     thread = b.m.vcpus.states[5].thread
     assert thread is not None and thread.alive
@@ -239,9 +152,9 @@ def test_eject_ends_thread_emits_device_deleted_keeps_present(
     assert "qom-path" not in entry
 
 
-def test_replugging_a_removed_slot_works_repeatedly(boot: Callable[..., Booted]) -> None:
+def test_replugging_a_removed_slot_works_repeatedly(machine: MachineFactory) -> None:
     """QEMU 7.2 aborted ("corrupted double-linked list") on the first re-plug."""
-    b = boot(maxcpus=4)
+    b = machine(maxcpus=4)
     thread_ids = set()
     for _ in range(6):
         b.m.device_add("max-arm-cpu", "hcpu1", {"core-id": 1})
@@ -256,8 +169,8 @@ def test_replugging_a_removed_slot_works_repeatedly(boot: Callable[..., Booted])
     assert b.m.vcpus.live_threads() == 1
 
 
-def test_boot_cpu_and_unplugged_slot_ignore_eject(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_boot_cpu_and_unplugged_slot_ignore_eject(machine: MachineFactory) -> None:
+    b = machine()
     b.control(0, 0x08)
     b.control(4, 0x08)
     assert b.m.vcpus.is_plugged(0) and b.m.vcpus.live_threads() == 1
@@ -267,8 +180,8 @@ def test_boot_cpu_and_unplugged_slot_ignore_eject(boot: Callable[..., Booted]) -
 # ----------------------------------------------------------------------------- PSCI
 
 
-def test_cpu_on_denied_unplugged_starts_plugged_already_on(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_cpu_on_denied_unplugged_starts_plugged_already_on(machine: MachineFactory) -> None:
+    b = machine()
     assert b.cpu_on(2) == -3  # DENIED: the host has not given the guest vCPU 2
     assert b.m.psci.call(0, CPU_ON_64, 0x7777, 0, 0) == -2  # no such MPIDR
     b.m.device_add("max-arm-cpu", "cpu-2", {"core-id": 2})
@@ -279,9 +192,9 @@ def test_cpu_on_denied_unplugged_starts_plugged_already_on(boot: Callable[..., B
 
 
 def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
-    b = boot()
+    b = machine()
     b.kernel.behaviour = lambda cpu, entry, context: cpu.hvc(CPU_OFF) if context == 1 else None
     b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
     native = b.m.vcpus.states[1].thread_id
@@ -296,8 +209,8 @@ def test_cpu_off_returns_thread_to_waiting_and_cpu_on_restarts_it(
     assert b.m.vcpus.states[1].thread_id == native  # the same host thread
 
 
-def test_vmm_stop_powers_off_and_cpu_on_restarts(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_vmm_stop_powers_off_and_cpu_on_restarts(machine: MachineFactory) -> None:
+    b = machine()
     b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
     assert b.cpu_on(1) == 0
     b.kernel.started.get(timeout=TIMEOUT)
@@ -308,9 +221,9 @@ def test_vmm_stop_powers_off_and_cpu_on_restarts(boot: Callable[..., Booted]) ->
     b.kernel.started.get(timeout=TIMEOUT)
 
 
-def test_eject_stops_a_vcpu_that_only_touches_memory(boot: Callable[..., Booted]) -> None:
+def test_eject_stops_a_vcpu_that_only_touches_memory(machine: MachineFactory) -> None:
     """VcpuStop also comes out of loads/stores, so a guest spinning on memory still ends."""
-    b = boot()
+    b = machine()
     spinning = threading.Event()
 
     def spin(cpu: Cpu, entry: int, context: int) -> None:
@@ -331,9 +244,9 @@ def test_eject_stops_a_vcpu_that_only_touches_memory(boot: Callable[..., Booted]
 
 
 def test_guest_exception_stops_the_vcpu_not_the_machine(
-    boot: Callable[..., Booted], caplog: pytest.LogCaptureFixture
+    machine: MachineFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    b = boot()
+    b = machine()
 
     def crash(cpu: Cpu, entry: int, context: int) -> None:
         raise RuntimeError("guest bug")
@@ -349,8 +262,8 @@ def test_guest_exception_stops_the_vcpu_not_the_machine(
     assert b.m.vcpus.live_threads() == 3
 
 
-def test_guest_system_off_requests_shutdown(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_guest_system_off_requests_shutdown(machine: MachineFactory) -> None:
+    b = machine()
     b.kernel.behaviour = lambda cpu, entry, context: cpu.hvc(SYSTEM_OFF) and None
     b.m.device_add("max-arm-cpu", "cpu-1", {"core-id": 1})
     b.cpu_on(1)
@@ -360,9 +273,9 @@ def test_guest_system_off_requests_shutdown(boot: Callable[..., Booted]) -> None
 
 
 def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
-    b = boot(cpus=2, maxcpus=6, mode="online-offline")
+    b = machine(cpus=2, maxcpus=6, mode="online-offline")
     assert b.m.vcpus.live_threads() == 6
     assert len(b.m.query_cpus_fast()) == 6
     assert b.cpu_on(5) == 0  # the security cost of docs/contract.md §9: any vCPU can be brought up
@@ -373,13 +286,13 @@ def test_online_offline_mode_plugs_every_vcpu_and_lets_the_guest_on(
 
 
 def test_racing_management_and_guest_keep_vmm_state_consistent(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
     """device_add/device_del from one thread, eject writes and CPU_ON from two "guest"
     threads, all at once: afterwards threads, vCPU table and hotplug block agree."""
     import random
 
-    b = boot(maxcpus=6)
+    b = machine(maxcpus=6)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -456,13 +369,13 @@ def test_racing_management_and_guest_keep_vmm_state_consistent(
     ],
 )
 def test_device_add_refuses_bad_requests_and_changes_nothing(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
     driver: str,
     device_id: str,
     props: dict[str, object],
     message: str,
 ) -> None:
-    b = boot()
+    b = machine()
     b.m.device_add("max-arm-cpu", "taken", {"core-id": 5})
     b.kernel.irqs.get(timeout=TIMEOUT)
     esel = b.esel()
@@ -473,8 +386,8 @@ def test_device_add_refuses_bad_requests_and_changes_nothing(
     b.m.device_add("max-arm-cpu", "ok", {"core-id": 6})  # still works
 
 
-def test_device_del_refuses_boot_cpu_and_unknown_ids(boot: Callable[..., Booted]) -> None:
-    b = boot(cpus=2)
+def test_device_del_refuses_boot_cpu_and_unknown_ids(machine: MachineFactory) -> None:
+    b = machine(cpus=2)
     with pytest.raises(MachineError, match="Boot CPU is unpluggable"):
         b.m.device_del("/machine/unattached/device[0]")
     with pytest.raises(MachineError, match="Device 'nope' not found"):
@@ -483,9 +396,9 @@ def test_device_del_refuses_boot_cpu_and_unknown_ids(boot: Callable[..., Booted]
     assert b.m.cpuhp.slot_state(1).removing
 
 
-def test_random_register_writes_never_break_the_machine(boot: Callable[..., Booted]) -> None:
+def test_random_register_writes_never_break_the_machine(machine: MachineFactory) -> None:
     """Any value, any width, any offset of the GED and hotplug block (docs/contract.md §3, §4)."""
-    b = boot(cpus=2, maxcpus=4)
+    b = machine(cpus=2, maxcpus=4)
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(
@@ -561,8 +474,8 @@ def test_console_output_reaches_file_and_host(tmp_path: Path) -> None:
     assert threading.active_count() == before
 
 
-def test_system_powerdown_raises_ged_power_button(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_system_powerdown_raises_ged_power_button(machine: MachineFactory) -> None:
+    b = machine()
     b.m.system_powerdown()
     assert b.kernel.irqs.get(timeout=TIMEOUT) == virt.GED_GSI
     assert b.esel() == 0x2
@@ -573,9 +486,9 @@ def test_system_powerdown_raises_ged_power_button(boot: Callable[..., Booted]) -
 
 
 def test_agent_channel_relays_both_ways_and_closes_both_ways(
-    boot: Callable[..., Booted],
+    machine: MachineFactory,
 ) -> None:
-    b = boot()
+    b = machine()
     path = b.m.agent.path
     assert path is not None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -607,9 +520,9 @@ def test_agent_channel_relays_both_ways_and_closes_both_ways(
     assert b.m.agent_channel.accept(0.01) is None
 
 
-def test_agent_channel_answers_a_half_closed_host(boot: Callable[..., Booted]) -> None:
+def test_agent_channel_answers_a_half_closed_host(machine: MachineFactory) -> None:
     """``echo request | socat - UNIX:agent.sock``: the host shuts its write side, then reads."""
-    b = boot()
+    b = machine()
     assert b.m.agent.path is not None
     host = socket.socket(socket.AF_UNIX)
     host.settimeout(TIMEOUT)
@@ -626,8 +539,8 @@ def test_agent_channel_answers_a_half_closed_host(boot: Callable[..., Booted]) -
     host.close()
 
 
-def test_agent_channel_moves_large_data_with_backpressure(boot: Callable[..., Booted]) -> None:
-    b = boot()
+def test_agent_channel_moves_large_data_with_backpressure(machine: MachineFactory) -> None:
+    b = machine()
     assert b.m.agent.path is not None
     payload = os.urandom(9 * 1024 * 1024)  # more than both buffer limits
     host = socket.socket(socket.AF_UNIX)

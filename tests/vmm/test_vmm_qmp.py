@@ -27,15 +27,15 @@ from typing import Any
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from cpuplug.acpi.virt import MachineConfig
 from cpuplug.cli import main
 from cpuplug.errors import UsageError
 from cpuplug.vmm.machine import VirtMachine
 from cpuplug.vmm.qmp import JsonSplitter, ParseFault, QmpServer
 from cpuplug.vmm.sockpath import claim_socket_path
 from cpuplug.vmm.vsock import AgentChannelDevice, AgentChannelError
+from tests.harness.machine import RecordingMachine
 from tests.harness.qmp_helpers import qmp_connect
-from tests.harness.vmm_test_kernel import ROOT, VmmProcess
+from tests.harness.vmm import ROOT, VmmProcess
 
 TIMEOUT = 15.0
 
@@ -71,6 +71,12 @@ async def still_serving(client: QMPClient) -> None:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@pytest.fixture
+def virt_machine(machine: Callable[..., RecordingMachine]) -> VirtMachine:
+    """The started in-process VirtMachine (1 of 4 vCPUs) the QMP server serves."""
+    return machine(cpus=1, maxcpus=4).m
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -280,15 +286,13 @@ def test_several_clients_one_after_another_and_at_once(vmm: Callable[..., VmmPro
 
 
 def test_a_client_that_never_reads_is_dropped_not_buffered(
-    caplog: pytest.LogCaptureFixture,
+    virt_machine: VirtMachine, caplog: pytest.LogCaptureFixture
 ) -> None:
     """In-process server: events to a client that stopped reading cannot grow the VMM."""
     workdir = tempfile.mkdtemp(prefix="vmm", dir="/tmp")
-    machine = VirtMachine(MachineConfig())
-    machine.start()
 
     async def go() -> None:
-        server = QmpServer(machine, f"{workdir}/q")
+        server = QmpServer(virt_machine, f"{workdir}/q")
         await server.start()
         slow = await connect_path(f"{workdir}/q")
         assert slow._writer is not None
@@ -310,7 +314,6 @@ def test_a_client_that_never_reads_is_dropped_not_buffered(
     try:
         run(go())
     finally:
-        machine.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     assert any("not reading" in r.message for r in caplog.records)
 
@@ -401,14 +404,6 @@ def sock_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def machine() -> Iterator[VirtMachine]:
-    vm = VirtMachine(MachineConfig.from_smp("cpus=1,maxcpus=4"))
-    vm.start()
-    yield vm
-    vm.shutdown()
-
-
 async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_unix_connection(path)
     await asyncio.wait_for(reader.readline(), WIRE_TIMEOUT)  # greeting
@@ -453,11 +448,11 @@ def _qmp_exchange(vm: VirtMachine, path: str, data: bytes, replies: int) -> list
 
 
 def test_qmp_half_line_then_a_command_gets_an_error_and_the_command_runs(
-    machine: VirtMachine, sock_dir: Path
+    virt_machine: VirtMachine, sock_dir: Path
 ) -> None:
     """A raw newline inside a string used to swallow every later message: the client hung."""
     got = _qmp_exchange(
-        machine,
+        virt_machine,
         str(sock_dir / "q"),
         b'{"execute": "query-st\n{"execute": "query-status", "id": 2}\n',
         2,
@@ -467,11 +462,11 @@ def test_qmp_half_line_then_a_command_gets_an_error_and_the_command_runs(
 
 
 def test_qmp_duplicate_keys_are_refused_not_last_one_wins(
-    machine: VirtMachine, sock_dir: Path
+    virt_machine: VirtMachine, sock_dir: Path
 ) -> None:
     """Python's json keeps the last key: this message used to run ``quit``."""
     got = _qmp_exchange(
-        machine,
+        virt_machine,
         str(sock_dir / "q"),
         b'{"execute": "query-status", "execute": "quit"}\n{"execute": "query-status"}\n',
         2,
@@ -492,11 +487,11 @@ def test_qmp_duplicate_keys_are_refused_not_last_one_wins(
     ],
 )
 def test_qmp_numbers_json_cannot_carry_are_errors_and_replies_stay_json(
-    machine: VirtMachine, sock_dir: Path, value: bytes, desc: str
+    virt_machine: VirtMachine, sock_dir: Path, value: bytes, desc: str
 ) -> None:
     """``"id": 1e999`` used to be echoed as ``Infinity``: a reply no strict client parses."""
     got = _qmp_exchange(
-        machine,
+        virt_machine,
         str(sock_dir / "q"),
         b'{"execute": "query-status", "id": ' + value + b'}\n{"execute": "query-status"}\n',
         2,
@@ -509,7 +504,7 @@ def test_qmp_numbers_json_cannot_carry_are_errors_and_replies_stay_json(
 
 
 def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
-    machine: VirtMachine, sock_dir: Path
+    virt_machine: VirtMachine, sock_dir: Path
 ) -> None:
     """A failed start used to end in close() unlinking the path: the user's file was deleted."""
     precious = sock_dir / "notes.txt"
@@ -518,7 +513,7 @@ def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
     folder.mkdir()
 
     async def go(path: Path) -> str:
-        server = QmpServer(machine, path)
+        server = QmpServer(virt_machine, path)
         try:
             with pytest.raises(UsageError) as info:
                 await server.start()
@@ -533,7 +528,7 @@ def test_qmp_socket_on_a_users_file_or_directory_is_refused_and_kept(
 
 
 def test_a_live_socket_is_not_stolen_but_a_stale_one_is_replaced(
-    machine: VirtMachine, sock_dir: Path
+    virt_machine: VirtMachine, sock_dir: Path
 ) -> None:
     """QEMU unlinks and rebinds a live path, cutting off the process that owns it."""
     live = sock_dir / "live"
@@ -546,11 +541,11 @@ def test_a_live_socket_is_not_stolen_but_a_stale_one_is_replaced(
         dead.bind(str(stale))  # bound, never listening: what a crashed VMM leaves
 
         async def go() -> None:
-            server = QmpServer(machine, live)
+            server = QmpServer(virt_machine, live)
             with pytest.raises(UsageError, match="in use by another process"):
                 await server.start()
             await server.close()
-            other = QmpServer(machine, stale)
+            other = QmpServer(virt_machine, stale)
             await other.start()
             _reader, writer = await _open(str(stale))
             writer.close()
@@ -616,7 +611,7 @@ def _documented_strict_errors() -> list[str]:
 
 
 def test_documented_strict_json_errors_are_what_the_server_says(
-    machine: VirtMachine, sock_dir: Path
+    virt_machine: VirtMachine, sock_dir: Path
 ) -> None:
     documented = _documented_strict_errors()
     assert len(documented) == len(STRICT_INPUTS), documented
@@ -625,7 +620,7 @@ def test_documented_strict_json_errors_are_what_the_server_says(
         data = STRICT_INPUTS[key]
         # Afterwards a good command must still be served on the same connection.
         got = _qmp_exchange(
-            machine, str(sock_dir / "q.sock"), data + b'{"execute": "query-status"}\n', 2
+            virt_machine, str(sock_dir / "q.sock"), data + b'{"execute": "query-status"}\n', 2
         )
         want = re.escape(desc).replace(r"\ N\ ", r"\ [0-9]+\ ")
         assert "id" not in got[0], got
@@ -634,10 +629,12 @@ def test_documented_strict_json_errors_are_what_the_server_says(
         assert got[1]["return"]["status"] == "running"
 
 
-def test_documented_finite_large_number_is_accepted(machine: VirtMachine, sock_dir: Path) -> None:
+def test_documented_finite_large_number_is_accepted(
+    virt_machine: VirtMachine, sock_dir: Path
+) -> None:
     assert "(`1.5e308`), are accepted" in _doc_section("### Strict JSON")
     got = _qmp_exchange(
-        machine, str(sock_dir / "q.sock"), b'{"execute": "query-status", "id": 1.5e308}\n', 1
+        virt_machine, str(sock_dir / "q.sock"), b'{"execute": "query-status", "id": 1.5e308}\n', 1
     )
     assert got[0]["id"] == 1.5e308 and "return" in got[0]
 

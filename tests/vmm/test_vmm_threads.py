@@ -19,7 +19,8 @@ import pytest
 from cpuplug.acpi.virt import CPUHP_BASE, GED_BASE, GED_GSI, mpidr
 from cpuplug.psci_abi import AFFINITY_INFO_64, CPU_ON_64, PSCI_VERSION
 from tests.harness.qmp_helpers import next_event, qmp_connect
-from tests.harness.vmm_test_kernel import CONTEXT_CPU_OFF, ProbeClient, VmmProcess, walk_tables
+from tests.harness.vmm import ProbeClient, VmmProcess, walk_tables
+from tests.harness.vmm_test_kernel import CONTEXT_CPU_OFF
 
 pytestmark = pytest.mark.slow
 
