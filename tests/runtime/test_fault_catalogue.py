@@ -13,8 +13,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +25,16 @@ from typing import Any
 import pytest
 
 from cpuplug.cli import build_parser, main
+from cpuplug.runtime.agent_client import AgentClient
 from cpuplug.runtime.config import RuntimeConfig
+from cpuplug.runtime.process import ProcessIdentity, process_alive
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.state import (
     LockTimeout,
     SandboxState,
     StateStore,
 )
+from tests.harness.cli import Cli
 from tests.harness.runtime_fakes import FakeWorld
 
 SRC = Path(__file__).parents[2] / "src"
@@ -63,11 +68,11 @@ def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPUPLUG_CONFIG", str(tmp_path / "no-such-config.toml"))
 
 
-def fake_runtime(world: FakeWorld, root: Path) -> Runtime:
+def fake_runtime(world: FakeWorld, root: Path, maxcpus: int = 2) -> Runtime:
     """A Runtime whose VMM is the fakes' ``sleep`` stand-in (a real process to stop)."""
     return Runtime(
         root,
-        RuntimeConfig(default_maxvcpus=2),
+        RuntimeConfig(default_maxvcpus=maxcpus),
         backends=world.backend,
         connect_agent=world.connect_agent,
     )
@@ -393,3 +398,178 @@ def test_root_before_the_command_keeps_the_other_parties_unimported(tmp_path: Pa
         env=dict(os.environ, PYTHONPATH=str(SRC)),
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# ======================================================================== D2: interrupted update
+
+
+def test_d2_update_killed_after_device_add_is_finished_by_the_next_command(cli: Cli) -> None:
+    """D2: ``update`` SIGKILLed between ``device_add`` and onlining.
+
+    Before: the next ``inspect`` "reconciled" by onlining what was plugged and cleared
+    ``pending``, keeping the old target and quota: 3 vCPUs plugged for a target of 2
+    and ``cpu.max`` still the old limit.  Now the requested limits are the desired
+    state: the next command plugs the rest, onlines, and sets cpuset and quota.
+    """
+    cli.ok("run", "--name", "k", "--max-cpus", "6", "--cpus", "1", "--", "sleep", "600")
+    assert cli.nproc("k") == 2
+    killed = cli("update", "--cpus", "3", "k", env={"CPUPLUG_FAULT": "after-device-add"})
+    assert killed.returncode == -signal.SIGKILL
+    state = json.loads((cli.root / "k" / "state.json").read_text())
+    assert state["pending"] is not None and len(state["plugged"]) == 3, "killed half-way"
+    info = cli.inspect("k")
+    assert info["reconciled"] is True and info["pending"] is None
+    assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2, 3]
+    assert info["containers"][0]["quota"] == 300000
+    assert cli.cat("k", "/sys/fs/cgroup/k/cpu.max") == "300000 100000"
+    assert cli.cat("k", "/sys/fs/cgroup/k/cpuset.cpus") == "0-3"
+    assert cli.nproc("k") == 4
+
+
+def test_d2_a_failing_update_says_what_it_changed_and_the_next_one_finishes(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """D2: an update failing after ``device_add`` (the agent refused ``OnlineCPUMem``)
+    used to report only the agent's error; the vCPUs it had plugged went unmentioned."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(quota=100000, period=100000), name="b"))
+    world.agent.fail_online_once = True
+    with pytest.raises(Exception, match=r"already done: plugged vCPU 2,3;.*next cpuplug command"):
+        rt.update("b", Resources(quota=300000, period=100000))
+    r = rt.update("b", Resources(cpuset="0-3"))  # a different update finishes the first
+    assert (r.after, world.m.online) == (4, {0, 1, 2, 3})
+    assert world.agent.cgroups["b"] == {"quota": 300000, "period": 100000, "cpuset_cpus": "0-3"}
+    assert rt.store.load("b").pending is None
+
+
+def test_d2_update_succeeds_while_execs_hold_the_agents_connections(cli: Cli) -> None:
+    """D2: with 16 ``exec``s running, an update got ``EBUSY: too many agent
+    connections`` after its vCPUs were plugged.  Long-running requests now leave
+    connections reserved for control calls; the excess exec gets EBUSY instead."""
+    cli.ok("run", "--name", "e", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
+    agent_path = cli.root / "e" / "agent.sock"
+    results: list[str] = []
+    clients = [AgentClient(agent_path, timeout=60).connect() for _ in range(16)]
+
+    def long_exec(c: AgentClient) -> None:
+        try:
+            c.exec_process("e", ["sleep", "3"])
+            results.append("ok")
+        except Exception as exc:
+            c.close()  # as `cpuplug exec` does when its call fails
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=long_exec, args=(c,)) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while sum("EBUSY" in r for r in results) < 4:  # the 4 over the limit are refused
+            assert time.monotonic() < deadline, results
+            time.sleep(0.01)
+        update = cli.ok("update", "--cpus", "2", "e")
+        assert "vCPUs 2 -> 3" in update.stdout
+    finally:
+        for t in threads:
+            t.join(30)
+        for c in clients:
+            c.close()
+    assert sorted(results).count("ok") == 12
+    assert cli.nproc("e") == 3
+
+
+# ======================================================================== D3: cpuset
+
+
+def test_d3_cpuset_reaches_the_guest_cgroup(world: FakeWorld, tmp_path: Path) -> None:
+    """D3: ``run --cpus 3 --cpuset-cpus 1`` stored the cpuset but sent the container
+    every online CPU (``cpuset.cpus`` 0-3, nproc 4)."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(quota=300000, period=100000, cpuset="1"), name="c"))
+    assert world.agent.cgroups["c"]["cpuset_cpus"] == "1"
+    rt.update("c", Resources(cpuset="0,2"))
+    assert world.agent.cgroups["c"]["cpuset_cpus"] == "0,2"
+
+
+# ======================================================================== D5: unproven pid
+
+
+def test_d5_rm_f_never_signals_a_pid_it_cannot_prove_is_the_vmm(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """D5: a state file with ``vmm_start_ticks`` null made ``rm -f`` SIGTERM whatever
+    process had that pid.  A pid without its start time proves nothing now."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(), name="p"))
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        st = rt.store.load("p")
+        world.kill_vmm()
+        st.vmm_pid, st.vmm_start_ticks = bystander.pid, None
+        rt.store.save(st)
+        rt.rm("p", force=True)
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not (tmp_path / "p").exists()
+    finally:
+        bystander.kill()
+        bystander.wait(10)
+
+
+# ======================================================================== D6: orphaned creation
+
+
+def test_d6_a_run_killed_after_the_vmm_started_is_failed_and_rm_cleans_it(cli: Cli) -> None:
+    """D6: ``run`` SIGKILLed after starting the VMM left the sandbox ``creating``
+    forever with a live VMM, and plain ``rm`` called it running."""
+    killed = cli("run", "--name", "o", "--", "true", env={"CPUPLUG_FAULT": "after-vmm-start"})
+    assert killed.returncode == -signal.SIGKILL
+    state = json.loads((cli.root / "o" / "state.json").read_text())
+    vmm = ProcessIdentity(state["vmm_pid"], state["vmm_start_ticks"], state["vmm_exe"])
+    assert state["status"] == "creating" and vmm.matches()
+    rows = json.loads(cli.ok("ps", "--json").stdout)
+    assert [(r["name"], r["status"]) for r in rows] == [("o", "failed")]
+    assert cli("update", "--cpus", "1", "o").returncode == 1
+    cli.ok("rm", "o")
+    assert not (cli.root / "o").exists()
+    assert not process_alive(vmm.pid, vmm.start_ticks)
+
+
+def test_d6_a_sandbox_being_created_is_not_failed(world: FakeWorld, tmp_path: Path) -> None:
+    """The other side of D6: while ``run`` holds the lock, ``ps`` says ``creating``."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(), name="n"))
+    st = rt.store.load("n")
+    st.status = "creating"
+    rt.store.save(st)
+    with rt.store.lock("n", 1):
+        assert [r.status.value for r in rt.ps()] == ["creating"]
+    assert [r.status.value for r in rt.ps()] == ["failed"]
+
+
+# ======================================================================== self-offlined CPU
+
+
+def test_a_cpu_the_container_offlined_is_onlined_by_the_next_update(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """A container that offlined a plugged vCPU itself (``echo 0 > cpu3/online``) went
+    unnoticed: ``update`` to the same size said "unchanged at 4" and left it offline."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(quota=300000, period=100000), name="s"))
+    world.m.online.discard(3)
+    r = rt.update("s", Resources(quota=300000, period=100000))
+    assert (r.before, r.after) == (3, 4)
+    assert world.m.online == {0, 1, 2, 3}
+    assert world.agent.cgroups["s"]["cpuset_cpus"] == "0-3"
+
+
+def test_a_cpu_offlined_in_the_real_guest_is_onlined_by_the_next_update(cli: Cli) -> None:
+    """The same through the real guest: its root offlines cpu2 through sysfs."""
+    cli.ok("run", "--name", "r", "--max-cpus", "4", "--cpus", "2", "--", "sleep", "600")
+    assert cli.nproc("r") == 3
+    cli.ok("exec", "r", "--", "sh", "-c", "echo 0 > /sys/devices/system/cpu/cpu2/online")
+    assert cli.cat("r", "/sys/devices/system/cpu/online") == "0-1"
+    out = cli.ok("update", "--cpus", "2", "r").stdout
+    assert "vCPUs 2 -> 3" in out
+    assert cli.cat("r", "/sys/devices/system/cpu/online") == "0-2"
+    assert cli.nproc("r") == 3

@@ -30,7 +30,12 @@ latency. The agent therefore runs exactly: one acceptor thread, one
 event-sender thread, and one reader thread per open connection, with at most
 :data:`MAX_CONNECTIONS` connections (a further one gets an ``EBUSY`` error
 reply and is closed). That is at most ``2 + MAX_CONNECTIONS`` threads however
-many vCPUs the guest has or how many requests arrive. Requests of one
+many vCPUs the guest has or how many requests arrive. Requests that hold their
+connection for long (``ExecProcess``, ``SubscribeEvents``) may occupy all but
+:data:`CONTROL_RESERVE` of them; one more gets ``EBUSY`` on the request, so the
+runtime's control calls (an update's ``OnlineCPUMem``, ``UpdateContainer``) always
+find a connection however many execs run (issue 8, D2: an update failed half-way
+with "too many agent connections" while 16 execs ran). Requests of one
 connection are handled in order on its reader thread; the programs they start
 run as scheduler tasks on the vCPUs, like processes.
 
@@ -62,6 +67,9 @@ from cpuplug.hw import AgentChannel, Stream
 __all__ = ["MAX_CONNECTIONS", "Agent", "AgentKernel", "start"]
 
 MAX_CONNECTIONS = 16
+CONTROL_RESERVE = 4
+"""Connections long-running requests may never take: kept for control calls."""
+_LONG_RUNNING = frozenset({ap.Method.EXEC_PROCESS, ap.Method.SUBSCRIBE_EVENTS})
 EVENT_QUEUE_LIMIT = 1024
 ONLINE_RETRIES = 100  # Kata: 100 retries ...
 ONLINE_RETRY_INTERVAL = 0.05  # ... 50 ms apart (~5 s)
@@ -137,6 +145,8 @@ class _Conn:
         self.events: deque[dict[str, Any]] = deque()
         self.closed = False
         self.thread: threading.Thread | None = None
+        self.long_running = False
+        """Counted among the connections held by a long-running request."""
 
     def send(self, message: dict[str, Any]) -> bool:
         """Send one message; False (and the connection is closed) if the peer is gone."""
@@ -297,6 +307,20 @@ class Agent:
             return False
         except ap.ProtocolError as exc:
             return conn.send(ap.error_from_exception(exc))
+        if request.method in _LONG_RUNNING:
+            with self._lock:
+                held = sum(1 for c in self._conns if c.long_running)
+                busy = held >= self.max_connections - CONTROL_RESERVE
+                conn.long_running = conn.long_running or not busy
+            if busy:
+                return conn.send(
+                    ap.make_error(
+                        request.id,
+                        ap.ErrorCode.EBUSY,
+                        f"too many long-running requests ({held} execs and subscriptions); "
+                        f"{CONTROL_RESERVE} connections stay reserved for control calls",
+                    )
+                )
         if request.method is ap.Method.SUBSCRIBE_EVENTS:
             return self._start_events(conn, request.id)
         try:
@@ -309,6 +333,10 @@ class Agent:
         except Exception as exc:  # a bug must cost one request, never the agent
             self._log(f"agent: {request.method} failed: {exc!r}")
             reply = ap.make_error(request.id, ap.ErrorCode.EIO, f"internal error: {exc!r}")
+        finally:
+            if request.method is ap.Method.EXEC_PROCESS:
+                with self._lock:
+                    conn.long_running = False
         return conn.send(reply)
 
     def _on_kernel_event(self, event: KernelEvent) -> None:

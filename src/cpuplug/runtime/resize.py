@@ -18,44 +18,29 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cpuplug.cpuhp_abi import OstSource, ost_text
 from cpuplug.errors import CpuplugError
 
 DEVICE_PREFIX = "cpu-"
-OST_SOURCE_INSERT = 0x01
-OST_SOURCE_EJECT = 0x03
-OST_SUCCESS = 0x00
-OST_EJECT_IN_PROGRESS = 0x84
-OST_STATUS_TEXT = {
-    0x00: "success",
-    0x01: "non-specific failure",
-    0x02: "unrecognized notify code",
-    0x80: "eject not supported by OSPM",
-    0x81: "device in use by an application",
-    0x82: "device busy",
-    0x83: "ejection dependency is busy or not supported",
-    0x84: "ejection in progress",
-}
-"""ACPI 6.5 §6.3.5 _OST status codes for the eject request (source 3)."""
-
-
-def ost_text(status: int) -> str:
-    return f"0x{status:02x} ({OST_STATUS_TEXT.get(status, 'unknown status')})"
-
-
 class ResizeError(CpuplugError):
     """A hotplug step failed; the message names the vCPU and the reason."""
 
 
 class EjectRefused(ResizeError):
     def __init__(self, core: int, status: int) -> None:
-        super().__init__(f"guest refused to eject vCPU {core}: _OST status {ost_text(status)}")
+        text = ost_text(OstSource.EJECT_REQUEST, status)
+        super().__init__(f"guest refused to eject vCPU {core}: _OST status {text}")
         self.core = core
         self.status = status
 
 
 class RemoveTimeout(ResizeError):
     def __init__(self, core: int, timeout: float, last_status: int | None) -> None:
-        seen = f"; last _OST status {ost_text(last_status)}" if last_status is not None else ""
+        seen = (
+            f"; last _OST status {ost_text(OstSource.EJECT_REQUEST, last_status)}"
+            if last_status is not None
+            else ""
+        )
         super().__init__(
             f"vCPU {core} was not removed within {timeout:g}s (no DEVICE_DELETED{seen})"
         )

@@ -725,12 +725,15 @@ class Runtime:
         for name in self.store.names():
             try:
                 st = self.store.load(name)
-            except CpuplugError:
+            except CpuplugError as exc:
                 # Listed, not hidden: its VMM may still run, and rm -f cleans it up.
+                # A directory without a state file whose lock is held is a run that
+                # has not written its first state yet.
+                starting = isinstance(exc, StatelessSandbox) and self._lock_held(name)
                 out.append(
                     SandboxSummary(
                         name=name,
-                        status=SandboxStatus.BROKEN,
+                        status=SandboxStatus.CREATING if starting else SandboxStatus.BROKEN,
                         vcpus=0,
                         maxcpus=0,
                         cpus="-",

@@ -22,20 +22,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from cpuplug.cpuhp_abi import OstEjectStatus, OstSource, OstStatus, ost_text
 from cpuplug.runtime.hypervisor import Capabilities, HypervisorKind, VmmRunState
 from cpuplug.runtime.qmp_client import QmpCommandError, QmpError, VmmGone
 from cpuplug.runtime.resize import (
-    OST_EJECT_IN_PROGRESS,
-    OST_SOURCE_EJECT,
-    OST_SOURCE_INSERT,
-    OST_SUCCESS,
     EjectRefused,
     RemoveTimeout,
     ResizeError,
     Slot,
     StepLog,
     device_id,
-    ost_text,
     parse_slots,
 )
 
@@ -112,11 +108,10 @@ def wait_inserted(vmm: QmpLike, cores: Iterable[int], timeout: float, log: StepL
         if info is None:
             continue
         core, source, status = info
-        if core in waiting and source == OST_SOURCE_INSERT:
-            if status != OST_SUCCESS:
-                raise ResizeError(
-                    f"guest failed to add vCPU {core}: _OST status {ost_text(status)}"
-                )
+        if core in waiting and source == OstSource.DEVICE_CHECK:
+            if status != OstStatus.SUCCESS:
+                text = ost_text(OstSource.DEVICE_CHECK, status)
+                raise ResizeError(f"guest failed to add vCPU {core}: _OST status {text}")
             waiting.discard(core)
             log.add("insert_ost", t0, vcpu=core)
     return sorted(waiting)
@@ -157,12 +152,12 @@ def hot_remove(
                 break  # QEMU-on-x86 style: only the child (…/lapic) was named
             continue
         info = _ost_info(ev)
-        if info is None or info[0] != core or info[1] != OST_SOURCE_EJECT:
+        if info is None or info[0] != core or info[1] != OstSource.EJECT_REQUEST:
             continue
         last_status = info[2]
-        if last_status == OST_SUCCESS and not _still_plugged(vmm, core):
+        if last_status == OstStatus.SUCCESS and not _still_plugged(vmm, core):
             break  # the final eject _OST (QEMU's carries no device id: matched by slot)
-        if last_status not in (OST_SUCCESS, OST_EJECT_IN_PROGRESS):
+        if last_status not in (OstStatus.SUCCESS, OstEjectStatus.IN_PROGRESS):
             log.add("eject_refused", t0, vcpu=core, status=last_status)
             raise EjectRefused(core, last_status)
     log.add("device_del", t0, vcpu=core)

@@ -1,0 +1,5 @@
+"""Fixtures for tests/runtime: ``cli`` (the command as a user runs it)."""
+
+from tests.harness.cli import cli
+
+__all__ = ["cli"]
