@@ -152,9 +152,9 @@ def _machine(
 
 def test_sta_bits_and_answers_have_distinct_names() -> None:
     assert abi.STA_BIT_ENABLED == 0x02  # the bit ...
-    assert CpuSta.PRESENT_ENABLED == 0x0F == abi.STA_DEFAULT  # ... is not the answer
-    assert CpuSta.PRESENT_DISABLED == 0x0D == CpuSta.PRESENT_ENABLED & ~abi.STA_BIT_ENABLED
-    assert CpuSta.NOT_PRESENT == 0
+    assert int(CpuSta.PRESENT_ENABLED) == 0x0F == abi.STA_DEFAULT  # ... is not the answer
+    assert int(CpuSta.PRESENT_DISABLED) == 0x0D == CpuSta.PRESENT_ENABLED & ~abi.STA_BIT_ENABLED
+    assert int(CpuSta.NOT_PRESENT) == 0
     assert CpuSta.PRESENT_DISABLED & abi.STA_BIT_PRESENT
 
 
@@ -215,7 +215,8 @@ def test_ost_text_uses_the_specifications_words_for_the_source() -> None:
 
 def test_ost_codes_are_plain_numbers_with_texts() -> None:
     assert (OstSource.EJECT_REQUEST, OstSource.OSPM_EJECT) == (0x03, 0x103)
-    assert OstEjectStatus(0x84) is OstEjectStatus.IN_PROGRESS
+    # lookup by value; mypy reads the members' (value, text) __new__ as the call signature
+    assert OstEjectStatus(0x84) is OstEjectStatus.IN_PROGRESS  # type: ignore[call-arg]
     assert f"{OstEjectStatus.IN_PROGRESS}" == "132"  # formats as the number, for logs
     for codes in (OstSource, OstStatus, OstEjectStatus, abi.OstInsertStatus,
                   abi.OstShutdownStatus):  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -35,7 +36,10 @@ from cpuplug.acpi.virt import MachineConfig
 SIZES = (1, 8, 300, 512)
 
 
-def child(parent: n.Node, cls: type[n.Node], name: str) -> n.Node:
+NodeT = TypeVar("NodeT", bound=n.Node)
+
+
+def child(parent: n.Node, cls: type[NodeT], name: str) -> NodeT:
     body = getattr(parent, "body", ())
     for item in body:
         if isinstance(item, cls) and getattr(item, "name", None) == n.normalize_name(name):

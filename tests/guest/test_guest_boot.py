@@ -165,7 +165,7 @@ def test_smc_conduit_is_refused() -> None:
 def test_kernel_panics_cleanly_on_bad_tables() -> None:
     mem, rsdp = machine_image(MachineConfig(cpus=1, maxcpus=2))
     mem.write_bytes(rsdp, b"XXXXXXXX")
-    kernel = GuestKernel(FakeMachine(mem, rsdp), start_agent=False)  # type: ignore[arg-type]
+    kernel = GuestKernel(FakeMachine(mem, rsdp), start_agent=False)
     with pytest.raises(VcpuStop):
         kernel.boot_cpu_main(HaltingCpu())
     assert kernel.panicked is not None

@@ -93,7 +93,7 @@ def test_cpuset_effective_follows_online_and_parent(tree: CgroupTree, masks: Mas
     assert vfs.read(f"{CG}/pod/c/cpuset.cpus.effective") == "1,3\n"
     masks.online = frozenset({0, 2})  # both of c's CPUs gone: falls back to the parent's
     assert vfs.read(f"{CG}/pod/c/cpuset.cpus.effective") == "0,2\n"
-    assert tree.get("pod/c").cpus_allowed() == {0, 2}
+    assert tree.get("pod/c").cpus_allowed() == frozenset({0, 2})
     assert tree.root.cpus_allowed() is None  # nothing restricts the root
     vfs.mkdir(f"{CG}/free")
     assert tree.get("free").cpus_allowed() is None

@@ -17,10 +17,10 @@ import pytest
 from qemu.qmp import ExecuteError
 
 from cpuplug import agent_protocol as ap
+from cpuplug import psci_abi
 from cpuplug.acpi.virt import mpidr
 from cpuplug.agent_protocol import parse_cpu_list
 from cpuplug.guest import cpu as guest_cpu
-from cpuplug.guest import psci
 from cpuplug.guest.sched import Task, TaskBody
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.vmm.vcpu import PowerState
@@ -291,7 +291,7 @@ def test_security_acpi_mode_raw_cpu_on_is_denied(machine_booted: GuestMachine) -
     vm = machine_booted
     assert not vm.kernel.vfs.exists(f"{SYS}/cpu3")
     threads = vm.machine.vcpus.live_threads()
-    assert vm.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.DENIED
+    assert vm.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci_abi.DENIED
     assert mpidr(3) not in vm.kernel.debug.secondary_entries()
     assert vm.machine.power_state(3) is PowerState.OFF
     assert vm.machine.vcpus.live_threads() == threads
@@ -316,7 +316,7 @@ def test_security_online_offline_mode_guest_can_online_any_cpu(
     assert task.wait(10)
     # and raw PSCI works too once it is offline again: the vCPU is plugged
     b.kernel.cpu_offline(3)
-    assert b.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci.SUCCESS
+    assert b.kernel.debug.raw_psci_cpu_on(mpidr(3)) == psci_abi.SUCCESS
     wait_until(lambda: 3 in b.kernel.online(), what="raw CPU_ON brings CPU3 up")
 
 

@@ -49,6 +49,11 @@ class Emitted:
     data: dict[str, int]
 
 
+def _cpu_list_file(mask: Callable[[], frozenset[int]]) -> Callable[[], str]:
+    """The read handler of a CPU list file (``online``, ``possible``, ...)."""
+    return lambda: format_cpu_list(mask()) + "\n"
+
+
 class FakeKernel:
     """``vfs``, ``cgroups``, ``sched``, ``events`` like the real kernel object."""
 
@@ -72,14 +77,15 @@ class FakeKernel:
         self._subs: list[Callable[[KernelEvent], None]] = []
         self.online_writes: list[int] = []
         self.machine = None
-        for name, fn in (
-            ("possible", lambda: self.possible_set),
-            ("present", lambda: self.possible_set),
-            ("online", lambda: self.online_set),
-            ("offline", lambda: self.possible_set - self.online_set),
-            ("enabled", lambda: self.enabled_set),
-        ):
-            self.vfs.register(f"{CPU_DIR}/{name}", lambda fn=fn: format_cpu_list(fn()) + "\n")
+        masks: dict[str, Callable[[], frozenset[int]]] = {
+            "possible": lambda: self.possible_set,
+            "present": lambda: self.possible_set,
+            "online": lambda: self.online_set,
+            "offline": lambda: self.possible_set - self.online_set,
+            "enabled": lambda: self.enabled_set,
+        }
+        for name, fn in masks.items():
+            self.vfs.register(f"{CPU_DIR}/{name}", _cpu_list_file(fn))
         self.vfs.register("/proc/sys/kernel/osrelease", lambda: "6.11.0-fake\n")
         for cpu in sorted(self.enabled_set):
             self._register_cpu(cpu)

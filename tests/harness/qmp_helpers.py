@@ -34,7 +34,8 @@ async def next_event(
     async def find() -> dict[str, Any]:
         while True:
             event = await client.events.get()
-            if event["event"] == name and (pred is None or pred(event.get("data", {}))):
+            data: Any = event.get("data", {})
+            if event["event"] == name and (pred is None or pred(data)):
                 return dict(event)
 
     return await asyncio.wait_for(find(), timeout)

@@ -286,8 +286,8 @@ class GuestVmm:
                 while True:
                     ev = await self.qmp.events.get()
                     if ev["event"] == name:
-                        data: dict[str, Any] = ev["data"]
-                        return data
+                        data: Any = ev["data"]
+                        return dict(data)
 
         return self.loop.run_until_complete(get())
 

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpuplug.errors import CpuplugError
-from cpuplug.vmm.cpuhp import (
+from cpuplug.cpuhp_abi import (
     CMD_GET_CPU_ID,
     CMD_GET_NEXT_EVENT,
     CMD_OST_EVENT,
@@ -31,10 +30,9 @@ from cpuplug.vmm.cpuhp import (
     OFFSET_DATA2,
     OFFSET_FLAGS,
     OFFSET_SELECTOR,
-    CpuHotplugBlock,
-    CpuHotplugError,
-    OstInfo,
 )
+from cpuplug.errors import CpuplugError
+from cpuplug.vmm.cpuhp import CpuHotplugBlock, CpuHotplugError, OstInfo
 from tests.harness.vmm import VmmProcess
 
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cpuplug.cpuhp_abi import GED_EVT_CPU_HOTPLUG, GED_EVT_PWR_DOWN
 from cpuplug.errors import CpuplugError
-from cpuplug.vmm.ged import GED_EVT_CPU_HOTPLUG, GED_EVT_PWR_DOWN, GedError, GenericEventDevice
+from cpuplug.vmm.ged import GedError, GenericEventDevice
 
 
 class PulseCounter:

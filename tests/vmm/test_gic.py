@@ -266,7 +266,7 @@ def test_kick_without_stop_keeps_waiting() -> None:
 
 def test_bad_arguments_raise_gic_error() -> None:
     gic = make()
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: gic.pulse_spi(31),
         lambda: gic.pulse_spi(gic.num_irqs),
         lambda: gic.set_spi_level(True, True),
@@ -274,7 +274,8 @@ def test_bad_arguments_raise_gic_error() -> None:
         lambda: gic.send_sgi(0, 4, 1),
         lambda: gic.wait_for_interrupt(-1, 0.0),
         lambda: gic.kick(9),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(GicError):
             call()
 

@@ -148,7 +148,7 @@ def test_eject_ends_thread_emits_device_deleted_keeps_present(
     assert not thread.alive
     assert b.flags(5) == 0x20  # present stays; _STA reads 0x0D
     assert [c["cpu-index"] for c in b.m.query_cpus_fast()] == [0, 1]
-    entry = next(e for e in b.m.query_hotpluggable_cpus() if e["props"]["core-id"] == 5)  # type: ignore[index]
+    entry = next(e for e in b.m.query_hotpluggable_cpus() if e["props"]["core-id"] == 5)
     assert "qom-path" not in entry
 
 
