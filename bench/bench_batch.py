@@ -144,7 +144,7 @@ async def qmp_events(
         while len(got) < want:
             event = await client.events.get()
             if match(event):
-                got.append(event)
+                got.append(dict(event))
     return got
 
 

@@ -41,7 +41,8 @@ from typing import Any
 import pytest
 
 from cpuplug import agent_protocol as ap
-from cpuplug.acpi.virt import HotplugMode, MachineConfig
+from cpuplug.acpi.virt import MachineConfig
+from cpuplug.cpuhp_abi import HotplugMode
 from tests.harness.machine import GuestMachine, RecordingMachine, no_new_threads
 from tests.harness.vmm import GuestVmm, VmmProcess, running_guest_vmm, running_vmm
 
@@ -130,7 +131,7 @@ def machine() -> Iterator[Callable[..., RecordingMachine]]:
     sockets = tempfile.mkdtemp(prefix="rm", dir="/tmp")  # short: unix socket paths
 
     def make(
-        cpus: int = 1, maxcpus: int = 8, mode: HotplugMode = "acpi", **kw: Any
+        cpus: int = 1, maxcpus: int = 8, mode: HotplugMode = HotplugMode.ACPI, **kw: Any
     ) -> RecordingMachine:
         config = MachineConfig(cpus=cpus, maxcpus=maxcpus, mode=mode)
         kw.setdefault("agent_path", f"{sockets}/agent{len(made)}.sock")
@@ -157,7 +158,7 @@ def guest_machine() -> Iterator[Callable[..., GuestMachine]]:
     with no_new_threads():
 
         def make(
-            cpus: int = 2, maxcpus: int = 4, mode: HotplugMode = "acpi", **kw: Any
+            cpus: int = 2, maxcpus: int = 4, mode: HotplugMode = HotplugMode.ACPI, **kw: Any
         ) -> GuestMachine:
             made.append(GuestMachine(MachineConfig(cpus=cpus, maxcpus=maxcpus, mode=mode), **kw))
             return made[-1]

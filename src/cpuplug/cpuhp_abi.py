@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Final
 
@@ -298,3 +298,13 @@ def ost_status_text(source: int, status: int) -> str:
 def ost_text(source: int, status: int) -> str:
     """``status`` for messages, e.g. ``0x82 (device busy)``."""
     return f"0x{status:02x} ({ost_status_text(source, status)})"
+
+
+class HotplugMode(StrEnum):
+    """How a machine's vCPU count changes (docs/contract.md §2, §9): the MADT flags the
+    VMM writes, the threads it keeps, and what the runtime does to resize."""
+
+    ACPI = "acpi"
+    """vCPUs are hot-added and hot-removed through ACPI; only boot vCPUs exist at boot."""
+    ONLINE_OFFLINE = "online-offline"
+    """Every vCPU is plugged at boot; the guest onlines and offlines them."""

@@ -32,6 +32,7 @@ from cpuplug.acpi.dsdt import build_dsdt, cpu_device_name, cpus_device, dsdt_blo
 from cpuplug.acpi.errors import AmlError
 from cpuplug.acpi.tables import Sdt
 from cpuplug.acpi.virt import MachineConfig
+from cpuplug.cpuhp_abi import HotplugMode
 
 SIZES = (1, 8, 300, 512)
 
@@ -80,7 +81,7 @@ def test_header_and_round_trip(dsdts: dict[int, bytes], maxcpus: int) -> None:
 
 def test_mode_and_boot_cpus_do_not_change_the_aml() -> None:
     base = build_dsdt(MachineConfig(cpus=1, maxcpus=8))
-    assert build_dsdt(MachineConfig(cpus=8, maxcpus=8, mode="online-offline")) == base
+    assert build_dsdt(MachineConfig(cpus=8, maxcpus=8, mode=HotplugMode.ONLINE_OFFLINE)) == base
     assert build_dsdt(MachineConfig(cpus=3, maxcpus=8)) == base
 
 

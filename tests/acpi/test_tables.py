@@ -16,6 +16,7 @@ from cpuplug.acpi import virt
 from cpuplug.acpi.errors import TableError
 from cpuplug.acpi.tables import parse_table
 from cpuplug.acpi.virt import MachineConfig, build_machine_tables
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import UsageError
 
 # --------------------------------------------------------------------------
@@ -719,9 +720,9 @@ def _madt_entries(madt: bytes) -> list[bytes]:
     return entries
 
 
-@pytest.mark.parametrize("mode", ["acpi", "online-offline"])
+@pytest.mark.parametrize("mode", list(HotplugMode))
 def test_madt_has_a_gicc_per_possible_vcpu_and_gicr_regions_for_every_frame(
-    mode: virt.HotplugMode,
+    mode: HotplugMode,
 ) -> None:
     # 130 possible vCPUs: past Aff1 = 0 (i >= 16) and past the first GICR region (i >= 123).
     maxcpus = 130

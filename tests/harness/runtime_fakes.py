@@ -15,17 +15,17 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cpuplug.agent_protocol import AgentError, format_cpu_list
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.runtime import process
 from cpuplug.runtime.hypervisor import (
     Capabilities,
     Completion,
-    HotplugMode,
     HypervisorKind,
     VmSpec,
 )
@@ -261,6 +261,12 @@ class FakeBackend:
 
     def __init__(self, world: FakeWorld) -> None:
         self.world = world
+
+    def prepare(self, spec: VmSpec, progress: Callable[[str], None]) -> VmSpec:
+        return spec
+
+    def describe(self, spec: VmSpec) -> dict[str, Any]:
+        return {"machine": "fake"}
 
     def start(self, spec: VmSpec) -> ProcessIdentity:
         m = self.world.m

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from cpuplug.cli import main
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
 from cpuplug.runtime.sizing import cpus_to_quota, parse_cpus
@@ -104,7 +105,7 @@ def test_runtime_online_offline_mode_offlines_in_the_guest_but_keeps_every_vcpu(
     try:
         rt = Runtime(
             tmp_path,
-            RuntimeConfig(default_maxvcpus=8, hotplug_mode="online-offline"),
+            RuntimeConfig(default_maxvcpus=8, hotplug_mode=HotplugMode.ONLINE_OFFLINE),
             backends=world.backend,
             connect_agent=world.connect_agent,
         )

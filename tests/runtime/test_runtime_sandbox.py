@@ -228,7 +228,7 @@ def test_two_updates_serialise_and_the_last_wins(world: FakeWorld, tmp_path: Pat
         release.wait(10)
         return real(nb)
 
-    world.agent.online_cpu_mem = slow_online  # type: ignore[method-assign]
+    world.agent.online_cpu_mem = slow_online  # type: ignore[method-assign,assignment]
     errors: list[BaseException] = []
 
     def first() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import UsageError
 from cpuplug.runtime.config import ConfigError, RuntimeConfig, load_config, parse_config
 from cpuplug.runtime.sizing import (
@@ -227,9 +228,11 @@ def test_config_reads_kata_sections() -> None:
 
 def test_config_top_level_keys_and_overrides() -> None:
     cfg = parse_config('default_vcpus = 2\nhotplug_mode = "online-offline"\nremove_timeout = 3')
-    assert (cfg.default_vcpus, cfg.hotplug_mode, cfg.remove_timeout) == (2, "online-offline", 3.0)
+    assert (cfg.default_vcpus, cfg.remove_timeout) == (Fraction(2), 3.0)
+    assert cfg.hotplug_mode is HotplugMode.ONLINE_OFFLINE
     cfg2 = cfg.with_overrides(hotplug_mode="acpi", default_maxvcpus=4, remove_timeout=None)
-    assert (cfg2.hotplug_mode, cfg2.default_maxvcpus, cfg2.remove_timeout) == ("acpi", 4, 3.0)
+    assert (cfg2.default_maxvcpus, cfg2.remove_timeout) == (4, 3.0)
+    assert cfg2.hotplug_mode is HotplugMode.ACPI  # a flag's str becomes the enum
 
 
 def test_config_default_vcpus_rules() -> None:

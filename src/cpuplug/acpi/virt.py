@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from cpuplug import cpuhp_abi
 from cpuplug.acpi import tables
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import UsageError
 
 # --------------------------------------------------------------------------
@@ -69,8 +69,7 @@ TIMER_NONSECURE_EL2_GSI = 26
 MAX_CPUS = 512
 """The architectural ceiling this machine supports (two GICR regions' worth)."""
 
-HotplugMode = Literal["acpi", "online-offline"]
-MODES: tuple[HotplugMode, ...] = ("acpi", "online-offline")
+MODES: tuple[str, ...] = tuple(m.value for m in HotplugMode)
 
 
 class MachineConfigError(UsageError):
@@ -132,7 +131,7 @@ class MachineConfig:
 
     cpus: int = 1
     maxcpus: int = 1
-    mode: HotplugMode = "acpi"
+    mode: HotplugMode = HotplugMode.ACPI
     ram_size: int = DEFAULT_RAM_SIZE
 
     def __post_init__(self) -> None:
@@ -168,8 +167,9 @@ class MachineConfig:
         values = parse_smp(smp)
         if mode not in MODES:
             raise MachineConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        checked: HotplugMode = "acpi" if mode == "acpi" else "online-offline"
-        return cls(cpus=values.cpus, maxcpus=values.maxcpus, mode=checked, ram_size=ram_size)
+        return cls(
+            cpus=values.cpus, maxcpus=values.maxcpus, mode=HotplugMode(mode), ram_size=ram_size
+        )
 
     @property
     def possible(self) -> range:

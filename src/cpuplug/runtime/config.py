@@ -22,14 +22,14 @@ import tomllib
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 from cpuplug.acpi.virt import MAX_CPUS
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.runtime.sizing import exact
 
-HotplugMode = Literal["acpi", "online-offline"]
-HOTPLUG_MODES: tuple[HotplugMode, ...] = ("acpi", "online-offline")
+HOTPLUG_MODES: tuple[str, ...] = tuple(m.value for m in HotplugMode)
 
 _KEYS = {
     "default_vcpus",
@@ -37,7 +37,14 @@ _KEYS = {
     "static_sandbox_resource_mgmt",
     "hotplug_mode",
     "remove_timeout",
+    "hypervisor",
 }
+_QEMU_KEYS = {"path": "qemu_path", "kernel": "kernel", "initrd": "initrd",
+              "default_memory": "default_memory", "arch": "arch"}  # fmt: skip
+"""Keys read only from ``[hypervisor.qemu]`` (Kata's names; ``arch`` is cpuplug's),
+with the field each sets."""
+HYPERVISORS = ("builtin", "qemu")
+ARCHES = ("x86_64", "aarch64")
 MAX_REMOVE_TIMEOUT = 3600.0
 """Longest wait for a guest to release a vCPU: an hour is already a hung guest, and a
 bigger value (``1e308``) would overflow the deadline arithmetic or wait forever."""
@@ -56,8 +63,25 @@ class RuntimeConfig:
     default_vcpus: Fraction = Fraction(1)
     default_maxvcpus: int = 0
     static_sandbox_resource_mgmt: bool = False
-    hotplug_mode: HotplugMode = "acpi"
+    hotplug_mode: HotplugMode = HotplugMode.ACPI
     remove_timeout: float = 10.0
+    hypervisor: str = "builtin"
+    qemu_path: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    default_memory: int = 512
+    """Guest RAM in MiB (QEMU backend)."""
+    arch: str | None = None
+    """Guest architecture for the QEMU backend (default: the host's)."""
+
+    def vm_options(self) -> dict[str, Any]:
+        """The hypervisor backend's options from this config (runtime.hypervisor.VmSpec)."""
+        opts: dict[str, Any] = {"memory": str(self.default_memory)}
+        for key, value in (("qemu", self.qemu_path), ("kernel", self.kernel),
+                           ("initrd", self.initrd), ("arch", self.arch)):  # fmt: skip
+            if value is not None:
+                opts[key] = value
+        return opts
 
     def max_vcpus(self, host_cpus: int | None = None) -> int:
         """The effective ``maxcpus``: 0 means the host's CPU count (docs/contract.md §8); max 512.
@@ -83,7 +107,7 @@ class RuntimeConfig:
     def with_overrides(self, **flags: Any) -> RuntimeConfig:
         """A copy with every non-None flag applied (flags win over the file)."""
         given = {k: v for k, v in flags.items() if v is not None}
-        unknown = set(given) - _KEYS
+        unknown = set(given) - _KEYS - set(_QEMU_KEYS.values())
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return _validated(replace(self, **given))
@@ -94,6 +118,15 @@ def _validated(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError(
             f"hotplug_mode must be one of {', '.join(HOTPLUG_MODES)}, got {cfg.hotplug_mode!r}"
         )
+    cfg = replace(cfg, hotplug_mode=HotplugMode(cfg.hotplug_mode))  # a flag gives a str
+    if cfg.hypervisor not in HYPERVISORS:
+        raise ConfigError(
+            f"hypervisor must be one of {', '.join(HYPERVISORS)}, got {cfg.hypervisor!r}"
+        )
+    if cfg.arch is not None and cfg.arch not in ARCHES:
+        raise ConfigError(f"arch must be one of {', '.join(ARCHES)}, got {cfg.arch!r}")
+    if not 64 <= cfg.default_memory <= 1 << 20:
+        raise ConfigError(f"default_memory must be 64..1048576 MiB, got {cfg.default_memory}")
     if not 0 <= cfg.default_maxvcpus <= MAX_CPUS:
         raise ConfigError(f"default_maxvcpus must be in 0..{MAX_CPUS}, got {cfg.default_maxvcpus}")
     if not 0 < cfg.remove_timeout <= MAX_REMOVE_TIMEOUT:
@@ -145,6 +178,9 @@ def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
         if isinstance(section, dict):
             for key in _KEYS & section.keys():
                 values.setdefault(key, section[key])
+            if path == ("hypervisor", "qemu"):
+                for key in _QEMU_KEYS.keys() & section.keys():
+                    values[_QEMU_KEYS[key]] = section[key]
     return _from_values(values, source)
 
 
@@ -167,11 +203,24 @@ def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
                 raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")
             kw[key] = val
         elif key == "hotplug_mode":
-            kw[key] = cast(HotplugMode, str(val))
+            if str(val) not in HOTPLUG_MODES:
+                raise ConfigError(
+                    f"{source}: hotplug_mode must be one of {', '.join(HOTPLUG_MODES)}, "
+                    f"got {val!r}"
+                )
+            kw[key] = HotplugMode(str(val))
         elif key == "remove_timeout":
             if isinstance(val, bool) or not isinstance(val, int | float):
                 raise ConfigError(f"{source}: remove_timeout must be seconds, got {val!r}")
             kw[key] = float(val)
+        elif key == "default_memory":
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise ConfigError(f"{source}: default_memory must be MiB (an integer), got {val!r}")
+            kw[key] = val
+        elif key in ("hypervisor", "qemu_path", "kernel", "initrd", "arch"):
+            if not isinstance(val, str) or not val:
+                raise ConfigError(f"{source}: {key} must be a non-empty string, got {val!r}")
+            kw[key] = val
     try:
         return _validated(replace(cfg, **kw))
     except ConfigError as exc:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.runtime.process import ProcessIdentity
 from cpuplug.runtime.resize import Slot, StepLog
@@ -32,15 +33,7 @@ class HypervisorKind(enum.StrEnum):
     """The backends, by the name users give (``--hypervisor``) and state files keep."""
 
     BUILTIN = "builtin"
-
-
-class HotplugMode(enum.StrEnum):
-    """How a sandbox's vCPU count changes (docs/contract.md §8, §9)."""
-
-    ACPI = "acpi"
-    """vCPUs are hot-added and hot-removed through ACPI; only boot vCPUs exist at boot."""
-    ONLINE_OFFLINE = "online-offline"
-    """Every vCPU is plugged at boot; the guest onlines and offlines them."""
+    QEMU = "qemu"
 
 
 class VmmRunState(enum.StrEnum):
@@ -107,6 +100,8 @@ class VmSpec:
     agent_path: Path
     sandbox_dir: Path
     extra: dict[str, str] = field(default_factory=dict)
+    """Backend options (QEMU: arch, qemu, accel, memory, kernel, initrd), persisted
+    in the sandbox's state so every later command attaches to the same VM."""
 
 
 class HypervisorError(CpuplugError):
@@ -158,6 +153,11 @@ class Backend(Protocol):
 
     kind: HypervisorKind
 
+    def prepare(self, spec: VmSpec, progress: Callable[[str], None]) -> VmSpec:
+        """Resolve everything ``start`` needs (binary, image, accelerator) and the mode
+        this VMM really supports; returns the spec to start and to persist."""
+        ...
+
     def start(self, spec: VmSpec) -> ProcessIdentity:
         """Launch the VMM process (do not wait for it); returns its identity."""
         ...
@@ -171,8 +171,15 @@ class Backend(Protocol):
         it; takes a path, not a spec, so a sandbox whose state is lost can be stopped)."""
         ...
 
+    def describe(self, spec: VmSpec) -> dict[str, Any]:
+        """What ``inspect`` shows of the VMM (version, accelerator, its process)."""
+        ...
 
-_BACKEND_MODULES = {HypervisorKind.BUILTIN: "cpuplug.runtime.hypervisors.builtin"}
+
+_BACKEND_MODULES = {
+    HypervisorKind.BUILTIN: "cpuplug.runtime.hypervisors.builtin",
+    HypervisorKind.QEMU: "cpuplug.runtime.hypervisors.qemu",
+}
 
 
 def parse_kind(text: str) -> HypervisorKind:

@@ -97,6 +97,8 @@ class SandboxInfo:
     history: list[dict[str, Any]]
     vcpus: list[VcpuRow] = field(default_factory=list)
     reconciled: bool = False
+    vmm: dict[str, Any] = field(default_factory=dict)
+    """What the backend says of the VMM (QEMU: version, accelerator, qemu_pid)."""
     guest: dict[str, Any] | None = None
     cgroups: dict[str, dict[str, Any]] = field(default_factory=dict)
 

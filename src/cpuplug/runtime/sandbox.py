@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cpuplug import agent_protocol as ap
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.runtime import process
 from cpuplug.runtime import resize as rz
@@ -35,12 +36,12 @@ from cpuplug.runtime.agent_client import AgentClient, wait_for_agent
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.hypervisor import (
     Backend,
-    HotplugMode,
     Hypervisor,
     HypervisorKind,
     VmmRunState,
     VmSpec,
     backend,
+    parse_kind,
 )
 from cpuplug.runtime.process import ProcessIdentity
 from cpuplug.runtime.qmp_client import QmpError, VmmUnreachable
@@ -280,6 +281,7 @@ class Runtime:
             qmp_path=self.store.socket_path(st.name, "qmp"),
             agent_path=self.store.socket_path(st.name, "agent"),
             sandbox_dir=self.store.dir(st.name),
+            extra={str(k): str(v) for k, v in (st.vm or {}).items()},
         )
 
     @staticmethod
@@ -366,7 +368,8 @@ class Runtime:
             plugged=list(range(boot)),
             target=sizing.target,
             warning=sizing.warning,
-            hypervisor=HypervisorKind.BUILTIN.value,
+            hypervisor=parse_kind(cfg.hypervisor).value,
+            vm=cfg.vm_options(),
         )
         note = on_step or (lambda _s: None)
         self.store.create(name)
@@ -399,7 +402,16 @@ class Runtime:
     ) -> None:
         t_start = time.monotonic()
         be = self.backend_of(st)
-        ident = be.start(self.spec(st))
+        spec = be.prepare(self.spec(st), note)
+        if spec.mode.value != st.mode:
+            st.mode, st.boot_vcpus = spec.mode.value, spec.boot_vcpus
+            st.plugged = list(range(spec.boot_vcpus))
+            reason = spec.extra.get("mode_reason", f"{spec.mode} mode")
+            st.warning = reason if st.warning is None else f"{st.warning}; {reason}"
+            note(f"warning: {reason}")
+        st.vm = dict(spec.extra)
+        self.store.save(st)
+        ident = be.start(spec)
         st.vmm_pid, st.vmm_start_ticks, st.vmm_exe = ident.pid, ident.start_ticks, ident.exe
         self.store.save(st)
         note(f"VMM started (pid {st.vmm_pid}, {st.boot_vcpus} of {st.maxcpus} vCPUs)")
@@ -793,6 +805,8 @@ class Runtime:
                 return info
             session = _Session(self, st)
             try:
+                with contextlib.suppress(CpuplugError):
+                    info.vmm = self.backend_of(st).describe(self.spec(st))
                 info.reconciled = self._reconcile(session, st)
                 threads = session.hv.vcpu_threads()
                 details = session.agent.guest_details()

@@ -157,6 +157,8 @@ class SandboxState:
     """The backend that started the VM (runtime.hypervisor.HypervisorKind value)."""
     plugs_used: int = 0
     """vCPU hot-adds over the VM's life (some VMMs bound them: Capabilities.max_plugs)."""
+    vm: dict[str, Any] | None = None
+    """The backend's options as prepared at ``run`` (runtime.hypervisor.VmSpec.extra)."""
     containers: list[ContainerState] = field(default_factory=list)
     plugged: list[int] = field(default_factory=list)
     """Core ids of plugged vCPUs in plug order (boot vCPUs first): newest is last."""

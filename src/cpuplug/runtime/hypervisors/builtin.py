@@ -10,12 +10,14 @@ the device itself (docs/architecture.md, "Where cpuplug knowingly does better").
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.runtime.hypervisor import (
     Capabilities,
     Completion,
-    HotplugMode,
     Hypervisor,
     HypervisorKind,
     VmSpec,
@@ -60,6 +62,9 @@ class BuiltinBackend:
             "--console", str(spec.sandbox_dir / "console.log"),
         ]  # fmt: skip
 
+    def prepare(self, spec: VmSpec, progress: Callable[[str], None]) -> VmSpec:
+        return spec  # nothing to fetch: the machine and its guest are this package
+
     def start(self, spec: VmSpec) -> ProcessIdentity:
         return launch(self.command(spec), spec.sandbox_dir / "vmm.log")
 
@@ -71,6 +76,9 @@ class BuiltinBackend:
     def request_quit(self, qmp_path: Path) -> None:
         with QmpConnection(qmp_path, timeout=QUIT_TIMEOUT) as qmp:
             qmp.execute("quit")
+
+    def describe(self, spec: VmSpec) -> dict[str, Any]:
+        return {"machine": "cpuplug vmm (arm64 virt-like, built in)", "arch": "aarch64"}
 
 
 BACKEND = BuiltinBackend()

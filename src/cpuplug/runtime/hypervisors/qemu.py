@@ -1,0 +1,279 @@
+"""Real QEMU as a hypervisor backend: ``qemu-system-x86_64`` (q35) or ``-aarch64`` (virt).
+
+The VM runs a real Linux guest from cpuplug's image (:mod:`cpuplug.image`) whose init
+runs the guest agent on a virtio-serial port.  QEMU runs under
+:mod:`~cpuplug.runtime.hypervisors.vmm_proxy` (its parent and the agent channel's
+multiplexer), so the sandbox is one process tree and every ``cpuplug`` command can
+open its own agent connection on ``agent.sock`` as with the built-in machine.
+
+What QEMU can do is asked of QEMU, not assumed (docs/real-backends.md):
+
+* x86_64 ``q35`` does ACPI CPU hotplug; props come from ``query-hotpluggable-cpus``
+  as given (``socket-id``/``core-id``/``thread-id``); removal completes with the
+  final eject ``_OST`` matched by slot or with ``DEVICE_DELETED`` naming only the
+  child ``.../lapic`` (7.2 never names the device).
+* QEMU 7.2 crashes on any vCPU plug after any unplug under TCG: ``replug`` is off,
+  so the orchestration shrinks by offlining and keeps the vCPUs plugged.  QEMU 10
+  re-plugs, but under TCG every vCPU thread ever created keeps a TCG context and
+  there are only ``maxcpus`` of them: ``max_plugs`` is what is left after boot, and
+  the orchestration only unplugs while every free slot stays pluggable.
+* aarch64 ``virt`` on Debian's QEMU has no vCPU hotplug (``query-hotpluggable-cpus``
+  is "not enabled"): the sandbox runs in online/offline mode, all vCPUs plugged at
+  boot, with a warning naming why.  A QEMU that answers the query on ``virt`` (the
+  arm64 hotplug RFC) gets ACPI mode.
+* KVM where it works, TCG otherwise: ``/dev/kvm`` here is PVM (nested, no ``vmx``),
+  under which a stock kernel crawls and then stops with ``internal-error``; KVM is
+  chosen only when the host CPU advertises ``vmx``/``svm`` (or is arm64 with KVM)
+  and the guest architecture is the host's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cpuplug.cpuhp_abi import HotplugMode
+from cpuplug.runtime.hypervisor import (
+    Capabilities,
+    Completion,
+    Hypervisor,
+    HypervisorError,
+    HypervisorKind,
+    VmSpec,
+)
+from cpuplug.runtime.hypervisors.qmp import QmpHypervisor
+from cpuplug.runtime.process import ProcessIdentity, launch, socket_peer
+from cpuplug.runtime.qmp_client import QmpCommandError, QmpConnection
+
+QUIT_TIMEOUT = 2.0
+PROBE_TIMEOUT = 20.0
+AGENT_PORT_NAME = "cpuplug.agent"
+"""The virtserialport name the guest agent looks for under /sys/class/virtio-ports."""
+DEFAULT_MEMORY_MB = 512
+ARCHES = ("x86_64", "aarch64")
+REPLUG_SINCE = (10, 0)
+"""First QEMU version measured to plug a vCPU after an unplug under TCG (7.2 crashes;
+8.x and 9.x were not measured, so they are treated as 7.2 was)."""
+
+
+def host_arch() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def qemu_binary(arch: str, configured: str | None) -> Path:
+    """The QEMU to run: the configured path, else ``qemu-system-<arch>`` on PATH."""
+    if arch not in ARCHES:
+        raise HypervisorError(f"unsupported --arch {arch!r}: use one of {', '.join(ARCHES)}")
+    if configured:
+        path = Path(configured)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise HypervisorError(f"QEMU binary {path} does not exist or is not executable")
+        return path
+    found = shutil.which(f"qemu-system-{arch}")
+    if found is None:
+        pkg = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
+        raise HypervisorError(
+            f"qemu-system-{arch} not found: install it (apt-get install {pkg}) "
+            "or give its path (--qemu PATH, or path under [hypervisor.qemu])"
+        )
+    return Path(found)
+
+
+def choose_accel(arch: str) -> str:
+    """``kvm`` when it can work for this guest here, else ``tcg``."""
+    if arch != host_arch() or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    if arch == "aarch64":
+        return "kvm"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "tcg"
+    flags = next((line for line in lines if line.startswith("flags")), "").split()
+    return "kvm" if {"vmx", "svm"} & set(flags) else "tcg"
+
+
+def _opt(value: str | Path) -> str:
+    """A value inside a QEMU ``-opt a=b,c=d`` list: commas are escaped by doubling."""
+    return str(value).replace(",", ",,")
+
+
+class QemuBackend:
+    """Starts QEMU sandboxes (under the proxy) and attaches to them over QMP."""
+
+    kind = HypervisorKind.QEMU
+
+    def __init__(self, ensure_image: Callable[..., Any] | None = None) -> None:
+        self._ensure_image = ensure_image
+
+    # ------------------------------------------------------------------ preparing
+
+    def prepare(self, spec: VmSpec, progress: Callable[[str], None]) -> VmSpec:
+        """Resolve the QEMU binary, the accelerator, the guest image and the hotplug mode."""
+        opts = dict(spec.extra)
+        arch = opts.get("arch") or host_arch()
+        qemu = qemu_binary(arch, opts.get("qemu"))
+        opts.update(arch=arch, qemu=str(qemu), accel=opts.get("accel") or choose_accel(arch))
+        opts.setdefault("memory", str(DEFAULT_MEMORY_MB))
+        if not opts.get("kernel") or not opts.get("initrd"):
+            image = self._image(arch, progress)
+            opts["kernel"], opts["initrd"] = str(image.kernel), str(image.initrd)
+            opts["kernel_version"] = image.kernel_version
+        for key in ("kernel", "initrd"):
+            if not Path(opts[key]).is_file():
+                raise HypervisorError(f"guest {key} {opts[key]} does not exist")
+        mode = spec.mode
+        if mode is HotplugMode.ACPI and not self._can_hotplug(opts):
+            mode = HotplugMode.ONLINE_OFFLINE
+            opts["mode_reason"] = (
+                f"{qemu} has no vCPU hotplug on this machine (query-hotpluggable-cpus "
+                "is not enabled): online/offline mode, all vCPUs plugged at boot"
+            )
+        return VmSpec(
+            name=spec.name,
+            boot_vcpus=spec.maxcpus if mode is HotplugMode.ONLINE_OFFLINE else spec.boot_vcpus,
+            maxcpus=spec.maxcpus,
+            mode=mode,
+            qmp_path=spec.qmp_path,
+            agent_path=spec.agent_path,
+            sandbox_dir=spec.sandbox_dir,
+            extra=opts,
+        )
+
+    def _image(self, arch: str, progress: Callable[[str], None]) -> Any:
+        ensure = self._ensure_image
+        if ensure is None:
+            # built on first use, and heavy: imported only when a sandbox needs it
+            ensure = importlib.import_module("cpuplug.image").ensure_image
+        return ensure(arch, progress=progress)
+
+    def _can_hotplug(self, opts: dict[str, str]) -> bool:
+        """Ask a paused, kernel-less QEMU of the same machine (about 50 ms)."""
+        argv = [opts["qemu"], *self._machine_args(opts), "-smp", "1,maxcpus=2", "-S",
+                "-display", "none", "-nodefaults", "-qmp", "stdio"]  # fmt: skip
+        script = "\n".join(
+            json.dumps(c)
+            for c in (
+                {"execute": "qmp_capabilities"},
+                {"execute": "query-hotpluggable-cpus", "id": "probe"},
+                {"execute": "quit"},
+            )
+        )
+        try:
+            out = subprocess.run(
+                argv, input=script + "\n", capture_output=True, text=True,
+                timeout=PROBE_TIMEOUT, check=False,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HypervisorError(f"cannot run {opts['qemu']}: {exc}") from None
+        for line in out.splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("id") == "probe":
+                return "return" in msg
+        raise HypervisorError(f"{opts['qemu']} did not answer QMP: {out.strip()[-200:]}")
+
+    # ------------------------------------------------------------------ starting
+
+    @staticmethod
+    def _machine_args(opts: dict[str, str]) -> list[str]:
+        accel = opts.get("accel", "tcg")
+        if opts["arch"] == "x86_64":
+            return ["-M", "q35", "-accel", accel]
+        cpu = "host" if accel == "kvm" else "max,pauth-impdef=on"
+        return ["-M", "virt,gic-version=3", "-accel", accel, "-cpu", cpu]
+
+    def command(self, spec: VmSpec) -> list[str]:
+        """QEMU's command line for ``spec`` (after :meth:`prepare`)."""
+        o = spec.extra
+        console = "ttyS0" if o["arch"] == "x86_64" else "ttyAMA0"
+        guest_chardev = spec.sandbox_dir / "agent-guest.sock"
+        return [
+            o["qemu"], *self._machine_args(o),
+            "-smp", f"{spec.boot_vcpus},maxcpus={spec.maxcpus}",
+            "-m", o["memory"],
+            "-kernel", o["kernel"], "-initrd", o["initrd"],
+            "-append", f"console={console} panic=-1 quiet",
+            "-display", "none", "-nodefaults", "-no-reboot",
+            "-serial", f"file:{_opt(spec.sandbox_dir / 'console.log')}",
+            "-qmp", f"unix:{_opt(spec.qmp_path)},server=on,wait=off",
+            "-chardev", f"socket,id=agent,path={_opt(guest_chardev)},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}",
+        ]  # fmt: skip
+
+    def start(self, spec: VmSpec) -> ProcessIdentity:
+        argv = [
+            sys.executable, "-m", "cpuplug.runtime.hypervisors.vmm_proxy",
+            "--agent-guest", str(spec.sandbox_dir / "agent-guest.sock"),
+            "--agent-listen", str(spec.agent_path),
+            "--", *self.command(spec),
+        ]  # fmt: skip
+        return launch(argv, spec.sandbox_dir / "vmm.log")
+
+    # ------------------------------------------------------------------ running
+
+    def attach(self, spec: VmSpec) -> Hypervisor:
+        qmp = QmpConnection(spec.qmp_path).connect()
+        try:
+            caps = self._capabilities(qmp, spec)
+        except BaseException:
+            qmp.close()
+            raise
+        return QmpHypervisor(self.kind, qmp, caps)
+
+    @staticmethod
+    def _capabilities(qmp: QmpConnection, spec: VmSpec) -> Capabilities:
+        if spec.mode is HotplugMode.ONLINE_OFFLINE:
+            return Capabilities(False, False, False, 0, Completion.SLOT_STATE)
+        try:
+            qmp.execute("query-hotpluggable-cpus")
+        except QmpCommandError:
+            return Capabilities(False, False, False, 0, Completion.SLOT_STATE)
+        ver = qmp.execute("query-version").get("qemu", {})
+        version = (int(ver.get("major", 0)), int(ver.get("minor", 0)))
+        tcg = spec.extra.get("accel", "tcg") == "tcg"
+        return Capabilities(
+            hot_add=True,
+            hot_remove=True,
+            replug=version >= REPLUG_SINCE,
+            max_plugs=spec.maxcpus - spec.boot_vcpus if tcg else None,
+            completion=Completion.INSERT_OST
+            | Completion.EJECT_OST
+            | Completion.DELETED_CHILD_PATH
+            | Completion.SLOT_STATE,
+        )
+
+    def describe(self, spec: VmSpec) -> dict[str, Any]:
+        """QEMU's version, the accelerator and the ``qemu-system-*`` process, for inspect."""
+        out: dict[str, Any] = {
+            "accelerator": spec.extra.get("accel"),
+            "arch": spec.extra.get("arch"),
+            "kernel_version": spec.extra.get("kernel_version"),
+        }
+        peer = socket_peer(spec.qmp_path)
+        out["qemu_pid"] = peer.pid if peer is not None else None
+        with QmpConnection(spec.qmp_path, timeout=QUIT_TIMEOUT) as qmp:
+            ver = qmp.execute("query-version")
+            q = ver.get("qemu", {})
+            out["qemu_version"] = f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}"
+            out["status"] = qmp.execute("query-status").get("status")
+        return out
+
+    def request_quit(self, qmp_path: Path) -> None:
+        with QmpConnection(qmp_path, timeout=QUIT_TIMEOUT) as qmp:
+            qmp.execute("quit")
+
+
+BACKEND = QemuBackend()
