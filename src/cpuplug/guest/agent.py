@@ -1,15 +1,20 @@
-"""The agent (Kata's role inside the guest), served on the machine's agent channel.
+"""The agent (Kata's role inside the guest): the agent protocol served on the agent channel.
 
-Entry point: ``start(kernel) -> Agent`` — the kernel calls it once at the end of
-boot (``GuestKernel._launch_agent``); it returns at once with the service
-running on its own threads, and ``kernel.shutdown()`` calls ``Agent.stop()``.
+Entry points: ``start(kernel) -> Agent`` — the model kernel calls it once at the end of
+boot (``GuestKernel._launch_agent``); it returns at once with the service running on
+its own threads, and ``kernel.shutdown()`` calls ``Agent.stop()``. A real Linux guest
+runs ``python3 -m cpuplug.guest.linux_agent`` instead (:mod:`cpuplug.guest.linux_agent`).
 
 The wire format and every method are in ``docs/agent-protocol.md`` and
-:mod:`cpuplug.agent_protocol`. The agent reaches the kernel only the way a
-guest process would: the file tree (``/sys/devices/system/cpu``,
-``/sys/fs/cgroup``), the scheduler to run programs, the cgroup tree, and the
-kernel's event stream — never the CPU manager directly. So ``OnlineCPUMem``
-onlines CPUs by writing ``1`` to ``cpuN/online``, as Kata's agent does.
+:mod:`cpuplug.agent_protocol`. Everything the agent asks of the operating system goes
+through one port, :class:`cpuplug.guest.agent_os.AgentOS`: the CPU masks and
+``cpuN/online`` files, the container cgroups' files, processes, ``ReadFile``, CPU
+events, and the channel. The model kernel is one such system
+(:class:`~cpuplug.guest.model_os.ModelOS`, which reaches the model only the way a guest
+process would: so ``OnlineCPUMem`` onlines CPUs by writing ``1`` to ``cpuN/online``, as
+Kata's agent does); a real Linux guest is the other
+(:class:`~cpuplug.guest.linux_os.LinuxOS`). ``Agent(kernel, channel)`` is shorthand for
+``Agent(ModelOS(kernel, channel))``.
 
 Where it does better than Kata's agent
 --------------------------------------
@@ -22,26 +27,38 @@ Where it does better than Kata's agent
 * A malformed message gets an error reply and the connection keeps serving;
   only an unrecoverable framing fault closes that one connection.
 
-Threads (a bound, not one per request)
---------------------------------------
-``hw.Stream`` offers only a blocking ``recv`` with a timeout, no readiness
-polling, so one thread cannot wait on several connections without polling
-latency. The agent therefore runs exactly: one acceptor thread, one
-event-sender thread, and one reader thread per open connection, with at most
-:data:`MAX_CONNECTIONS` connections (a further one gets an ``EBUSY`` error
-reply and is closed). That is at most ``2 + MAX_CONNECTIONS`` threads however
-many vCPUs the guest has or how many requests arrive. Requests that hold their
-connection for long (``ExecProcess``, ``SubscribeEvents``) may occupy all but
-:data:`CONTROL_RESERVE` of them; one more gets ``EBUSY`` on the request, so the
-runtime's control calls (an update's ``OnlineCPUMem``, ``UpdateContainer``) always
-find a connection however many execs run (issue 8, D2: an update failed half-way
-with "too many agent connections" while 16 execs ran). Requests of one
-connection are handled in order on its reader thread; the programs they start
-run as scheduler tasks on the vCPUs, like processes.
+Two kinds of channel (``AgentOS.channel.one_stream``)
+------------------------------------------------------
+*Connections* (the built-in machine's channel, virtio-vsock's role): any number of
+host connections. ``hw.Stream`` offers only a blocking ``recv`` with a timeout, no
+readiness polling, so one thread cannot wait on several connections without polling
+latency. The agent therefore runs exactly: one acceptor thread, one event-sender
+thread, and one reader thread per open connection, with at most
+:data:`MAX_CONNECTIONS` connections (a further one gets an ``EBUSY`` error reply and
+is closed). That is at most ``2 + MAX_CONNECTIONS`` threads however many vCPUs the
+guest has or how many requests arrive. Requests that hold their connection for long
+(``ExecProcess``, ``SubscribeEvents``) may occupy all but :data:`CONTROL_RESERVE` of
+them; one more gets ``EBUSY`` on the request, so the runtime's control calls (an
+update's ``OnlineCPUMem``, ``UpdateContainer``) always find a connection however many
+execs run (issue 8, D2: an update failed half-way with "too many agent connections"
+while 16 execs ran). Requests of one connection are handled in order on its reader
+thread.
+
+*One stream* (virtio-serial: the port is one byte stream for every host client, see
+docs/agent-protocol.md "One stream"): one host session at a time, whose requests are
+each handled on a thread of their own and answered as they finish, by id, so a long
+``ExecProcess`` never holds up an ``OnlineCPUMem``. At most :data:`MAX_IN_FLIGHT`
+requests run at once, of which long-running ones (``ExecProcess``) all but
+:data:`CONTROL_RESERVE`; a request beyond that gets ``EBUSY``. Threads: acceptor, event
+sender, the session's reader and at most ``MAX_IN_FLIGHT`` request threads. Broken
+framing is skipped over (:mod:`cpuplug.guest.frame_resync`), never answered with an
+error that has no id (nobody could tell whose it was); replies of a session that ended
+are dropped.
 
 Event fan-out never blocks the kernel: the kernel's callback only appends to a
 bounded per-subscriber queue; a subscriber that lets :data:`EVENT_QUEUE_LIMIT`
-events pile up is disconnected.
+events pile up is disconnected (on one stream: unsubscribed, since the stream also
+carries replies).
 """
 
 from __future__ import annotations
@@ -49,26 +66,31 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, cast
 
 from cpuplug import agent_protocol as ap
-from cpuplug.guest.cgroup import Cgroup, parse_cpu_max
-from cpuplug.guest.klog import KernelEvent
-from cpuplug.guest.userland import Os, Process, ProgramNotFound, spawn
+from cpuplug.guest.agent_os import AgentOS, AgentProcess, OSEvent, ProgramNotFound
+from cpuplug.guest.cgroup import DEFAULT_PERIOD_US, parse_cpu_max
+from cpuplug.guest.frame_resync import ResyncDecoder
 from cpuplug.guest.vfs import GuestOSError
 from cpuplug.hw import AgentChannel, Stream
 
-__all__ = ["MAX_CONNECTIONS", "Agent", "AgentKernel", "start"]
+if TYPE_CHECKING:
+    from cpuplug.guest.model_os import BootedKernel, ModelKernel
+
+__all__ = ["MAX_CONNECTIONS", "MAX_IN_FLIGHT", "Agent", "start"]
 
 MAX_CONNECTIONS = 16
+MAX_IN_FLIGHT = 16
+"""Requests handled at once on a one-stream channel (each on its own thread)."""
 CONTROL_RESERVE = 4
-"""Connections long-running requests may never take: kept for control calls."""
+"""Connections (on one stream: request threads) long-running requests may never take:
+kept for control calls."""
 _LONG_RUNNING = frozenset({ap.Method.EXEC_PROCESS, ap.Method.SUBSCRIBE_EVENTS})
 EVENT_QUEUE_LIMIT = 1024
 ONLINE_RETRIES = 100  # Kata: 100 retries ...
@@ -80,9 +102,16 @@ EXEC_MAX_TIMEOUT = 365 * 24 * 3600.0
 wait itself cannot be expressed (``OverflowError``), so it is refused up front."""
 RECV_CHUNK = 64 * 1024
 POLL = 0.25  # how often blocked threads re-check the stop flag (stop also closes streams)
-
-SYS_CPU = "/sys/devices/system/cpu"
-_CPU_DIR_RE = re.compile(r"cpu(\d+)")
+CPU_STAT_KEYS = (
+    "usage_usec",
+    "user_usec",
+    "system_usec",
+    "nr_periods",
+    "nr_throttled",
+    "throttled_usec",
+)
+"""The ``cpu.stat`` fields ``StatsContainer`` reports (a kernel may have more, or
+only the first three when the cpu controller is off: those count as 0)."""
 
 _ERRNO_CODE: dict[int, ap.ErrorCode] = {
     errno.ENOENT: ap.ErrorCode.ENOENT,
@@ -97,27 +126,11 @@ _ERRNO_CODE: dict[int, ap.ErrorCode] = {
     errno.EINVAL: ap.ErrorCode.EINVAL,
     errno.EISDIR: ap.ErrorCode.EINVAL,
     errno.ERANGE: ap.ErrorCode.EINVAL,
+    errno.EFBIG: ap.ErrorCode.EINVAL,
     errno.EEXIST: ap.ErrorCode.EEXIST,
     errno.ETIMEDOUT: ap.ErrorCode.ETIMEDOUT,
     errno.ENOSYS: ap.ErrorCode.ENOSYS,
 }
-
-
-class EventSource(Protocol):
-    def subscribe(self, cb: Callable[[KernelEvent], None]) -> Callable[[], None]: ...
-
-
-class _HasChannel(Protocol):
-    @property
-    def agent_channel(self) -> AgentChannel: ...
-
-
-class AgentKernel(Os, Protocol):
-    """What the agent needs from the kernel object (``GuestKernel`` provides it):
-    what the programs it spawns need, and the kernel's events."""
-
-    @property
-    def events(self) -> EventSource: ...
 
 
 def _os_error(exc: GuestOSError, what: str = "") -> ap.ProtocolError:
@@ -127,19 +140,20 @@ def _os_error(exc: GuestOSError, what: str = "") -> ap.ProtocolError:
 
 @dataclass
 class Container:
-    """A container: a cgroup, its command, and the processes started in it."""
+    """A container: its cgroup (named by its id), its command, and its first process."""
 
     id: str
     cmd: list[str]
-    group: Cgroup
-    init: Process | None = None
+    init: AgentProcess | None = None
 
 
 class _Conn:
-    """One host connection: its stream, a send lock, and its event queue if subscribed."""
+    """One host connection (on one stream: one host session): its stream, a send lock,
+    and its event queue if subscribed."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, *, one_stream: bool = False) -> None:
         self.stream = stream
+        self.one_stream = one_stream
         self.send_lock = threading.Lock()
         self.subscribed = False
         self.events: deque[dict[str, Any]] = deque()
@@ -177,18 +191,26 @@ class Agent:
 
     def __init__(
         self,
-        kernel: AgentKernel,
-        channel: AgentChannel,
+        system: AgentOS | ModelKernel,
+        channel: AgentChannel | None = None,
         *,
         online_retries: int = ONLINE_RETRIES,
         retry_interval: float = ONLINE_RETRY_INTERVAL,
         max_connections: int = MAX_CONNECTIONS,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
-        self.kernel = kernel
-        self.channel = channel
+        if channel is not None:
+            # The model's shorthand; imported here so a real-Linux agent never loads
+            # the model's scheduler and userland.
+            from cpuplug.guest.model_os import ModelOS
+
+            self.os: AgentOS = ModelOS(cast("ModelKernel", system), channel)
+        else:
+            self.os = cast(AgentOS, system)
         self.online_retries = online_retries
         self.retry_interval = retry_interval
         self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the tables below
         self._sandbox = threading.Lock()  # Kata's sandbox lock: container/CPU changes
@@ -196,6 +218,8 @@ class Agent:
         self._containers: dict[str, Container] = {}
         self._events_cv = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
+        self._workers: set[threading.Thread] = set()
+        self._long_in_flight = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._handlers: dict[ap.Method, Callable[[_Conn, dict[str, Any]], dict[str, Any]]] = {
             ap.Method.CREATE_CONTAINER: self._create_container,
@@ -215,7 +239,7 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Agent:
-        self._unsubscribe = self.kernel.events.subscribe(self._on_kernel_event)
+        self._unsubscribe = self.os.subscribe_events(self._on_kernel_event)
         for target, name in (
             (self._accept_loop, "agent-accept"),
             (self._event_loop, "agent-events"),
@@ -233,11 +257,13 @@ class Agent:
             self._unsubscribe()
         with self._lock:
             conns = list(self._conns)
+            workers = list(self._workers)
             self._events_cv.notify_all()
         for conn in conns:
             conn.close()
         deadline = time.monotonic() + timeout
-        for t in [*self._threads, *(c.thread for c in conns if c.thread is not None)]:
+        readers = [c.thread for c in conns if c.thread is not None]
+        for t in [*self._threads, *readers, *workers]:
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
 
@@ -245,7 +271,8 @@ class Agent:
         """Live agent threads (for the bound stated in the module doc)."""
         with self._lock:
             readers = [c.thread for c in self._conns if c.thread is not None]
-        return sum(1 for t in [*self._threads, *readers] if t.is_alive())
+            workers = list(self._workers)
+        return sum(1 for t in [*self._threads, *readers, *workers] if t.is_alive())
 
     def containers(self) -> list[str]:
         with self._lock:
@@ -254,11 +281,12 @@ class Agent:
     # ------------------------------------------------------------------ threads
 
     def _accept_loop(self) -> None:
+        one_stream = self.os.channel.one_stream
         while not self._stop.is_set():
-            stream = self.channel.accept(POLL)
+            stream = self.os.channel.accept(POLL)
             if stream is None:
                 continue
-            conn = _Conn(stream)
+            conn = _Conn(stream, one_stream=one_stream)
             with self._lock:
                 full = len(self._conns) >= self.max_connections
                 if not full:
@@ -273,7 +301,7 @@ class Agent:
             conn.thread.start()
 
     def _serve(self, conn: _Conn) -> None:
-        decoder = ap.FrameDecoder()
+        decoder = ResyncDecoder() if conn.one_stream else ap.FrameDecoder()
         try:
             while not self._stop.is_set() and not conn.closed:
                 try:
@@ -284,6 +312,11 @@ class Agent:
                     continue
                 if not data:
                     break
+                if isinstance(decoder, ResyncDecoder):
+                    for body in decoder.feed(data):
+                        self._dispatch(conn, body)
+                    self._note_skipped(decoder)
+                    continue
                 try:
                     bodies = decoder.feed(data)
                 except ap.FrameError as exc:
@@ -293,12 +326,15 @@ class Agent:
                     if not self._handle_frame(conn, body):
                         return
         finally:
+            if isinstance(decoder, ResyncDecoder):
+                decoder.reset()
+                self._note_skipped(decoder, "at the end of the session")
             conn.close()
             with self._lock:
                 self._conns.discard(conn)
 
     def _handle_frame(self, conn: _Conn, body: bytes) -> bool:
-        """Answer one frame; False when the connection must be closed."""
+        """Answer one frame of a connection, in order; False when it must be closed."""
         try:
             message = ap.parse_body(body)
             request = ap.parse_request(message)
@@ -324,22 +360,84 @@ class Agent:
         if request.method is ap.Method.SUBSCRIBE_EVENTS:
             return self._start_events(conn, request.id)
         try:
-            result = self._handlers[request.method](conn, request.params)
-            reply = ap.make_reply(request.id, result)
-        except ap.ProtocolError as exc:
-            reply = ap.error_from_exception(exc, request.id)
-        except GuestOSError as exc:
-            reply = ap.error_from_exception(_os_error(exc), request.id)
-        except Exception as exc:  # a bug must cost one request, never the agent
-            self._log(f"agent: {request.method} failed: {exc!r}")
-            reply = ap.make_error(request.id, ap.ErrorCode.EIO, f"internal error: {exc!r}")
+            reply = self._answer(conn, request)
         finally:
             if request.method is ap.Method.EXEC_PROCESS:
                 with self._lock:
                     conn.long_running = False
         return conn.send(reply)
 
-    def _on_kernel_event(self, event: KernelEvent) -> None:
+    def _dispatch(self, conn: _Conn, body: bytes) -> None:
+        """One stream: start one frame's request on a thread of its own.
+
+        A frame that yields no request id cannot be answered usefully (on a stream
+        shared by every host client nobody could tell whose error it was): it is
+        logged and dropped. Everything else is answered, by id, as it finishes.
+        """
+        try:
+            request = ap.parse_request(ap.parse_body(body))
+        except ap.ProtocolError as exc:
+            if exc.req_id is None:
+                self._log(f"agent: dropped a frame without a usable request id: {exc.message}")
+            else:
+                conn.send(ap.error_from_exception(exc))
+            return
+        if request.method is ap.Method.SUBSCRIBE_EVENTS:
+            self._start_events(conn, request.id)  # holds no thread: events have their own
+            return
+        long_running = request.method in _LONG_RUNNING
+        with self._lock:
+            running = len(self._workers)
+            busy = running >= self.max_in_flight or (
+                long_running and self._long_in_flight >= self.max_in_flight - CONTROL_RESERVE
+            )
+            if not busy:
+                worker = threading.Thread(
+                    target=self._run_request,
+                    args=(conn, request, long_running),
+                    name="agent-request",
+                    daemon=True,
+                )
+                self._workers.add(worker)
+                self._long_in_flight += long_running
+        if busy:
+            why = (
+                f"{self._long_in_flight} long-running requests in flight; "
+                f"{CONTROL_RESERVE} request slots stay reserved for control calls"
+                if long_running and running < self.max_in_flight
+                else f"{running} requests in flight (at most {self.max_in_flight})"
+            )
+            conn.send(ap.make_error(request.id, ap.ErrorCode.EBUSY, f"too many requests: {why}"))
+            return
+        worker.start()
+
+    def _run_request(self, conn: _Conn, request: ap.Request, long_running: bool) -> None:
+        try:
+            conn.send(self._answer(conn, request))  # dropped if its session ended meanwhile
+        finally:
+            with self._lock:
+                self._workers.discard(threading.current_thread())
+                self._long_in_flight -= long_running
+
+    def _answer(self, conn: _Conn, request: ap.Request) -> dict[str, Any]:
+        """The reply to one request: its result, or the error it ended with."""
+        try:
+            return ap.make_reply(request.id, self._handlers[request.method](conn, request.params))
+        except ap.ProtocolError as exc:
+            return ap.error_from_exception(exc, request.id)
+        except GuestOSError as exc:
+            return ap.error_from_exception(_os_error(exc), request.id)
+        except Exception as exc:  # a bug must cost one request, never the agent
+            self._log(f"agent: {request.method} failed: {exc!r}")
+            return ap.make_error(request.id, ap.ErrorCode.EIO, f"internal error: {exc!r}")
+
+    def _note_skipped(self, decoder: ResyncDecoder, when: str = "") -> None:
+        skipped = decoder.take_skipped()
+        if skipped:
+            where = f" {when}" if when else ""
+            self._log(f"agent: skipped {skipped} bytes of broken framing{where}")
+
+    def _on_kernel_event(self, event: OSEvent) -> None:
         """Kernel callback: queue the event for every subscriber, never blocking."""
         message = ap.make_event(event.name, event.data, event.timestamp)
         drop: list[_Conn] = []
@@ -349,12 +447,18 @@ class Agent:
                     continue
                 if len(conn.events) >= EVENT_QUEUE_LIMIT:
                     drop.append(conn)
+                    if conn.one_stream:  # the stream carries replies too: only stop events
+                        conn.subscribed = False
+                        conn.events.clear()
                     continue
                 conn.events.append(message)
             self._events_cv.notify_all()
         for conn in drop:
-            self._log("agent: event subscriber not reading; disconnecting it")
-            conn.close()
+            if conn.one_stream:
+                self._log("agent: event subscriber not reading; events unsubscribed")
+            else:
+                self._log("agent: event subscriber not reading; disconnecting it")
+                conn.close()
 
     def _event_loop(self) -> None:
         while True:
@@ -385,9 +489,7 @@ class Agent:
         return True
 
     def _log(self, text: str) -> None:
-        log = getattr(self.kernel, "log", None)
-        if log is not None:
-            log.info(text)
+        self.os.log(text)
 
     # ------------------------------------------------------------------ containers
 
@@ -404,14 +506,14 @@ class Agent:
             with self._lock:
                 if cid in self._containers:
                     raise ap.ProtocolError(ap.ErrorCode.EEXIST, f"container {cid!r} exists")
-            group = self.kernel.cgroups.create(cid)
+            self.os.create_cgroup(cid)
             try:
-                self._apply_resources(group, p)
+                self._apply_resources(cid, p)
             except BaseException:
-                self.kernel.cgroups.remove(group.path)  # leave nothing half made
+                self.os.remove_cgroup(cid)  # leave nothing half made
                 raise
             with self._lock:
-                self._containers[cid] = Container(cid, list(p["cmd"]), group)
+                self._containers[cid] = Container(cid, list(p["cmd"]))
         return {}
 
     def _start_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
@@ -421,16 +523,18 @@ class Agent:
                 raise ap.ProtocolError(ap.ErrorCode.EBUSY, f"container {c.id!r} already started")
             if not c.cmd:
                 raise ap.ProtocolError(ap.ErrorCode.EINVAL, f"container {c.id!r} has no command")
-            c.init = self._spawn(c, c.cmd)
+            c.init = self._spawn(c, c.cmd, init=True)
             return {"pid": c.init.pid}
 
-    def _spawn(self, c: Container, cmd: list[str]) -> Process:
+    def _spawn(self, c: Container, cmd: list[str], *, init: bool) -> AgentProcess:
         try:
-            return spawn(self.kernel, cmd, c.group)
+            return self.os.spawn(c.id, cmd, init=init)
         except ProgramNotFound as exc:
             raise ap.ProtocolError(
                 ap.ErrorCode.ENOENT, f"exec {exc.path!r}: executable file not found"
             ) from None
+        except GuestOSError as exc:
+            raise _os_error(exc, "exec: ") from None
 
     def _exec_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         c = self._container(p["container_id"])
@@ -442,45 +546,37 @@ class Agent:
                 ap.ErrorCode.EINVAL,
                 f"ExecProcess: 'timeout' must be at most {EXEC_MAX_TIMEOUT:g} seconds",
             )
-        proc = self._spawn(c, list(p["cmd"]))
+        argv = list(p["cmd"])
+        proc = self._spawn(c, argv, init=False)
         if not proc.wait(timeout):
             proc.kill(9)
             proc.wait(KILL_WAIT)
             raise ap.ProtocolError(
                 ap.ErrorCode.ETIMEDOUT,
-                f"{' '.join(proc.argv)!r} did not finish within {timeout:g}s; killed",
+                f"{' '.join(argv)!r} did not finish within {timeout:g}s; killed",
             )
-        return {
-            "exit_code": proc.exit_code,
-            "stdout": proc.stdout.getvalue(),
-            "stderr": proc.stderr.getvalue(),
-        }
+        stdout, stderr = proc.output()
+        return {"exit_code": proc.exit_code, "stdout": stdout, "stderr": stderr}
 
     def _kill_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         c = self._container(p["container_id"])
-        signal: int = p.get("signal", 15)
-        for task in c.group.tasks():
-            task.kill(128 + signal)
+        self.os.kill_cgroup(c.id, p.get("signal", 15))
         return {}
 
     def _remove_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         with self._sandbox:
             c = self._container(p["container_id"])
-            tasks = c.group.tasks()
-            for task in tasks:
-                task.kill(128 + 9)
-            deadline = time.monotonic() + KILL_WAIT
-            for task in tasks:
-                task.wait(max(0.0, deadline - time.monotonic()))
-            self.kernel.cgroups.remove(c.group.path)  # EBUSY if something still runs
+            self.os.kill_cgroup(c.id, 9)
+            self.os.wait_cgroup_empty(c.id, KILL_WAIT)
+            self.os.remove_cgroup(c.id)  # EBUSY if something still runs
             with self._lock:
                 del self._containers[c.id]
         return {}
 
     # ------------------------------------------------------------------ resources
 
-    def _apply_resources(self, group: Cgroup, r: dict[str, Any]) -> None:
-        """Write ``cpuset.cpus`` and ``cpu.max`` through the file tree, checking first.
+    def _apply_resources(self, cid: str, r: dict[str, Any]) -> None:
+        """Write ``cpuset.cpus`` and ``cpu.max`` through the cgroup files, checking first.
 
         ``cpu.max`` is parsed before anything is written, so a request that the
         kernel would refuse changes nothing.
@@ -488,68 +584,58 @@ class Agent:
         cpu_max: str | None = None
         quota, period = r.get("quota"), r.get("period")
         if quota is not None or period is not None:
-            current_quota = group.cfs.quota_us
-            period_us = period if period is not None else group.cfs.period_us
+            try:
+                current = self.os.read_cgroup(cid, "cpu.max")
+            except GuestOSError as exc:
+                raise _os_error(exc, "read ") from None
+            current_quota, current_period = parse_cpu_max(current, DEFAULT_PERIOD_US)
+            period_us = period if period is not None else current_period
             if quota is None:
                 quota_text = "max" if current_quota is None else str(current_quota)
             else:
                 quota_text = "max" if quota < 0 else str(quota)
             cpu_max = f"{quota_text} {period_us}"
             try:
-                parse_cpu_max(cpu_max, group.cfs.period_us)
+                parse_cpu_max(cpu_max, current_period)
             except GuestOSError as exc:
                 raise ap.ProtocolError(
                     ap.ErrorCode.EINVAL,
                     f"cpu.max {cpu_max!r}: {exc.strerror} (period 1000..1000000 us,"
                     " quota >= 1000 us or negative for max)",
                 ) from None
-        vfs = self.kernel.vfs
         try:
             if "cpuset_cpus" in r:
-                vfs.write(f"{group.path}/cpuset.cpus", r["cpuset_cpus"] + "\n")
+                self.os.write_cgroup(cid, "cpuset.cpus", r["cpuset_cpus"] + "\n")
             if cpu_max is not None:
-                vfs.write(f"{group.path}/cpu.max", cpu_max + "\n")
+                self.os.write_cgroup(cid, "cpu.max", cpu_max + "\n")
         except GuestOSError as exc:
             raise _os_error(exc, "write ") from None
 
     def _update_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         with self._sandbox:
             c = self._container(p["container_id"])
-            self._apply_resources(c.group, p["resources"])
+            self._apply_resources(c.id, p["resources"])
         return {}
 
     def _stats_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         c = self._container(p["container_id"])
-        stat = c.group.cpu_stat()
+        fields: dict[str, int] = {}
+        for line in self.os.read_cgroup(c.id, "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key in CPU_STAT_KEYS and value.strip().isdigit():
+                fields[key] = int(value)
+        effective = ap.parse_cpu_list(self.os.read_cgroup(c.id, "cpuset.cpus.effective"))
         return {
-            "cpu": dict(stat.__dict__),
-            "cpuset_effective": ap.format_cpu_list(c.group.effective_cpus()),
-            "tasks": len(c.group.tasks()),
+            "cpu": {key: fields.get(key, 0) for key in CPU_STAT_KEYS},
+            "cpuset_effective": ap.format_cpu_list(effective),
+            "tasks": len(self.os.cgroup_pids(c.id)),
         }
 
     # ------------------------------------------------------------------ CPUs
 
-    def _read_cpus(self, name: str) -> frozenset[int]:
-        return ap.parse_cpu_list(self.kernel.vfs.read(f"{SYS_CPU}/{name}"))
-
-    def _registered_offline(self) -> list[int]:
-        """Registered CPUs (a ``cpuN/online`` file exists) reading 0, ascending numerically."""
-        vfs = self.kernel.vfs
-        found: list[int] = []
-        for name in vfs.listdir(SYS_CPU):
-            m = _CPU_DIR_RE.fullmatch(name)
-            if m is None:
-                continue
-            try:
-                if vfs.read(f"{SYS_CPU}/{name}/online").strip() == "0":
-                    found.append(int(m.group(1)))
-            except GuestOSError:
-                continue  # unregistered meanwhile, or no online file (not hotpluggable)
-        return sorted(found)
-
     def _online_cpu_mem(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         want: int = p["nb_cpus"]
-        possible = len(self._read_cpus("possible"))
+        possible = len(self.os.cpus("possible"))
         if want > possible:
             # Can never be met: answer now, not after every retry (Kata retries).
             raise ap.ProtocolError(
@@ -559,12 +645,16 @@ class Agent:
         with self._sandbox:
             if want > 0:
                 self._online_cpus(want)
-                self._set_container_cpusets(self._read_cpus("online"))
-            return {"online": sorted(self._read_cpus("online"))}
+                self._set_container_cpusets(self.os.cpus("online"))
+            return {"online": sorted(self.os.cpus("online"))}
+
+    def _registered_offline(self) -> list[int]:
+        """Registered CPUs (a ``cpuN/online`` file exists) reading 0, ascending numerically."""
+        return sorted(cpu for cpu, online in self.os.hotpluggable_cpus().items() if not online)
 
     def _online_cpus(self, want: int) -> None:
         """Kata's ``online_cpus``: bounded retries, ascending order, stop once enough."""
-        if len(self._read_cpus("online")) >= want:
+        if len(self.os.cpus("online")) >= want:
             return
         last_error: tuple[int, GuestOSError] | None = None
         for attempt in range(self.online_retries):
@@ -572,15 +662,15 @@ class Agent:
                 break
             for cpu in self._registered_offline():
                 try:
-                    self.kernel.vfs.write(f"{SYS_CPU}/cpu{cpu}/online", "1")
+                    self.os.set_cpu_online(cpu, True)
                 except GuestOSError as exc:
                     last_error = (cpu, exc)
                     continue
-                if len(self._read_cpus("online")) >= want:
+                if len(self.os.cpus("online")) >= want:
                     return
-            if len(self._read_cpus("online")) >= want:
+            if len(self.os.cpus("online")) >= want:
                 return
-        missing = want - len(self._read_cpus("online"))
+        missing = want - len(self.os.cpus("online"))
         message = f"failed to online {missing} CPU(s) after {self.online_retries} retries"
         code = ap.ErrorCode.ETIMEDOUT
         if last_error is not None:
@@ -606,15 +696,15 @@ class Agent:
             try:
                 self._offline_down_to(want)
             finally:
-                self._set_container_cpusets(self._read_cpus("online"))
-            return {"online": sorted(self._read_cpus("online"))}
+                self._set_container_cpusets(self.os.cpus("online"))
+            return {"online": sorted(self.os.cpus("online"))}
 
     def _offline_down_to(self, want: int) -> None:
-        for cpu in sorted(self._read_cpus("online") - {0}, reverse=True):
-            if len(self._read_cpus("online")) <= want:
+        for cpu in sorted(self.os.cpus("online") - {0}, reverse=True):
+            if len(self.os.cpus("online")) <= want:
                 return
             try:
-                self.kernel.vfs.write(f"{SYS_CPU}/cpu{cpu}/online", "0")
+                self.os.set_cpu_online(cpu, False)
             except GuestOSError as exc:
                 raise _os_error(exc, f"offline cpu{cpu}: ") from None
 
@@ -625,7 +715,7 @@ class Agent:
             containers = list(self._containers.values())
         for c in containers:
             try:
-                self.kernel.vfs.write(f"{c.group.path}/cpuset.cpus", text)
+                self.os.write_cgroup(c.id, "cpuset.cpus", text)
             except GuestOSError as exc:  # Kata warns and goes on; so do we
                 self._log(f"agent: could not update cpuset of {c.id}: {exc}")
 
@@ -634,18 +724,17 @@ class Agent:
     def _read_file(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         path: str = p["path"]
         try:
-            return {"data": self.kernel.vfs.read(path)}
+            return {"data": self.os.read_file(path)}
         except GuestOSError as exc:
             raise _os_error(exc, "cat: ") from None
 
     def _guest_details(self, _conn: _Conn, _p: dict[str, Any]) -> dict[str, Any]:
-        vfs = self.kernel.vfs
         details: dict[str, Any] = {
-            name: vfs.read(f"{SYS_CPU}/{name}").strip()
+            name: ap.format_cpu_list(self.os.cpus(name))
             for name in ("possible", "present", "online", "offline", "enabled")
         }
         try:
-            version = vfs.read("/proc/version").split()
+            version = self.os.read_file("/proc/version").split()
             details["kernel"] = version[2] if len(version) > 2 else " ".join(version)
         except GuestOSError:
             details["kernel"] = "unknown"
@@ -655,13 +744,8 @@ class Agent:
         raise AssertionError("handled by _start_events")  # pragma: no cover
 
 
-class BootedKernel(AgentKernel, Protocol):
-    """A kernel booted on a machine: the agent serves that machine's channel."""
-
-    @property
-    def machine(self) -> _HasChannel: ...
-
-
 def start(kernel: BootedKernel) -> Agent:
     """Kernel hook: serve the agent on ``kernel.machine.agent_channel``; returns at once."""
-    return Agent(kernel, kernel.machine.agent_channel).start()
+    from cpuplug.guest.model_os import ModelOS
+
+    return Agent(ModelOS(kernel, kernel.machine.agent_channel)).start()

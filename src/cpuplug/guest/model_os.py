@@ -1,0 +1,175 @@
+"""The guest kernel model as the agent's operating system (an ``AgentOS``).
+
+The model kernel (``kernel.py``, or the tests' fake kernel) offers what a guest process
+sees: the file tree (``kernel.vfs``), the cgroup tree, the scheduler that runs
+userland programs as tasks, the kernel's event stream, and the machine's agent
+channel. :class:`ModelOS` states the agent's needs in those terms and nothing more:
+CPUs are switched by writing ``cpuN/online``, resources go through the cgroup files,
+programs are :func:`cpuplug.guest.userland.spawn`\\ ed as tasks in the container's
+cgroup. So the agent still reaches the model only the way a guest process would.
+
+The model has no namespaces: ``init`` and exec'd programs run alike, and a task's
+output is always captured (nobody reads the init's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from cpuplug.agent_protocol import parse_cpu_list
+from cpuplug.guest import agent_os
+from cpuplug.guest.agent_os import CpuMask, OSEvent
+from cpuplug.guest.cgroup import CGROUP_ROOT
+from cpuplug.guest.klog import KernelEvent
+from cpuplug.guest.userland import Os, Process, ProgramNotFound, spawn
+from cpuplug.hw import AgentChannel, Stream
+
+__all__ = ["BootedKernel", "ModelKernel", "ModelOS"]
+
+SYS_CPU = "/sys/devices/system/cpu"
+
+
+class EventSource(Protocol):
+    def subscribe(self, cb: Callable[[KernelEvent], None]) -> Callable[[], None]: ...
+
+
+class ModelKernel(Os, Protocol):
+    """What the model kernel object gives (``GuestKernel``, the tests' ``FakeKernel``):
+    what programs need (``vfs``, ``sched``, ``cgroups``) and the event stream."""
+
+    @property
+    def events(self) -> EventSource: ...
+
+
+class _HasChannel(Protocol):
+    @property
+    def agent_channel(self) -> AgentChannel: ...
+
+
+class BootedKernel(ModelKernel, Protocol):
+    """A model kernel booted on a machine: the agent serves that machine's channel."""
+
+    @property
+    def machine(self) -> _HasChannel: ...
+
+
+class _Connections:
+    """The machine's channel: a connection per host client (``one_stream`` False)."""
+
+    one_stream = False
+
+    def __init__(self, channel: AgentChannel) -> None:
+        self._channel = channel
+
+    def accept(self, timeout: float | None) -> Stream | None:
+        return self._channel.accept(timeout)
+
+
+class _Task:
+    """A userland :class:`~cpuplug.guest.userland.Process` as an ``AgentProcess``."""
+
+    def __init__(self, process: Process) -> None:
+        self._p = process
+
+    @property
+    def pid(self) -> int:
+        return self._p.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._p.exit_code
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._p.wait(timeout)
+
+    def kill(self, signal: int) -> None:
+        self._p.kill(signal)
+
+    def output(self) -> tuple[str, str]:
+        return self._p.stdout.getvalue(), self._p.stderr.getvalue()
+
+
+class ModelOS:
+    """:class:`AgentOS` over a model kernel and the machine's agent channel."""
+
+    def __init__(self, kernel: ModelKernel, channel: AgentChannel) -> None:
+        self.kernel = kernel
+        self._channel = _Connections(channel)
+
+    @property
+    def channel(self) -> _Connections:
+        return self._channel
+
+    def log(self, text: str) -> None:
+        log = getattr(self.kernel, "log", None)  # the fake kernel has none
+        if log is not None:
+            log.info(text)
+
+    # ------------------------------------------------------------------ CPUs
+
+    def cpus(self, mask: CpuMask) -> frozenset[int]:
+        return parse_cpu_list(self.kernel.vfs.read(f"{SYS_CPU}/{mask}"))
+
+    def hotpluggable_cpus(self) -> dict[int, bool]:
+        vfs = self.kernel.vfs
+        found: dict[int, bool] = {}
+        for name in vfs.listdir(SYS_CPU):
+            if not (name.startswith("cpu") and name[3:].isascii() and name[3:].isdigit()):
+                continue
+            try:
+                found[int(name[3:])] = vfs.read(f"{SYS_CPU}/{name}/online").strip() == "1"
+            except agent_os.GuestOSError:
+                continue  # unregistered meanwhile, or no online file (not hotpluggable)
+        return dict(sorted(found.items()))
+
+    def set_cpu_online(self, cpu: int, online: bool) -> None:
+        self.kernel.vfs.write(f"{SYS_CPU}/cpu{cpu}/online", "1" if online else "0")
+
+    # ------------------------------------------------------------------ cgroups
+
+    def cgroup_path(self, cid: str) -> str:
+        return f"{CGROUP_ROOT}/{cid}"
+
+    def create_cgroup(self, cid: str) -> None:
+        self.kernel.cgroups.create(cid)
+
+    def remove_cgroup(self, cid: str) -> None:
+        self.kernel.cgroups.remove(self.cgroup_path(cid))
+
+    def read_cgroup(self, cid: str, name: str) -> str:
+        return self.kernel.vfs.read(f"{self.cgroup_path(cid)}/{name}")
+
+    def write_cgroup(self, cid: str, name: str, data: str) -> None:
+        self.kernel.vfs.write(f"{self.cgroup_path(cid)}/{name}", data)
+
+    def cgroup_pids(self, cid: str) -> list[int]:
+        return sorted(t.pid for t in self.kernel.cgroups.get(cid).tasks())
+
+    def kill_cgroup(self, cid: str, signal: int) -> None:
+        for task in self.kernel.cgroups.get(cid).tasks():
+            task.kill(128 + signal)  # ends at its next slice boundary
+
+    def wait_cgroup_empty(self, cid: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for task in self.kernel.cgroups.get(cid).tasks():
+            task.wait(max(0.0, deadline - time.monotonic()))
+        return not self.kernel.cgroups.get(cid).tasks()
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, cid: str, argv: Sequence[str], *, init: bool) -> _Task:
+        del init  # no namespaces in the model: the init runs as any other task
+        try:
+            return _Task(spawn(self.kernel, argv, self.kernel.cgroups.get(cid)))
+        except ProgramNotFound as exc:
+            raise agent_os.ProgramNotFound(exc.path) from None
+
+    # ------------------------------------------------------------------ files, events
+
+    def read_file(self, path: str) -> str:
+        return self.kernel.vfs.read(path)
+
+    def subscribe_events(self, callback: Callable[[OSEvent], None]) -> Callable[[], None]:
+        return self.kernel.events.subscribe(callback)
