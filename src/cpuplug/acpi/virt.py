@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from cpuplug import cpuhp_abi
-from cpuplug.acpi import tables
+from cpuplug.acpi import limits, tables
 from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import UsageError
 
@@ -66,8 +66,9 @@ TIMER_NONSECURE_EL1_GSI = 30
 TIMER_VIRTUAL_GSI = 27
 TIMER_NONSECURE_EL2_GSI = 26
 
-MAX_CPUS = 512
-"""The architectural ceiling this machine supports (two GICR regions' worth)."""
+MAX_CPUS = limits.MAX_CPUS
+"""The architectural ceiling this machine supports; declared in :mod:`cpuplug.acpi.limits`
+so the runtime can read it without importing the table code."""
 
 MODES: tuple[str, ...] = tuple(m.value for m in HotplugMode)
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from cpuplug.acpi.virt import MAX_CPUS
+from cpuplug.acpi.limits import MAX_CPUS
 from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import CpuplugError, UsageError
 from cpuplug.runtime.sizing import exact
@@ -150,6 +149,10 @@ def default_config_path() -> Path:
 
 def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
     """Parse TOML text into a :class:`RuntimeConfig` (defaults for missing keys)."""
+    # Imported here: only ``run`` reads a config file, and every other command imports
+    # this module (for RuntimeConfig) without one to parse (issue 8 §4).
+    import tomllib
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
