@@ -11,6 +11,11 @@ Events are collected from the moment of connection by the client's built-in
 listener, so an event the VMM sends between two of our commands — or before we
 start waiting for it — is never lost.  That is what lets ``device_del`` be
 followed by a wait for ``DEVICE_DELETED`` without Kata's ordering race.
+
+Importing this module costs ``asyncio`` and ``qemu.qmp``, so only a hypervisor
+backend imports it, and backends are loaded when a VMM is to be reached; code that
+only catches QMP failures imports them from :mod:`cpuplug.runtime.qmp_errors`
+(re-exported here, one class each).
 """
 
 from __future__ import annotations
@@ -25,37 +30,15 @@ from typing import Any, TypeVar
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.protocol import Runstate
 
-from cpuplug.errors import CpuplugError
+from cpuplug.runtime.qmp_errors import QmpCommandError as QmpCommandError
+from cpuplug.runtime.qmp_errors import QmpError as QmpError
+from cpuplug.runtime.qmp_errors import QmpTimeout as QmpTimeout
+from cpuplug.runtime.qmp_errors import VmmGone as VmmGone
+from cpuplug.runtime.qmp_errors import VmmUnreachable as VmmUnreachable
 
 _T = TypeVar("_T")
 
 DEFAULT_COMMAND_TIMEOUT = 10.0
-
-
-class QmpError(CpuplugError):
-    """Talking to the VMM over QMP failed."""
-
-
-class VmmUnreachable(QmpError):
-    """No QMP server answered at the socket (VMM not started, or gone before we came)."""
-
-
-class VmmGone(QmpError):
-    """The QMP connection dropped: the VMM exited or was killed."""
-
-
-class QmpCommandError(QmpError):
-    """The VMM answered a command with an error (``class`` and ``desc`` kept)."""
-
-    def __init__(self, command: str, error_class: str, desc: str) -> None:
-        super().__init__(f"QMP {command} failed: {desc} ({error_class})")
-        self.command = command
-        self.error_class = error_class
-        self.desc = desc
-
-
-class QmpTimeout(QmpError):
-    """A QMP command or event wait took longer than its bound."""
 
 
 Event = dict[str, Any]

@@ -44,7 +44,7 @@ from cpuplug.runtime.hypervisor import (
     parse_kind,
 )
 from cpuplug.runtime.process import ProcessIdentity
-from cpuplug.runtime.qmp_client import QmpError, VmmUnreachable
+from cpuplug.runtime.qmp_errors import QmpError, VmmUnreachable
 from cpuplug.runtime.records import (
     ContainerInfo,
     ContainerStatus,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from cpuplug.cpuhp_abi import OstEjectStatus, OstSource, OstStatus, ost_text
 from cpuplug.runtime.hypervisor import Capabilities, HypervisorKind, VmmRunState
-from cpuplug.runtime.qmp_client import QmpCommandError, QmpError, VmmGone
+from cpuplug.runtime.qmp_errors import QmpCommandError, QmpError, VmmGone
 from cpuplug.runtime.resize import (
     EjectRefused,
     RemoveTimeout,
