@@ -6,22 +6,27 @@ so ``--cpus abc`` and ``--cpus -1`` read the same way as an unknown sandbox.
 Human output uses ``rich``; ``--json`` output is stable for scripts.  The
 parsers are in :mod:`cpuplug.runtime.cli`, which imports this module only when
 one of these commands runs.
+
+What a command imports is part of its latency: ``cpuplug update`` is a fresh
+process, and importing ``rich`` alone costs more than the hotplug it reports
+(issue 8 §4).  So ``rich`` is imported only where it renders something (tables,
+markup) and a plain line goes out through :func:`_say`, which hands ``rich`` only
+the lines ``rich`` would change; the OCI bundle reader is imported by ``run
+--bundle`` alone.  ``tests/test_cli.py`` checks what each command imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import sys
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from cpuplug.errors import UsageError
-from cpuplug.runtime.bundle import read_bundle
 from cpuplug.runtime.config import HOTPLUG_MODES, load_config
 from cpuplug.runtime.records import VcpuRow, to_jsonable
 from cpuplug.runtime.sandbox import (
@@ -34,6 +39,10 @@ from cpuplug.runtime.sandbox import (
 )
 from cpuplug.runtime.sizing import DOCKER_PERIOD, cpus_to_quota, parse_cpu_list, parse_cpus
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
 MAX_CFS_QUOTA_US = (1 << 44) - 1
 """Linux's ``max_cfs_runtime`` in µs: a bigger ``cpu.max`` quota is EINVAL in the guest,
 so it is refused here, before a sandbox is started for nothing."""
@@ -44,11 +53,45 @@ computes ``10**99999999`` and hangs the command, so exponents and digit runs are
 
 
 def _out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
 def _err() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False)
+
+
+def _say(text: str, *, stderr: bool = False) -> None:
+    """Print one line exactly as ``Console(highlight=False).print`` would, without
+    importing ``rich`` (~40 ms) when it would print the text unchanged.
+
+    ``rich`` changes a line for markup (``[...]``), emoji codes (``:name:``) and a
+    line wider than the console, which it wraps (and control or wide characters
+    make "wider" more than ``len``).  A line that might be any of those goes to
+    ``rich`` itself, so the output is the same either way; only the import is saved,
+    for the plain lines ``update`` prints (``tests/test_cli.py`` compares the two).
+    """
+    plain = text.isascii() and text.isprintable() and "[" not in text and text.count(":") < 2
+    if plain and len(text) <= _narrowest_width():
+        print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+    else:
+        (_err() if stderr else _out()).print(text)
+
+
+def _narrowest_width() -> int:
+    """A width no wider than the one ``rich`` would wrap at: it uses ``$COLUMNS`` if
+    numeric, else the first terminal among stdin, stdout and stderr, else 80."""
+    widths = [80]
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and columns.isdigit():
+        widths.append(int(columns))
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError, ValueError):  # not a terminal
+            widths.append(os.get_terminal_size(fd).columns)
+    return min(widths)
 
 
 _ASCII_INT = re.compile(r"[+-]?[0-9]+")
@@ -136,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         if cmd:
             raise UsageError("give either --bundle or a command, not both")
+        from cpuplug.runtime.bundle import read_bundle
+
         b = read_bundle(args.bundle)
         cmd = b.args
         resources = Resources(
@@ -147,14 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cmd:
         raise UsageError("run needs a command: cpuplug run [OPTIONS] -- CMD ARGS...")
     rt = _runtime(args, cfg)
-    err = _err()
+    err = None if args.detach else _err()  # -d prints no steps: no rich for them
     t0 = time.monotonic()
     st = rt.run(
         RunRequest(cmd=cmd, resources=resources, name=args.name),
-        on_step=None if args.detach else (lambda s: err.print(f"[dim]{s}[/dim]")),
+        on_step=None if err is None else (lambda s: err.print(f"[dim]{s}[/dim]")),
     )
     if st.warning:
-        err.print(f"[yellow]warning:[/yellow] {st.warning}")
+        _say(f"[yellow]warning:[/yellow] {st.warning}", stderr=True)
     if args.detach:
         print(st.name)
     else:
@@ -165,9 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_update(result: UpdateResult, console: Console, err: Console) -> None:
+def print_update(result: UpdateResult) -> None:
     if result.warning:
-        err.print(f"[yellow]warning:[/yellow] {result.warning}")
+        _say(f"[yellow]warning:[/yellow] {result.warning}", stderr=True)
     change = (
         f"vCPUs {result.before} -> {result.after}"
         if result.before != result.after
@@ -184,7 +229,7 @@ def print_update(result: UpdateResult, console: Console, err: Console) -> None:
     if result.removed:
         detail.append("removed " + ",".join(map(str, result.removed)))
     extra = f" ({'; '.join(detail)})" if detail else ""
-    console.print(f"{result.name}: {change}{extra}, {quota}, {result.seconds * 1000:.1f} ms")
+    _say(f"{result.name}: {change}{extra}, {quota}, {result.seconds * 1000:.1f} ms")
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -192,7 +237,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     if resources == Resources():
         raise UsageError("update needs --cpus, --cpu-quota/--cpu-period or --cpuset-cpus")
     result = _runtime(args).update(args.name, resources)
-    print_update(result, _out(), _err())
+    print_update(result)
     return 0
 
 
@@ -211,6 +256,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_jsonable(rows), indent=2, sort_keys=True))
         return 0
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for col in ("NAME", "STATUS", "VCPUS", "CPUS", "MODE", "HYPERVISOR", "PID", "CREATED"):
         table.add_column(col)
@@ -231,6 +278,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def vcpu_table(rows: list[VcpuRow], title: str = "vCPUs") -> Table:
+    from rich.table import Table
+
     def mark(v: bool | None) -> str:
         return "-" if v is None else ("[green]yes[/green]" if v else "no")
 
@@ -262,6 +311,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if info.reconciled:
         out.print("[yellow]state reconciled with the VMM[/yellow]")
     out.print(vcpu_table(info.vcpus))
+    from rich.table import Table
+
     limits = Table(title="cgroup limits", header_style="bold")
     for col in ("container", "quota", "period", "cpuset", "usage (s)", "throttled"):
         limits.add_column(col)
@@ -282,6 +333,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def history_table(history: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="recent events", header_style="bold")
     for col in ("time", "op", "detail", "ms"):
         table.add_column(col)
