@@ -64,7 +64,8 @@ reader serves ``run --bundle``.  Together they were over half of the CLI's start
 
 def _imported_by(argv: list[str], root: Path) -> tuple[int, set[str]]:
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, *argv, "--root", str(root)],
+        # --root right after the command: at the end it would join exec's CMD.
+        [sys.executable, "-c", _PROBE, argv[0], "--root", str(root), *argv[1:]],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
