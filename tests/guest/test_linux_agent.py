@@ -718,3 +718,37 @@ def test_container_sees_its_own_cgroup_as_the_root() -> None:
         system.wait_cgroup_empty(cid, 5)
         system.remove_cgroup(cid)
         system.close()
+
+
+REAPER_SCRIPT = """
+import ctypes, os, sys, threading, time
+from cpuplug.guest import linux_process
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us, as to PID 1
+procs = sys.argv[1]
+children = linux_process.Children()
+stop = threading.Event()
+threading.Thread(target=children.reap_orphans, args=(stop,), daemon=True).start()
+exits = []
+for _ in range(20):
+    proc = linux_process.spawn(
+        ["sh", "-c", "sleep 0.05 & exit 7"], cid="c", cgroup_procs=procs,
+        cgroup_guest_path="/sys/fs/cgroup/c", namespaces=None, capture=True, children=children,
+    )
+    proc.wait(10)
+    exits.append(proc.exit_code)
+time.sleep(0.5)
+zombies = [p for p in os.listdir("/proc") if p.isdigit() and
+           open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[:2] == ["Z", str(os.getpid())]]
+print(exits.count(7), len(zombies))
+"""
+
+
+def test_a_pid_1_reaps_orphans_without_taking_its_own_childrens_status(tmp_path: Path) -> None:
+    """Run as a subreaper in a process of its own (so no test's orphans come to pytest)."""
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    out = subprocess.run(
+        [sys.executable, "-c", REAPER_SCRIPT, str(procs)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert out.split() == ["20", "0"]  # every exit status kept, every orphan reaped

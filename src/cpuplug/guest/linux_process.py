@@ -224,8 +224,17 @@ class LinuxProcess:
 
     def _set_status(self, code: int) -> None:
         self._exit_code = 128 - code if code < 0 else code  # -N: killed by signal N
-        with contextlib.suppress(OSError):
-            os.close(self._pidfd)
+        if self._wait_lock.acquire(blocking=False):  # else the waiter closes it when done:
+            try:  # closing a descriptor another thread is selecting on is not safe
+                self._close_pidfd()
+            finally:
+                self._wait_lock.release()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = -1
 
     def poll(self) -> bool:
         """Reap it if it ended; True once it has."""
@@ -250,11 +259,14 @@ class LinuxProcess:
                 self._pump([], remaining)
             for fd in list(self._pipes):
                 self._close_pipe(fd)
+            self._close_pidfd()
             return True
 
     def _pump(self, extra: list[int], timeout: float | None) -> None:
         """Read what the pipes have (or wait for them / the pidfd) for up to ``timeout``."""
-        fds = [*self._pipes, *extra]
+        fds = [*self._pipes, *(fd for fd in extra if fd >= 0)]
+        if not fds:
+            return
         try:
             ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
