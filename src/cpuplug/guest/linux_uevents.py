@@ -111,11 +111,18 @@ class UeventMonitor:
         self._thread: threading.Thread | None = None
 
     def subscribe(self, callback: Callable[[CpuEvent], None]) -> Callable[[], None]:
+        """Add ``callback``. Without a uevent socket (netlink refused) the agent still
+        serves: the failure is logged and no event ever comes."""
         with self._lock:
             self._subs.append(callback)
             if self._thread is None:
                 if self._sock is None:
-                    self._sock = kernel_socket()
+                    try:
+                        self._sock = kernel_socket()
+                    except OSError as exc:
+                        if self._log is not None:
+                            self._log(f"agent: no CPU events: uevent socket: {exc}")
+                        return lambda: None
                 self._sock.settimeout(0.25)  # to see the stop flag
                 self._thread = threading.Thread(target=self._run, name="agent-uevents", daemon=True)
                 self._thread.start()
