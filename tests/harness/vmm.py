@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE_KERNEL = "tests.harness.vmm_test_kernel:start"
 """The probe kernel (``--kernel``): a guest that executes the test's register accesses."""
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 
 
 def pid_alive(pid: int) -> bool:

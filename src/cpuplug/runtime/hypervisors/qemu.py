@@ -128,6 +128,7 @@ class QemuBackend:
             image = self._image(arch, progress)
             opts["kernel"], opts["initrd"] = str(image.kernel), str(image.initrd)
             opts["kernel_version"] = image.kernel_version
+            opts["cmdline"] = image.cmdline
         for key in ("kernel", "initrd"):
             if not Path(opts[key]).is_file():
                 raise HypervisorError(f"guest {key} {opts[key]} does not exist")
@@ -154,7 +155,9 @@ class QemuBackend:
         if ensure is None:
             # built on first use, and heavy: imported only when a sandbox needs it
             ensure = importlib.import_module("cpuplug.image").ensure_image
-        return ensure(arch, progress=progress)
+        return ensure(
+            arch, progress=lambda p: progress(f"image [{p.step}/{p.steps}] {p.message}")
+        )
 
     def _can_hotplug(self, opts: dict[str, str]) -> bool:
         """Ask a paused, kernel-less QEMU of the same machine (about 50 ms)."""
@@ -198,13 +201,14 @@ class QemuBackend:
         """QEMU's command line for ``spec`` (after :meth:`prepare`)."""
         o = spec.extra
         console = "ttyS0" if o["arch"] == "x86_64" else "ttyAMA0"
+        cmdline = o.get("cmdline") or f"console={console} panic=-1 quiet"
         guest_chardev = spec.sandbox_dir / "agent-guest.sock"
         return [
             o["qemu"], *self._machine_args(o),
             "-smp", f"{spec.boot_vcpus},maxcpus={spec.maxcpus}",
             "-m", o["memory"],
             "-kernel", o["kernel"], "-initrd", o["initrd"],
-            "-append", f"console={console} panic=-1 quiet",
+            "-append", cmdline,
             "-display", "none", "-nodefaults", "-no-reboot",
             "-serial", f"file:{_opt(spec.sandbox_dir / 'console.log')}",
             "-qmp", f"unix:{_opt(spec.qmp_path)},server=on,wait=off",
