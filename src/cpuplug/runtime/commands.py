@@ -173,7 +173,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     max_cpus = _int("--max-cpus", args.max_cpus, minimum=1)
     if args.mode is not None and args.mode not in HOTPLUG_MODES:
         raise UsageError(f"invalid --mode {args.mode!r}: use one of {', '.join(HOTPLUG_MODES)}")
-    cfg = cfg.with_overrides(default_maxvcpus=max_cpus, hotplug_mode=args.mode)
+    cfg = cfg.with_overrides(
+        default_maxvcpus=max_cpus,
+        hotplug_mode=args.mode,
+        hypervisor=args.hypervisor,
+        arch=args.arch,
+        qemu_path=args.qemu,
+    )
     cmd = _cmd(args.cmd)
     resources = resources_from_args(args)
     if args.bundle is not None:
@@ -203,9 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.detach:
         print(st.name)
     else:
+        plugged = f", {len(st.plugged)} plugged" if len(st.plugged) != st.target else ""
         _out().print(
-            f"sandbox [bold]{st.name}[/bold] running: {len(st.plugged)} vCPUs "
-            f"(max {st.maxcpus}), ready in {time.monotonic() - t0:.2f}s"
+            f"sandbox [bold]{st.name}[/bold] running: {st.target} vCPUs "
+            f"(max {st.maxcpus}{plugged}), ready in {time.monotonic() - t0:.2f}s"
         )
     return 0
 
@@ -228,6 +235,10 @@ def print_update(result: UpdateResult) -> None:
         detail.append("added " + ",".join(map(str, result.added)))
     if result.removed:
         detail.append("removed " + ",".join(map(str, result.removed)))
+    if result.onlined:
+        detail.append("onlined " + ",".join(map(str, result.onlined)))
+    if result.offlined:
+        detail.append("offlined " + ",".join(map(str, result.offlined)) + ", kept plugged")
     extra = f" ({'; '.join(detail)})" if detail else ""
     _say(f"{result.name}: {change}{extra}, {quota}, {result.seconds * 1000:.1f} ms")
 

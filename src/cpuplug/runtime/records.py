@@ -40,6 +40,7 @@ class SandboxSummary:
     name: str
     status: SandboxStatus
     vcpus: int
+    """vCPUs the guest is to have online (plugged ones may be more: kept plugged, offline)."""
     maxcpus: int
     cpus: str
     pid: int | None

@@ -160,6 +160,8 @@ class UpdateResult:
     added: list[int] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
     offlined: list[int] = field(default_factory=list)
+    onlined: list[int] = field(default_factory=list)
+    """Plugged vCPUs brought online without a plug (offlined before, or by the guest)."""
     warning: str | None = None
     qmp_commands: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -674,7 +676,9 @@ class Runtime:
                 result.offlined.extend(sorted(before - set(online)))
                 log.add("offline_cpus", t, online=format_cpu_list(online))
             else:
+                before = set(online)
                 online = sorted(session.agent.online_cpu_mem(want))
+                result.onlined.extend(sorted(set(online) - before - set(result.added)))
                 log.add("online_cpu_mem", t, online=format_cpu_list(online))
         if len(online) < want:
             missing = sorted(set(st.plugged) - set(online))
@@ -762,7 +766,7 @@ class Runtime:
                 SandboxSummary(
                     name=st.name,
                     status=status,
-                    vcpus=len(st.plugged) if status is SandboxStatus.RUNNING else 0,
+                    vcpus=st.target if status is SandboxStatus.RUNNING else 0,
                     maxcpus=st.maxcpus,
                     cpus=_cpus_text(c.quota, c.period) if c else "",
                     pid=st.vmm_pid,
