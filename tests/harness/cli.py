@@ -8,6 +8,7 @@ running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,8 +61,8 @@ class Cli:
         return dict(json.loads(self.ok("inspect", name, "--json").stdout))
 
 
-@pytest.fixture
-def cli() -> Iterator[Cli]:
+@contextlib.contextmanager
+def private_cli() -> Iterator[Cli]:
     """A :class:`Cli` on a fresh root; everything started in it is gone afterwards."""
     # short path: unix socket paths must fit in 108 bytes
     root = Path(tempfile.mkdtemp(prefix="cpe", dir="/tmp"))
@@ -80,3 +81,10 @@ def cli() -> Iterator[Cli]:
         for pid in alive:  # never leave a VMM running, even when the test fails
             os.kill(pid, 9)
         assert not alive, f"VMM processes survived rm -f: {alive}"
+
+
+@pytest.fixture
+def cli() -> Iterator[Cli]:
+    """A :class:`Cli` on a fresh root (:func:`private_cli`)."""
+    with private_cli() as c:
+        yield c

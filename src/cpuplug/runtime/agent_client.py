@@ -178,7 +178,7 @@ def wait_for_agent(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AgentUnreachable(
-                f"the guest agent at {path} did not answer within {timeout:g}s ({last})"
+                f"the guest agent at {path} did not answer within {timeout:.3g}s ({last})"
             )
         if alive is not None and not alive():
             raise AgentUnreachable("the VMM exited before the guest agent came up")

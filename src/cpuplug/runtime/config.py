@@ -37,6 +37,7 @@ _KEYS = {
     "hotplug_mode",
     "remove_timeout",
     "hypervisor",
+    "start_timeout",
 }
 _QEMU_KEYS = {"path": "qemu_path", "kernel": "kernel", "initrd": "initrd",
               "default_memory": "default_memory", "arch": "arch"}  # fmt: skip
@@ -64,6 +65,8 @@ class RuntimeConfig:
     static_sandbox_resource_mgmt: bool = False
     hotplug_mode: HotplugMode = HotplugMode.ACPI
     remove_timeout: float = 10.0
+    start_timeout: float = 60.0
+    """Longest wait for a new VM's agent to answer (a TCG boot on a loaded host is slow)."""
     hypervisor: str = "builtin"
     qemu_path: str | None = None
     kernel: str | None = None
@@ -128,6 +131,11 @@ def _validated(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError(f"default_memory must be 64..1048576 MiB, got {cfg.default_memory}")
     if not 0 <= cfg.default_maxvcpus <= MAX_CPUS:
         raise ConfigError(f"default_maxvcpus must be in 0..{MAX_CPUS}, got {cfg.default_maxvcpus}")
+    if not 0 < cfg.start_timeout <= MAX_REMOVE_TIMEOUT:
+        raise ConfigError(
+            f"start_timeout must be > 0 and <= {MAX_REMOVE_TIMEOUT:g} seconds, "
+            f"got {cfg.start_timeout:g}"
+        )
     if not 0 < cfg.remove_timeout <= MAX_REMOVE_TIMEOUT:
         raise ConfigError(
             f"remove_timeout must be > 0 and <= {MAX_REMOVE_TIMEOUT:g} seconds, "
@@ -212,9 +220,9 @@ def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
                     f"got {val!r}"
                 )
             kw[key] = HotplugMode(str(val))
-        elif key == "remove_timeout":
+        elif key in ("remove_timeout", "start_timeout"):
             if isinstance(val, bool) or not isinstance(val, int | float):
-                raise ConfigError(f"{source}: remove_timeout must be seconds, got {val!r}")
+                raise ConfigError(f"{source}: {key} must be seconds, got {val!r}")
             kw[key] = float(val)
         elif key == "default_memory":
             if isinstance(val, bool) or not isinstance(val, int):

@@ -71,7 +71,6 @@ from cpuplug.runtime.state import (
     validate_name,
 )
 
-START_TIMEOUT = 30.0
 LOCK_TIMEOUT = 60.0
 MIN_CFS_US = 1000
 MAX_CFS_PERIOD_US = 1_000_000
@@ -259,14 +258,16 @@ class Runtime:
         *,
         backends: Callable[[HypervisorKind], Backend] = backend,
         connect_agent: Callable[[Path], AgentLike] = _connect_agent,
-        start_timeout: float = START_TIMEOUT,
+        start_timeout: float | None = None,
         host_cpus: int | None = None,
     ) -> None:
         self.store = StateStore(root)
         self.config = config if config is not None else RuntimeConfig()
         self.backends = backends
         self.connect_agent = connect_agent
-        self.start_timeout = start_timeout
+        self.start_timeout = (
+            start_timeout if start_timeout is not None else self.config.start_timeout
+        )
         self.host_cpus = host_cpus
 
     # ------------------------------------------------------------------ helpers
