@@ -23,6 +23,7 @@ from cpuplug.errors import CpuplugError, UsageError
 _PARTS: dict[str, tuple[str, ...]] = {
     "cpuplug.acpi.cli": ("acpi",),
     "cpuplug.vmm.cli": ("vmm",),
+    "cpuplug.image.cli": ("image",),
     "cpuplug.runtime.cli": (
         "run", "update", "exec", "ps", "inspect", "events", "stop", "rm", "demo",
     ),

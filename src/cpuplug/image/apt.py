@@ -1,0 +1,329 @@
+"""Debian packages through apt, without installing them: resolve, download, unpack.
+
+An image is made of Debian's own binaries (kernel, busybox, python), so its content is
+whatever the host's apt would install, at versions apt can name exactly; the versions are
+the cache key.  Nothing is installed: ``apt-get download`` fetches the ``.deb`` into the
+builder's cache and ``dpkg -x`` unpacks it into a staging directory without running a
+maintainer script, which also works without root and for a foreign architecture.
+
+Every failure is one line naming what to install or run (no apt on the host, a package
+apt does not know, an architecture dpkg is not configured for, an unreachable archive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from cpuplug.image.errors import ImageError
+
+TOOLS = ("apt-get", "apt-cache", "apt-config", "dpkg", "dpkg-deb")
+_TIMEOUT = 600.0
+"""Seconds one apt or dpkg call may take (a cold download of ~40 MB included)."""
+
+
+@dataclass(frozen=True, order=True)
+class Package:
+    """One binary package at one exact version."""
+
+    name: str
+    version: str
+    arch: str
+    """The Debian architecture of the file: ``amd64``, ``arm64`` or ``all``."""
+
+    @property
+    def spec(self) -> str:
+        """How apt-get is asked for exactly this package (``name:arch=version``)."""
+        return f"{self.name}:{self.arch}={self.version}" if self.arch != "all" else (
+            f"{self.name}={self.version}"
+        )
+
+    @property
+    def filename(self) -> str:
+        """The file name apt-get download gives it (the epoch's ':' quoted as ``%3a``)."""
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
+
+
+def parse_stanzas(text: str) -> list[dict[str, str]]:
+    """deb822 paragraphs (``apt-cache show`` output) -> one dict each; continuation lines
+    are joined to their field."""
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                stanzas.append(current)
+            current, key = {}, ""
+        elif line[0] in " \t":
+            if key:
+                current[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+_RELATION = re.compile(
+    r"^\s*([a-z0-9][a-z0-9.+-]*)(?::[a-z0-9-]+)?\s*(?:\(\s*([<>=]+)\s*([^)\s]+)\s*\))?"
+)
+
+
+def parse_relations(field: str) -> list[list[tuple[str, str, str]]]:
+    """A Depends field -> [[(name, op, version), ...alternatives], ...]; op and version
+    are empty when the relation has none."""
+    out: list[list[tuple[str, str, str]]] = []
+    for group in field.split(","):
+        alternatives = []
+        for alt in group.split("|"):
+            m = _RELATION.match(alt)
+            if m:
+                alternatives.append((m.group(1), m.group(2) or "", m.group(3) or ""))
+        if alternatives:
+            out.append(alternatives)
+    return out
+
+
+class AptUnavailable(ImageError):
+    """The host has no apt or dpkg at all (not Debian): nothing can be built here."""
+
+
+class Apt:
+    """The host's apt, asked about packages of one Debian architecture."""
+
+    def __init__(self, deb_arch: str) -> None:
+        missing = [t for t in TOOLS if shutil.which(t) is None]
+        if missing:
+            raise AptUnavailable(
+                f"building an image needs Debian's apt and dpkg ({', '.join(missing)} not "
+                "found): build it on Debian 12 (bookworm) or a derivative"
+            )
+        self.deb_arch = deb_arch
+        self.config = parse_config(self._run(["apt-config", "dump"]))
+        if deb_arch not in self.architectures():
+            raise ImageError(
+                    f"apt is not configured for {deb_arch} packages: run "
+                    f"'dpkg --add-architecture {deb_arch} && apt-get update' as root"
+                )
+
+    def architectures(self) -> list[str]:
+        """The architectures apt fetches packages for: the native one first, then those
+        added with ``dpkg --add-architecture`` (or in ``APT::Architectures``)."""
+        native = self.config.get("APT::Architecture", [])
+        return list(dict.fromkeys(native + self.config.get("APT::Architectures::", [])))
+
+    def state_paths(self) -> list[str]:
+        """What decides the versions apt resolves, where this apt keeps it: its package
+        lists, dpkg's status and architectures, its configuration directory (sources,
+        pins) and the ``APT_CONFIG`` file, if any."""
+
+        def conf(key: str, default: str) -> str:
+            return (self.config.get(key) or [default])[-1]
+
+        root = conf("Dir", "/")
+        state = os.path.join(root, conf("Dir::State", "var/lib/apt"))
+        status = os.path.join(state, conf("Dir::State::status", "/var/lib/dpkg/status"))
+        paths = [
+            os.path.join(state, conf("Dir::State::lists", "lists/")),
+            status,
+            os.path.join(os.path.dirname(status), "arch"),
+            os.path.join(root, conf("Dir::Etc", "etc/apt")),
+        ]
+        if os.environ.get("APT_CONFIG"):
+            paths.append(os.environ["APT_CONFIG"])
+        return paths
+
+    # ------------------------------------------------------------------ resolve
+
+    def candidates(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """``apt-cache show`` of the version apt would install of each name."""
+        proc = self._call(
+            ["apt-cache", "show", "--no-all-versions", *(self._qualified(n) for n in names)]
+        )
+        found: dict[str, dict[str, str]] = {}
+        for stanza in parse_stanzas(proc.stdout):
+            if stanza.get("Architecture") in (self.deb_arch, "all"):
+                found.setdefault(stanza.get("Package", ""), stanza)
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise AptUnavailable(
+                f"apt knows no {self.deb_arch} package {', '.join(missing)}: run "
+                "'apt-get update' (images are built from Debian 12 bookworm's packages)"
+            )
+        return found
+
+    def resolve(self, kernel_metapackage: str, names: Sequence[str]) -> list[Package]:
+        """Exact versions: the real kernel package behind ``kernel_metapackage`` (first),
+        then ``names``, from one ``apt-cache show``."""
+        shown = self.candidates([kernel_metapackage, *names])
+        kernel = self._kernel(shown[kernel_metapackage], kernel_metapackage)
+        return [kernel, *(self._package(shown[n]) for n in names)]
+
+    def resolve_memo(
+        self, kernel_metapackage: str, names: Sequence[str], memo: Path
+    ) -> list[Package]:
+        """:meth:`resolve`, remembered in the file ``memo`` for as long as apt's state
+        (:func:`apt_state`) is unchanged.
+
+        ``apt-cache`` loads every package list on each call (0.65 s here, where apt keeps
+        no binary cache), and an image lookup that costs more than a second is paid by
+        every sandbox start; the memo makes a cached image's lookup a few ``stat`` calls.
+        """
+        query = {"arch": self.deb_arch, "kernel": kernel_metapackage, "names": list(names)}
+        state = apt_state(self.state_paths())
+        if state is not None:
+            try:
+                saved = json.loads(memo.read_text())
+                if saved["query"] == query and saved["state"] == state:
+                    return [Package(*p) for p in saved["packages"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        packages = self.resolve(kernel_metapackage, names)
+        if state is not None:
+            record = {"query": query, "state": state,
+                      "packages": [[p.name, p.version, p.arch] for p in packages]}
+            with contextlib.suppress(OSError):
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(record))
+                os.replace(tmp, memo)
+        return packages
+
+    def _kernel(self, meta: dict[str, str], metapackage: str) -> Package:
+        """The ``linux-image-<release>`` package a metapackage such as
+        ``linux-image-cloud-amd64`` depends on, at the version it pins."""
+        for alternatives in parse_relations(meta.get("Depends", "")):
+            name, op, version = alternatives[0]
+            if name.startswith("linux-image-") and name != metapackage:
+                if op == "=":
+                    return Package(name, version, meta.get("Architecture", self.deb_arch))
+                return self._package(self.candidates([name])[name])
+        raise ImageError(
+            f"{metapackage} {meta.get('Version', '')} depends on no linux-image package"
+        )
+
+    # ------------------------------------------------------------------ fetch
+
+    def download(self, packages: Iterable[Package], into: Path) -> dict[Package, Path]:
+        """The ``.deb`` of each package in ``into``, downloading the ones not there yet.
+
+        Downloads land in a temporary directory first and are renamed into place, so a
+        killed download never leaves a truncated ``.deb`` behind to be trusted later.
+        """
+        into.mkdir(parents=True, exist_ok=True)
+        wanted = {p: into / p.filename for p in packages}
+        todo = [p for p, path in wanted.items() if not path.is_file()]
+        if todo:
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=into) as tmp:
+                self._call(["apt-get", "download", *(p.spec for p in todo)], cwd=Path(tmp),
+                           what="apt-get download")
+                got = {_parse_filename(f.name): f for f in Path(tmp).glob("*.deb")}
+                for p in todo:
+                    src = got.get((p.name, p.version))
+                    if src is None:
+                        raise ImageError(f"apt-get download did not fetch {p.filename}")
+                    os.replace(src, wanted[p])
+        return wanted
+
+    def unpack(self, deb: Path, root: Path) -> None:
+        """``dpkg -x``: the package's files under ``root``, no maintainer script run."""
+        self._call(["dpkg", "-x", str(deb), str(root)], what=f"dpkg -x {deb.name}")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _qualified(self, name: str) -> str:
+        return f"{name}:{self.deb_arch}"
+
+    def _package(self, stanza: dict[str, str]) -> Package:
+        return Package(stanza["Package"], stanza["Version"], stanza.get("Architecture", ""))
+
+    def _run(self, argv: list[str]) -> str:
+        return self._call(argv).stdout
+
+    def _call(
+        self, argv: list[str], cwd: Path | None = None, what: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            proc = subprocess.run(
+                argv, cwd=cwd, env=env, capture_output=True, text=True,
+                timeout=_TIMEOUT, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ImageError(
+                f"{what or argv[0]} took longer than {_TIMEOUT:.0f} s: is the Debian "
+                "archive reachable?"
+            ) from None
+        except OSError as exc:
+            raise ImageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        if proc.returncode != 0 and what is not None:
+            raise ImageError(f"{what} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}")
+        if proc.returncode != 0 and argv[0] != "apt-cache":
+            raise ImageError(f"{' '.join(argv[:2])} failed: {_reason(proc.stderr)}")
+        return proc
+
+
+def parse_config(dump: str) -> dict[str, list[str]]:
+    """``apt-config dump`` -> {key: [values]} (list items repeat ``KEY::``)."""
+    config: dict[str, list[str]] = {}
+    for line in dump.splitlines():
+        key, _, value = line.partition(" ")
+        value = value.strip().removesuffix(";").strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            config.setdefault(key, []).append(value[1:-1])
+    return config
+
+
+def apt_state(paths: Sequence[str]) -> str | None:
+    """A digest of the files and directories in ``paths`` (names, sizes and mtimes, no
+    contents; apt's ``partial`` download directories left out); None if there are none."""
+    h = hashlib.sha256()
+    found = False
+    for top in paths:
+        for dirpath, dirnames, filenames in os.walk(top) if os.path.isdir(top) else [
+            (os.path.dirname(top), [], [os.path.basename(top)])
+        ]:
+            dirnames[:] = sorted(d for d in dirnames if d != "partial")
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                found = True
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest() if found else None
+
+
+def _parse_filename(name: str) -> tuple[str, str]:
+    """``name_version_arch.deb`` -> (name, version), undoing apt's quoting of the epoch."""
+    parts = name.removesuffix(".deb").split("_")
+    return (parts[0], unquote(parts[1])) if len(parts) == 3 else (name, "")
+
+
+def _reason(stderr: str) -> str:
+    """The line of apt's stderr that says what went wrong (its first ``E:``)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("E:").strip() for ln in lines if ln.startswith("E:")]
+    return (errors or lines or ["no reason given"])[0]
+
+
+def _hint(stderr: str) -> str:
+    if re.search(r"Temporary failure resolving|Could not (connect|resolve)|timed out|"
+                 r"Network is unreachable", stderr):
+        return " (the Debian archive is unreachable: check the network or apt's proxy)"
+    if re.search(r"404|Unable to locate|Can't find a source|No packages found", stderr):
+        return " (apt's package lists are out of date: run 'apt-get update')"
+    return ""

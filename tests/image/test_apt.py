@@ -1,0 +1,245 @@
+"""apt without installing: deb822 parsing, exact versions, and every failure as one line
+naming what to run.  apt and dpkg are replaced by small scripts on PATH here; the real
+ones are used by tests/image/test_image_build.py."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cpuplug.image.apt import (
+    Apt,
+    AptUnavailable,
+    Package,
+    apt_state,
+    parse_config,
+    parse_relations,
+    parse_stanzas,
+)
+from cpuplug.image.errors import ImageError
+
+SHOW = """\
+Package: linux-image-cloud-amd64
+Version: 6.1.192-3
+Architecture: amd64
+Depends: linux-image-6.1.0-57-cloud-amd64 (= 6.1.192-3)
+Description: Linux for x86-64 cloud (meta-package)
+ This package depends on the latest Linux kernel
+ for cloud platforms.
+
+Package: busybox-static
+Version: 1:1.35.0-4+deb12u1+b1
+Architecture: amd64
+
+Package: zlib1g
+Version: 1:1.2.13.dfsg-1+deb12u1
+Architecture: amd64
+"""
+
+
+def test_stanzas_join_continuation_lines() -> None:
+    stanzas = parse_stanzas(SHOW)
+    assert [s["Package"] for s in stanzas] == [
+        "linux-image-cloud-amd64", "busybox-static", "zlib1g"]
+    assert stanzas[0]["Description"].endswith("for cloud platforms.")
+
+
+def test_relations() -> None:
+    field = "libc6 (>= 2.35), libpython3.11-minimal (= 3.11.2-6), media-types | mime-support, x:any"
+    assert parse_relations(field) == [
+        [("libc6", ">=", "2.35")],
+        [("libpython3.11-minimal", "=", "3.11.2-6")],
+        [("media-types", "", ""), ("mime-support", "", "")],
+        [("x", "", "")],
+    ]
+
+
+def test_package_names() -> None:
+    p = Package("zlib1g", "1:1.2.13.dfsg-1+deb12u1", "amd64")
+    assert p.spec == "zlib1g:amd64=1:1.2.13.dfsg-1+deb12u1"
+    assert p.filename == "zlib1g_1%3a1.2.13.dfsg-1+deb12u1_amd64.deb"
+    assert Package("tzdata", "2024a", "all").spec == "tzdata=2024a"
+
+
+# ------------------------------------------------------------------ fake apt and dpkg
+
+
+def _fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, foreign: str = "",
+          show: str = SHOW, download: str = "ok") -> Path:
+    """apt-get, apt-cache, apt-config, dpkg and dpkg-deb as shell scripts; PATH holds only them and
+    the system's sh and coreutils."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "show.txt").write_text(show)
+    scripts = {
+        "apt-config": f"""
+            echo 'APT "";'
+            echo 'APT::Architecture "amd64";'
+            echo 'APT::Architectures "";'
+            for a in amd64 {foreign}; do echo "APT::Architectures:: \\"$a\\";"; done""",
+        "dpkg": """
+            if [ "$1" = -x ]; then mkdir -p "$3"; echo unpacked > "$3/$(basename "$2")"; fi
+            """,
+        "dpkg-deb": "exit 0",
+        "apt-cache": f"cat {tmp_path}/show.txt",
+        "apt-get": {
+            "ok": """
+                shift
+                for spec in "$@"; do
+                  name=${spec%%:*}; rest=${spec#*=}
+                  ver=$(printf %s "$rest" | sed 's/:/%3a/g')
+                  echo deb > "${name}_${ver}_amd64.deb"
+                done""",
+            "offline": """
+                url=http://deb.debian.org/x.deb
+                echo "E: Failed to fetch $url  Temporary failure resolving 'deb.debian.org'" >&2
+                exit 100""",
+            "stale": """
+                echo "W: something" >&2
+                echo "E: Failed to fetch http://deb.debian.org/x.deb  404  Not Found" >&2
+                exit 100""",
+        }[download],
+    }
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\n" + textwrap.dedent(body).strip() + "\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return bin_dir
+
+
+def test_resolve_takes_the_kernel_the_metapackage_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(tmp_path, monkeypatch)
+    packages = Apt("amd64").resolve("linux-image-cloud-amd64", ["busybox-static", "zlib1g"])
+    assert packages == [
+        Package("linux-image-6.1.0-57-cloud-amd64", "6.1.192-3", "amd64"),
+        Package("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64"),
+        Package("zlib1g", "1:1.2.13.dfsg-1+deb12u1", "amd64"),
+    ]
+
+
+def test_an_unknown_package_says_to_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake(tmp_path, monkeypatch)
+    with pytest.raises(ImageError) as exc:
+        Apt("amd64").resolve("linux-image-cloud-amd64", ["busybox-static", "nonesuch"])
+    assert str(exc.value) == (
+        "apt knows no amd64 package nonesuch: run 'apt-get update' (images are built from "
+        "Debian 12 bookworm's packages)"
+    )
+
+
+def test_no_apt_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AptUnavailable) as exc:
+        Apt("amd64")
+    assert "apt-get, apt-cache, apt-config, dpkg, dpkg-deb not found" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_foreign_architecture_not_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(tmp_path, monkeypatch)
+    with pytest.raises(ImageError) as exc:
+        Apt("arm64")
+    assert str(exc.value) == (
+        "apt is not configured for arm64 packages: run "
+        "'dpkg --add-architecture arm64 && apt-get update' as root"
+    )
+
+
+def test_foreign_architecture_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake(tmp_path, monkeypatch, foreign="arm64")
+    assert Apt("arm64").deb_arch == "arm64"
+
+
+def test_download_renames_into_place_and_reuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(tmp_path, monkeypatch)
+    apt = Apt("amd64")
+    pkgs = [Package("zlib1g", "1:1.2.13.dfsg-1+deb12u1", "amd64"),
+            Package("busybox-static", "1:1.35", "amd64")]
+    debs = apt.download(pkgs, tmp_path / "debs")
+    assert sorted(p.name for p in debs.values()) == sorted(p.filename for p in pkgs)
+    assert sorted(os.listdir(tmp_path / "debs")) == sorted(p.filename for p in pkgs)
+    # Already there: apt-get is not asked again (a failing one proves it).
+    (tmp_path / "bin" / "apt-get").write_text("#!/bin/sh\nexit 1\n")
+    assert apt.download(pkgs, tmp_path / "debs") == debs
+    apt.unpack(debs[pkgs[0]], tmp_path / "root")
+    assert (tmp_path / "root" / pkgs[0].filename).read_text() == "unpacked\n"
+
+
+@pytest.mark.parametrize(("mode", "hint"), [
+    ("offline", "the Debian archive is unreachable"),
+    ("stale", "apt's package lists are out of date: run 'apt-get update'"),
+])
+def test_download_failures_are_one_line_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, hint: str
+) -> None:
+    _fake(tmp_path, monkeypatch, download=mode)
+    with pytest.raises(ImageError) as exc:
+        Apt("amd64").download([Package("zlib1g", "1", "amd64")], tmp_path / "debs")
+    message = str(exc.value)
+    assert message.startswith("apt-get download failed: Failed to fetch")
+    assert hint in message and "\n" not in message
+    assert not list((tmp_path / "debs").glob("*.deb"))
+
+
+def test_resolution_is_remembered_until_apts_state_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(tmp_path, monkeypatch)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "Packages").write_text("a")
+    monkeypatch.setattr(Apt, "state_paths", lambda self: [str(lists)])
+    memo = tmp_path / "memo" / "amd64.json"
+    apt = Apt("amd64")
+    first = apt.resolve_memo("linux-image-cloud-amd64", ["zlib1g"], memo)
+    assert memo.is_file()
+    (tmp_path / "show.txt").write_text(SHOW.replace("1:1.2.13.dfsg-1+deb12u1", "9:9"))
+    assert apt.resolve_memo("linux-image-cloud-amd64", ["zlib1g"], memo) == first
+    # A different question is not answered from the memo.
+    assert apt.resolve_memo("linux-image-cloud-amd64", ["busybox-static"], memo)[1].name == (
+        "busybox-static")
+    # apt update changed the lists: asked again.
+    (lists / "Packages").write_text("b, longer")
+    assert apt.resolve_memo("linux-image-cloud-amd64", ["zlib1g"], memo)[1].version == "9:9"
+
+
+def test_state_paths_follow_apts_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake(tmp_path, monkeypatch)
+    monkeypatch.delenv("APT_CONFIG", raising=False)
+    assert Apt("amd64").state_paths() == [
+        "/var/lib/apt/lists/", "/var/lib/dpkg/status", "/var/lib/dpkg/arch", "/etc/apt"]
+    config = parse_config(
+        'Dir "/";\nDir::State "/tmp/x/state";\nDir::State::lists "lists/";\n'
+        'Dir::State::status "/var/lib/dpkg/status";\nAPT::Architectures:: "amd64";\n'
+        'APT::Architectures:: "arm64";\nAPT::Architectures "";\n'
+    )
+    assert config["APT::Architectures::"] == ["amd64", "arm64"]
+    monkeypatch.setenv("APT_CONFIG", "/tmp/x/apt.conf")
+    apt = Apt("amd64")
+    apt.config = config
+    assert apt.state_paths() == ["/tmp/x/state/lists/", "/var/lib/dpkg/status",
+                                 "/var/lib/dpkg/arch", "/etc/apt", "/tmp/x/apt.conf"]
+
+
+def test_apt_state_sees_new_and_changed_files(tmp_path: Path) -> None:
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "a").write_text("1")
+    before = apt_state((str(tmp_path),))
+    (tmp_path / "partial" / "x").write_text("downloading")  # ignored, as apt's own temp
+    assert apt_state((str(tmp_path),)) == before
+    os.utime(tmp_path / "a", (time.time() + 10, time.time() + 10))
+    assert apt_state((str(tmp_path),)) != before
+    assert apt_state((str(tmp_path / "nothing"),)) is None
