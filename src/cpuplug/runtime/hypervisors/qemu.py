@@ -213,6 +213,9 @@ class QemuBackend:
             "-serial", f"file:{_opt(spec.sandbox_dir / 'console.log')}",
             "-qmp", f"unix:{_opt(spec.qmp_path)},server=on,wait=off",
             "-chardev", f"socket,id=agent,path={_opt(guest_chardev)},server=on,wait=off",
+            # entropy: without it every python3 start in the guest waits for the
+            # kernel's random pool (2 s under TCG; docs/image.md)
+            "-device", "virtio-rng-pci",
             "-device", "virtio-serial-pci,id=vser0",
             "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}",
         ]  # fmt: skip
