@@ -55,6 +55,10 @@ def test_inspect_names_a_real_qemu_and_its_accelerator(web: Cli) -> None:
     exe = os.readlink(f"/proc/{vmm['qemu_pid']}/exe")
     assert Path(exe).name.startswith("qemu-system-"), exe
     assert web.ok("exec", "web", "--", "uname", "-r").stdout.strip() == vmm["kernel_version"]
+    caps = vmm["capabilities"]
+    assert caps["hot_add"] and "INSERT_OST" in caps["completion"]
+    if vmm["qemu_version"].startswith("7."):  # no plug after an unplug: offline instead
+        assert not caps["replug"] and caps["shrink"].startswith("offline")
 
 
 def test_real_programs_run_with_their_exit_codes_and_output(web: Cli) -> None:

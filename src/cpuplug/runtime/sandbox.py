@@ -36,6 +36,8 @@ from cpuplug.runtime.agent_client import AgentClient, wait_for_agent
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.hypervisor import (
     Backend,
+    Capabilities,
+    Completion,
     Hypervisor,
     HypervisorKind,
     VmmRunState,
@@ -813,6 +815,16 @@ class Runtime:
                 with contextlib.suppress(CpuplugError):
                     info.vmm = self.backend_of(st).describe(self.spec(st))
                 info.reconciled = self._reconcile(session, st)
+                caps = session.hv.capabilities()
+                info.vmm["capabilities"] = {
+                    "hot_add": caps.hot_add,
+                    "hot_remove": caps.hot_remove,
+                    "replug": caps.replug,
+                    "max_plugs": caps.max_plugs,
+                    "plugs_used": st.plugs_used,
+                    "completion": [c.name for c in Completion if c in caps.completion],
+                    "shrink": _shrink_policy(caps, st),
+                }
                 threads = session.hv.vcpu_threads()
                 details = session.agent.guest_details()
                 info.guest = details
@@ -946,6 +958,24 @@ class Runtime:
         be = self.backend_of(st)
         if not process.terminate(ident, lambda: be.request_quit(qmp_path)):
             raise SandboxError(f"sandbox {st.name}: its VMM (pid {ident.pid}) did not exit")
+
+
+def _shrink_policy(caps: Capabilities, st: SandboxState) -> str:
+    """How a shrink of this sandbox is done now, and why (``inspect``)."""
+    if not caps.hot_remove:
+        return "offline in the guest (this VMM cannot hot-remove vCPUs)"
+    if not caps.replug:
+        return (
+            "offline in the guest, vCPUs kept plugged "
+            "(this VMM cannot plug again after an unplug)"
+        )
+    if caps.max_plugs is not None:
+        left = caps.max_plugs - st.plugs_used
+        return (
+            f"unplug while the plugs left ({left} of {caps.max_plugs}) cover every free slot, "
+            "else offline in the guest"
+        )
+    return "unplug (device_del)"
 
 
 def _online(details: dict[str, Any]) -> list[int]:
