@@ -295,3 +295,28 @@ def test_qa_config_non_finite_huge_and_wrong_sections_are_refused(text: str, mat
 
 def test_qa_remove_timeout_cap_is_inclusive() -> None:
     assert parse_config("remove_timeout = 3600").remove_timeout == 3600.0
+
+
+def test_config_selects_and_configures_the_qemu_hypervisor() -> None:
+    """``hypervisor`` at the top level or under [runtime]; Kata's [hypervisor.qemu] keys."""
+    assert parse_config('hypervisor = "qemu"\n').hypervisor == "qemu"
+    cfg = parse_config(
+        '[runtime]\nhypervisor = "qemu"\n[hypervisor.qemu]\npath = "/opt/q"\n'
+        'kernel = "/k"\ninitrd = "/i"\ndefault_memory = 1024\narch = "aarch64"\n'
+    )
+    assert (cfg.hypervisor, cfg.qemu_path, cfg.default_memory, cfg.arch) == (
+        "qemu", "/opt/q", 1024, "aarch64"
+    )
+    assert cfg.vm_options() == {
+        "memory": "1024", "qemu": "/opt/q", "kernel": "/k", "initrd": "/i", "arch": "aarch64"
+    }
+    assert parse_config("").hypervisor == "builtin"
+    for bad, why in [
+        ('hypervisor = "xen"\n', "hypervisor must be one of builtin, qemu"),
+        ("[hypervisor.qemu]\ndefault_memory = 8\n", "default_memory must be 64..1048576"),
+        ('[hypervisor.qemu]\narch = "mips"\n', "arch must be one of x86_64, aarch64"),
+        ('[hypervisor.qemu]\npath = ""\n', "qemu_path must be a non-empty string"),
+        ("start_timeout = 0\n", "start_timeout must be > 0"),
+    ]:
+        with pytest.raises(UsageError, match=why):
+            parse_config(bad)

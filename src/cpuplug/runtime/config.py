@@ -172,7 +172,7 @@ def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
         raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, val in doc.items():
-        if isinstance(val, dict) or key in _SECTION_ROOTS:
+        if isinstance(val, dict):
             continue  # sections are read (and type-checked) below
         if key not in _KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}")
@@ -181,6 +181,8 @@ def parse_config(text: str, source: str = "<config>") -> RuntimeConfig:
         section: Any = doc
         for depth, part in enumerate(path, 1):
             section = section.get(part) if isinstance(section, dict) else None
+            if depth == 1 and part in _KEYS and isinstance(section, str):
+                section = None  # `hypervisor = "qemu"`: the key, not Kata's table
             if section is not None and not isinstance(section, dict):
                 # A Kata section that is not a table would silently drop its keys.
                 raise ConfigError(
