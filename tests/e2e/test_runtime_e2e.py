@@ -75,7 +75,7 @@ def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
     assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2]
     threads = {v["vcpu"]: v["thread_id"] for v in info["vcpus"] if v["plugged"]}
     assert set(threads) == {0, 1, 2} and set(threads.values()) <= vmm_threads(pid)
-    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "200000 100000"
+    assert cli.cat("b1", "/sys/fs/cgroup/cpu.max") == "200000 100000"
 
     up = cli.ok("update", "--cpus", "4", "b1")
     assert "vCPUs 3 -> 5" in up.stdout
@@ -90,12 +90,12 @@ def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
     assert "vCPUs 5 -> 3" in down.stdout and "removed 4,3" in down.stdout
     assert cli.nproc("b1") == 3
     assert not removed_tids & vmm_threads(pid), "the removed vCPUs' host threads must be gone"
-    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "150000 100000"
+    assert cli.cat("b1", "/sys/fs/cgroup/cpu.max") == "150000 100000"
 
     same = cli.ok("update", "--cpus", "1.2", "b1")
     assert "unchanged at 3" in same.stdout
     assert cli.inspect("b1")["history"][-1]["qmp"] == [], "quota-only: no QMP traffic"
-    assert cli.cat("b1", "/sys/fs/cgroup/b1/cpu.max") == "120000 100000"
+    assert cli.cat("b1", "/sys/fs/cgroup/cpu.max") == "120000 100000"
     assert cli.nproc("b1") == 3
 
     big = cli.ok("update", "--cpus", "100", "b1")
@@ -160,7 +160,7 @@ def test_update_killed_between_device_add_and_online_is_reconciled(cli: Cli) -> 
     assert info["reconciled"] is True and info["pending"] is None
     assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2]
     assert cli.nproc("k") == 3
-    assert cli.cat("k", "/sys/fs/cgroup/k/cpuset.cpus") == "0-2"
+    assert cli.cat("k", "/sys/fs/cgroup/cpuset.cpus") == "0-2"
     # and the next update starts from the reconciled truth
     assert "vCPUs 3 -> 4" in cli.ok("update", "--cpus", "3", "k").stdout
 
@@ -221,7 +221,7 @@ def test_bundle_and_static_config(cli: Cli, tmp_path: Path) -> None:
     )
     cli.ok("run", "--name", "oci", "--max-cpus", "4", "--bundle", str(bundle))
     assert cli.nproc("oci") == 3
-    assert cli.cat("oci", "/sys/fs/cgroup/oci/cpu.max") == "150000 100000"
+    assert cli.cat("oci", "/sys/fs/cgroup/cpu.max") == "150000 100000"
 
     cfg = tmp_path / "static.toml"
     cfg.write_text("[runtime]\nstatic_sandbox_resource_mgmt = true\n")
@@ -243,7 +243,7 @@ def test_bundle_and_static_config(cli: Cli, tmp_path: Path) -> None:
     assert info["config"]["maxcpus"] == 3 and cli.nproc("st") == 3
     up = cli.ok("update", "--cpus", "6", "st")
     assert "unchanged at 3" in up.stdout and "static" in up.stderr
-    assert cli.cat("st", "/sys/fs/cgroup/st/cpu.max") == "600000 100000"
+    assert cli.cat("st", "/sys/fs/cgroup/cpu.max") == "600000 100000"
 
 
 def test_events_history_and_follow(cli: Cli) -> None:
@@ -310,13 +310,13 @@ def test_kata_historical_cpuset_update_bugs(cli: Cli) -> None:
     assert "vCPUs 1 -> 2" in cli.ok("update", "--cpuset-cpus", "1", "h").stdout
     # D3: the container is confined to the cpuset it asked for (the VM grew by its size)
     assert cli.nproc("h") == 1
-    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "1"
+    assert cli.cat("h", "/sys/fs/cgroup/cpuset.cpus") == "1"
     assert "vCPUs 2 -> 4" in cli.ok("update", "--cpuset-cpus", "0-2", "h").stdout
     assert cli.nproc("h") == 3
     cli.ok("update", "--cpuset-cpus", "0", "h")
     assert cli.nproc("h") == 1
-    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0"
+    assert cli.cat("h", "/sys/fs/cgroup/cpuset.cpus") == "0"
     bad = cli("update", "--cpuset-cpus", "0-", "h")
     assert bad.returncode == 2
     assert "vCPUs 2 -> 3" in cli.ok("update", "--cpus", "2", "h").stdout  # quota wins
-    assert cli.cat("h", "/sys/fs/cgroup/h/cpuset.cpus") == "0"  # the cpuset stays
+    assert cli.cat("h", "/sys/fs/cgroup/cpuset.cpus") == "0"  # the cpuset stays

@@ -421,8 +421,8 @@ def test_d2_update_killed_after_device_add_is_finished_by_the_next_command(cli: 
     assert info["reconciled"] is True and info["pending"] is None
     assert [v["vcpu"] for v in info["vcpus"] if v["online"]] == [0, 1, 2, 3]
     assert info["containers"][0]["quota"] == 300000
-    assert cli.cat("k", "/sys/fs/cgroup/k/cpu.max") == "300000 100000"
-    assert cli.cat("k", "/sys/fs/cgroup/k/cpuset.cpus") == "0-3"
+    assert cli.cat("k", "/sys/fs/cgroup/cpu.max") == "300000 100000"
+    assert cli.cat("k", "/sys/fs/cgroup/cpuset.cpus") == "0-3"
     assert cli.nproc("k") == 4
 
 

@@ -21,6 +21,31 @@ What Linux gives a container, modelled on ``/sys/fs/cgroup``:
 
 The cgroup root has no ``cpu.max`` and no ``cpuset.cpus`` (as in v2).
 
+Cgroup namespaces
+-----------------
+A task's ``cgroup_ns`` (:mod:`cpuplug.guest.sched`) is the root of its cgroup
+namespace: the container's cgroup for a container's init and every exec in it,
+``None`` (the init namespace) for the agent and the kernel. As in a container whose
+init unshared a cgroup namespace and mounted cgroup2 again (docs/guest.md), such a
+task sees, through :meth:`CgroupTree.view_for`:
+
+* ``/sys/fs/cgroup`` rooted at its namespace root: its own ``cpu.max``,
+  ``cpuset.cpus``, ``cpuset.cpus.effective``, ``cgroup.procs``, ``cpu.stat`` at the
+  top, its children below; the root and its siblings have no path (``ENOENT``);
+  ``rmdir /sys/fs/cgroup`` is ``EBUSY`` (a mount point).
+* ``/proc/self/cgroup`` as ``0::/`` (its cgroup relative to its namespace root;
+  ``0::/<id>`` for the same task read from the init namespace's view of it).
+
+Writes follow cgroup v2 mounted with ``nsdelegate`` (what systemd mounts, so what a
+container on a systemd host lives under): from inside a namespace the namespace
+root's own control files are the delegator's, so writing its ``cpu.max`` or
+``cpuset.cpus`` is ``EPERM`` (``cgroup_file_write``) — a container cannot lift the
+limit the runtime gave it — while its children's stay writable (delegation);
+``cgroup.procs`` is writable but moving a task from or to a cgroup outside the
+namespace is ``ENOENT`` (``cgroup_procs_write_permission``). The writer is the task
+whose slice runs the write (:func:`cpuplug.guest.sched.current_task`, Linux's
+``current``); a thread that runs no task is the init namespace and unrestricted.
+
 Knowingly different from Linux: the cpu and cpuset controllers are always on
 in every group (there is no ``cgroup.subtree_control`` to enable them), tasks
 may live in inner groups (no "no internal processes" rule), and ``cpu.stat``
@@ -54,11 +79,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cpuplug.agent_protocol import CpuListError, format_cpu_list, parse_cpu_list
-from cpuplug.guest.sched import Scheduler, Task
-from cpuplug.guest.vfs import GuestOSError, Vfs, normpath
+from cpuplug.guest.sched import Scheduler, Task, current_task
+from cpuplug.guest.vfs import BindMount, GuestOSError, Vfs, VfsView, normpath
 
 __all__ = [
     "CGROUP_ROOT",
+    "PROC_SELF_CGROUP",
     "CfsBandwidth",
     "Cgroup",
     "CgroupTree",
@@ -68,6 +94,7 @@ __all__ = [
 ]
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+PROC_SELF_CGROUP = "/proc/self/cgroup"
 
 MIN_PERIOD_US = 1000  # min_cfs_quota_period: 1 ms
 MAX_PERIOD_US = 1_000_000  # max_cfs_quota_period: 1 s
@@ -310,6 +337,30 @@ class Cgroup:
         rel = self.path[len(CGROUP_ROOT) :]
         return rel or "/"
 
+    def is_within(self, ancestor: Cgroup) -> bool:
+        """``ancestor`` is this group or one of its ancestors (``cgroup_is_descendant``)."""
+        node: Cgroup | None = self
+        while node is not None:
+            if node is ancestor:
+                return True
+            node = node.parent
+        return False
+
+    def path_from(self, ns: Cgroup | None) -> str:
+        """This group's path as a task in namespace ``ns`` names it (``cgroup_path_ns``).
+
+        ``/`` for the namespace root itself; a group outside the namespace is reached
+        with ``..`` from its root, as Linux prints it in ``/proc/<pid>/cgroup``.
+        """
+        if ns is None:
+            return self.name
+        mine = [p for p in self.path[len(CGROUP_ROOT) :].split("/") if p]
+        theirs = [p for p in ns.path[len(CGROUP_ROOT) :].split("/") if p]
+        common = 0
+        while common < min(len(mine), len(theirs)) and mine[common] == theirs[common]:
+            common += 1
+        return "/" + "/".join([".."] * (len(theirs) - common) + mine[common:])
+
     def cpus_allowed(self) -> frozenset[int] | None:
         """The effective cpuset, or ``None`` if no group up to the root restricts CPUs."""
         node: Cgroup | None = self
@@ -399,6 +450,7 @@ class CgroupTree:
         vfs.register_dir(CGROUP_ROOT)
         self._register_files(self.root)
         vfs.set_dir_ops(CGROUP_ROOT, self._mkdir_hook, self._rmdir_hook)
+        vfs.register(PROC_SELF_CGROUP, self._read_self_cgroup)
 
     def attach_scheduler(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -407,6 +459,49 @@ class CgroupTree:
         """Tell the scheduler a cpuset or limit changed, so idle CPUs re-check."""
         if self.scheduler is not None:
             self.scheduler.reschedule()
+
+    # ---------------------------------------------------------- namespaces
+
+    def namespace_of(self, task: Task | None) -> Cgroup | None:
+        """The root of ``task``'s cgroup namespace; ``None`` for the init namespace
+        (also for no task: the agent's and the kernel's threads)."""
+        ns = task.cgroup_ns if task is not None else None
+        if ns is None:
+            return None
+        if not isinstance(ns, Cgroup) or ns.tree is not self:
+            # Reading as the init namespace instead would widen the task's view.
+            raise TypeError(f"{task!r}: cgroup namespace {ns!r} is not a group of this tree")
+        return ns
+
+    def view_for(self, task: Task | None) -> VfsView:
+        """The file tree as ``task`` sees it: ``/sys/fs/cgroup`` is its namespace root.
+
+        A namespace root removed since (only the guest root can move a task out of it
+        and remove it) leaves nothing under ``/sys/fs/cgroup``, so a new group that
+        reuses the name does not show through.
+        """
+        ns = self.namespace_of(task)
+        if ns is None:
+            return VfsView(self.vfs)
+        with self._lock:
+            live = self._groups.get(ns.path) is ns
+        return VfsView(self.vfs, BindMount(CGROUP_ROOT, ns.path if live else None))
+
+    def _group_of(self, task: Task) -> Cgroup:
+        """The task's cgroup; a task spawned without one lives in the root, as on Linux."""
+        group = task.group
+        return group if isinstance(group, Cgroup) and group.tree is self else self.root
+
+    def _read_self_cgroup(self) -> str:
+        task = current_task()
+        group = self.root if task is None else self._group_of(task)
+        return f"0::{group.path_from(self.namespace_of(task))}\n"
+
+    def _check_root_file_write(self, group: Cgroup) -> None:
+        """nsdelegate: a namespace root's control files belong to whoever delegated it."""
+        ns = self.namespace_of(current_task())
+        if ns is not None and ns is group:
+            raise GuestOSError(errno.EPERM)
 
     # ---------------------------------------------------------- API
 
@@ -490,13 +585,17 @@ class CgroupTree:
         vfs.register(
             f"{base}/cpuset.cpus",
             lambda: format_cpu_list(group.cpus) + "\n",
-            lambda data: group.set_cpus(self._parse_cpus(data)),
+            lambda data: self._write_cpus(group, data),
         )
         vfs.register(
             f"{base}/cpu.max",
             lambda: self._read_cpu_max(group),
             lambda data: self._write_cpu_max(group, data),
         )
+
+    def _write_cpus(self, group: Cgroup, data: str) -> None:
+        self._check_root_file_write(group)
+        group.set_cpus(self._parse_cpus(data))
 
     def _parse_cpus(self, data: str) -> frozenset[int]:
         try:
@@ -509,8 +608,8 @@ class CgroupTree:
         quota = group.cfs.quota_us
         return f"{'max' if quota is None else quota} {group.cfs.period_us}\n"
 
-    @staticmethod
-    def _write_cpu_max(group: Cgroup, data: str) -> None:
+    def _write_cpu_max(self, group: Cgroup, data: str) -> None:
+        self._check_root_file_write(group)
         quota, period = parse_cpu_max(data, group.cfs.period_us)
         group.set_cpu_max(quota, period)
 
@@ -526,4 +625,7 @@ class CgroupTree:
         task = None if sched is None else next((t for t in sched.tasks() if t.pid == pid), None)
         if task is None:
             raise GuestOSError(errno.ESRCH)
+        ns = self.namespace_of(current_task())
+        if ns is not None and not (self._group_of(task).is_within(ns) and group.is_within(ns)):
+            raise GuestOSError(errno.ENOENT)  # nsdelegate: both ends must be in the namespace
         self.move(task, group)

@@ -8,8 +8,11 @@ CPUs are switched by writing ``cpuN/online``, resources go through the cgroup fi
 programs are :func:`cpuplug.guest.userland.spawn`\\ ed as tasks in the container's
 cgroup. So the agent still reaches the model only the way a guest process would.
 
-The model has no namespaces: ``init`` and exec'd programs run alike, and a task's
-output is always captured (nobody reads the init's).
+A container's init and every exec in it run in the container's cgroup with the
+container's cgroup as their cgroup-namespace root, so inside ``/sys/fs/cgroup`` is the
+container's own cgroup, as the real-Linux agent arranges with ``unshare``/``setns``
+(:mod:`cpuplug.guest.cgroup`). Otherwise ``init`` and exec'd programs run alike, and
+a task's output is always captured (nobody reads the init's).
 """
 
 from __future__ import annotations
@@ -160,9 +163,12 @@ class ModelOS:
     # ------------------------------------------------------------------ processes
 
     def spawn(self, cid: str, argv: Sequence[str], *, init: bool) -> _Task:
-        del init  # no namespaces in the model: the init runs as any other task
+        # The init and every exec share the container's namespace root, the container's
+        # cgroup (Linux: the init unshares there, an exec joins it or unshares there too).
+        del init
+        group = self.kernel.cgroups.get(cid)
         try:
-            return _Task(spawn(self.kernel, argv, self.kernel.cgroups.get(cid)))
+            return _Task(spawn(self.kernel, argv, group, cgroup_ns=group))
         except ProgramNotFound as exc:
             raise agent_os.ProgramNotFound(exc.path) from None
 

@@ -40,6 +40,14 @@ CFS's runtime going negative. Hierarchies are the cgroup module's business:
 ``cpus_allowed`` and ``bandwidth`` of a child must already fold in its
 ancestors.
 
+**Cgroup namespace.** A task also carries ``cgroup_ns``: the root of its cgroup
+namespace (a group, or ``None`` for the init namespace, which sees the whole
+tree). The scheduler never looks at it; it is there so the cgroup and file code
+can answer "what does *this* task see" the way Linux reads ``current``'s
+nsproxy. A task spawned from inside another task inherits its namespace unless
+one is given, as ``fork`` does; from a thread that runs no task (the agent, a
+test) the default is the init namespace.
+
 **Threads.** ``spawn``, ``Task.kill``, ``Task.wait``, ``Completion.set`` and
 ``Completion.wait`` may be called from any thread (vCPU threads, the agent's
 threads, tests). ``Task.wait`` and ``Completion.wait`` block the *calling
@@ -204,11 +212,18 @@ class Task:
     """One schedulable generator. Created by :meth:`Scheduler.spawn`, never directly."""
 
     def __init__(
-        self, sched: Scheduler, pid: int, name: str, body: TaskBody, group: SchedGroup | None
+        self,
+        sched: Scheduler,
+        pid: int,
+        name: str,
+        body: TaskBody,
+        group: SchedGroup | None,
+        cgroup_ns: SchedGroup | None = None,
     ) -> None:
         self.pid = pid
         self.name = name
         self.group = group
+        self.cgroup_ns = cgroup_ns  # root of its cgroup namespace; None = the init one
         self.exit_code: int | None = None
         self.error: BaseException | None = None
         self.cpu: int | None = None  # CPU of the current or last slice
@@ -267,13 +282,24 @@ class Scheduler:
         body: TaskBody | Callable[[], TaskBody],
         group: SchedGroup | None = None,
         name: str = "task",
+        *,
+        cgroup_ns: SchedGroup | None = None,
     ) -> Task:
-        """Start a task: ``body`` is a generator, or a function returning one."""
+        """Start a task: ``body`` is a generator, or a function returning one.
+
+        ``cgroup_ns`` is the root of the task's cgroup namespace; ``None`` inherits
+        the spawning task's (``fork``), or the init namespace when no task is
+        spawning — so a task cannot hand a child a wider view than its own by
+        leaving the argument out.
+        """
         gen = body() if callable(body) and not isinstance(body, Generator) else body
         if not isinstance(gen, Generator):
             raise SchedError(f"task body for {name!r} is not a generator")
+        if cgroup_ns is None:
+            parent = current_task()
+            cgroup_ns = parent.cgroup_ns if parent is not None else None
         with self._lock:
-            task = Task(self, next(self._pids), name, gen, group)
+            task = Task(self, next(self._pids), name, gen, group, cgroup_ns)
             self._tasks[task.pid] = task
             self._runq.append(task)
             target = self._idle_target_locked(task)

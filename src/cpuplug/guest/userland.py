@@ -11,6 +11,9 @@ it does its work in slices and ``yield``\\ s in between, so it runs on the vCPU
 threads of online CPUs inside its cgroup's cpuset, and a blocked program
 (``sleep``) holds no CPU. Programs see the kernel only through the file tree,
 the scheduler and the cgroup tree (:class:`Os`), like a process sees syscalls.
+Paths resolve for the calling task (:attr:`Proc.fs`): inside a container's cgroup
+namespace ``/sys/fs/cgroup`` is the container's own cgroup and ``/proc/self/cgroup``
+says ``0::/``, as in a container on Linux (:mod:`cpuplug.guest.cgroup`).
 
 ``sh`` understands ``;``, ``&&``, ``||``, ``>`` and ``>>`` (no pipes, no
 variables). As on sysfs, a redirection cannot create a file, and the command's
@@ -39,7 +42,7 @@ from typing import Protocol
 from cpuplug.agent_protocol import format_cpu_list
 from cpuplug.guest.cgroup import Cgroup, CgroupTree, is_decimal
 from cpuplug.guest.sched import Request, Scheduler, Sleep, Task, WaitFor, current_task
-from cpuplug.guest.vfs import GuestOSError, Vfs, normpath
+from cpuplug.guest.vfs import GuestOSError, Vfs, VfsView, normpath
 
 __all__ = [
     "PROGRAMS",
@@ -122,8 +125,18 @@ class Proc:
         task = current_task()
         return task.pid if task is not None else 0
 
+    @property
+    def fs(self) -> VfsView:
+        """The file tree as the running task sees it (its cgroup namespace's mount).
+
+        Asked on every use, from the task whose slice runs it, because that is whose
+        namespace a path lookup happens in on Linux (``current``), and a namespace
+        root that went away must stop resolving at once.
+        """
+        return self.os.cgroups.view_for(current_task())
+
     def path(self, arg: str) -> str:
-        """``arg`` made absolute against the working directory."""
+        """``arg`` made absolute against the working directory (a path in :attr:`fs`)."""
         return normpath(arg if arg.startswith("/") else f"{self.cwd.rstrip('/')}/{arg}")
 
     def err(self, line: str) -> None:
@@ -167,7 +180,7 @@ def _cat(p: Proc, args: list[str]) -> Body:
         p.stdout.write(p.stdin)
     for arg in args:
         try:
-            p.stdout.write(p.os.vfs.read(p.path(arg)))
+            p.stdout.write(p.fs.read(p.path(arg)))
         except GuestOSError as exc:
             p.err(f"cat: {arg}: {exc.strerror}")
             status = 1
@@ -178,7 +191,7 @@ def _cat(p: Proc, args: list[str]) -> Body:
 def _ls(p: Proc, args: list[str]) -> Body:
     paths = [a for a in args if not a.startswith("-")] or ["."]
     status = 0
-    vfs = p.os.vfs
+    vfs = p.fs
     dirs: list[str] = []
     for arg in paths:
         full = p.path(arg)
@@ -245,12 +258,12 @@ def _sleep(p: Proc, args: list[str]) -> Body:
 
 
 def _mkdir(p: Proc, args: list[str]) -> Body:
-    return _each_dir(p, args, "mkdir", p.os.vfs.mkdir, "cannot create directory")
+    return _each_dir(p, args, "mkdir", p.fs.mkdir, "cannot create directory")
     yield
 
 
 def _rmdir(p: Proc, args: list[str]) -> Body:
-    return _each_dir(p, args, "rmdir", p.os.vfs.rmdir, "failed to remove")
+    return _each_dir(p, args, "rmdir", p.fs.rmdir, "failed to remove")
     yield
 
 
@@ -405,7 +418,7 @@ def _run_command(p: Proc, cmd: _Command) -> Body:
     target: str | None = None
     if cmd.redirect is not None:
         target = p.path(cmd.redirect[1])
-        vfs = p.os.vfs
+        vfs = p.fs
         if vfs.is_dir(target):
             reason = "Is a directory"
         elif vfs.exists(target):
@@ -427,7 +440,7 @@ def _run_command(p: Proc, cmd: _Command) -> Body:
     data = captured.getvalue()
     if data:
         try:
-            p.os.vfs.write(target, data)
+            p.fs.write(target, data)
         except GuestOSError as exc:
             p.err(f"sh: 1: {name}: write error: {exc.strerror}")
             return 1
@@ -513,8 +526,14 @@ def spawn(
     group: Cgroup | None = None,
     *,
     stdin: str = "",
+    cgroup_ns: Cgroup | None = None,
 ) -> Process:
-    """Start ``argv`` as a task in ``group``; :class:`ProgramNotFound` if no such program."""
+    """Start ``argv`` as a task in ``group``; :class:`ProgramNotFound` if no such program.
+
+    ``cgroup_ns`` roots the task's cgroup namespace (a container's cgroup: what it sees
+    at ``/sys/fs/cgroup``); ``None`` inherits the caller's, the init namespace from a
+    thread that runs no task (:meth:`cpuplug.guest.sched.Scheduler.spawn`).
+    """
     if not argv:
         raise GuestOSError(errno.EINVAL, "argv")
     name = argv[0].rpartition("/")[2]
@@ -522,5 +541,7 @@ def spawn(
     if program is None:
         raise ProgramNotFound(argv[0])
     proc = Proc(kernel, group, Output(), Output(), stdin=stdin, name=name)
-    task = kernel.sched.spawn(_main(program, proc, list(argv[1:])), group=group, name=name)
+    task = kernel.sched.spawn(
+        _main(program, proc, list(argv[1:])), group=group, name=name, cgroup_ns=cgroup_ns
+    )
     return Process(argv, task, proc)

@@ -19,6 +19,9 @@ Contract for the rest of the guest
 * ``Vfs.set_dir_ops(path, mkdir, rmdir)`` — directories at or below ``path``
   accept ``mkdir``/``rmdir`` (cgroupfs); elsewhere ``mkdir`` is ``EPERM`` as on
   sysfs. The hooks get the normalised path and do the registering themselves.
+* ``VfsView(vfs, BindMount(point, source))`` — the tree as a process in a mount
+  namespace of its own sees it: directory ``point`` shows the tree's ``source``.
+  Same user-side methods as ``Vfs``; paths in errors are the caller's.
 * Written data is passed verbatim (``echo 1 >`` writes ``"1\\n"``); callbacks
   strip it, as sysfs ``store`` functions do.
 
@@ -32,10 +35,22 @@ import errno as _errno
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cpuplug.errors import CpuplugError
 
-__all__ = ["GuestOSError", "ReadFn", "Vfs", "WriteFn", "normpath", "strerror"]
+__all__ = [
+    "BindMount",
+    "GuestOSError",
+    "ReadFn",
+    "Vfs",
+    "VfsView",
+    "WriteFn",
+    "normpath",
+    "strerror",
+]
+
+_T = TypeVar("_T")
 
 ReadFn = Callable[[], str]
 WriteFn = Callable[[str], None]
@@ -297,6 +312,112 @@ class Vfs:
             if isinstance(node, _Dir) and getattr(node, which) is not None:
                 found = getattr(node, which)
         return found
+
+
+def _under(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or inside it (both normalised, ``directory`` not ``/``)."""
+    return path == directory or path.startswith(directory + "/")
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """At ``point`` the tree's directory ``source`` shows (``mount --bind source point``).
+
+    ``source=None`` is a mount whose directory has been removed since: every path at
+    or below ``point`` is ``ENOENT`` (Linux shows an empty, deleted directory; nothing
+    in the model lists it, and what matters is that a new directory created under the
+    old name does not show through).
+    """
+
+    point: str
+    source: str | None
+
+    def __post_init__(self) -> None:
+        for what, path in (("point", self.point), ("source", self.source)):
+            if path is not None and (normpath(path) != path or path == "/"):
+                raise ValueError(f"mount {what} must be a normalised path below /: {path!r}")
+
+
+class VfsView:
+    """The tree as one process sees it, through at most one :class:`BindMount`.
+
+    Why a view and not a second tree: the files are the kernel's (one ``cpu.max``
+    per cgroup, whoever reads it); what differs between processes is only which
+    path names which file. A container's cgroup namespace comes with its own cgroup2
+    mount on ``/sys/fs/cgroup`` rooted at the container's cgroup, so inside it
+    ``/sys/fs/cgroup/cpu.max`` is the tree's ``/sys/fs/cgroup/<id>/cpu.max`` and the
+    rest of the cgroup tree has no name at all. The view translates the caller's
+    paths, reports the caller's path in every error (the tree path would name a
+    directory the caller cannot see), and refuses ``rmdir`` of the mount point with
+    ``EBUSY``, as Linux refuses removing any mount point. ``..`` is resolved in the
+    caller's path first, so it leaves the mount at ``point``'s parent, as on Linux.
+
+    Without a mount the view is the tree itself (the guest root's view).
+    """
+
+    def __init__(self, vfs: Vfs, mount: BindMount | None = None) -> None:
+        self.vfs = vfs
+        self.mount = mount
+
+    def resolve(self, path: str) -> str:
+        """The tree path the caller's ``path`` names (``ENOENT`` under a removed mount)."""
+        view = normpath(path)
+        m = self.mount
+        if m is None or not _under(view, m.point):
+            return view
+        if m.source is None:
+            raise GuestOSError(_errno.ENOENT, view)
+        return m.source + view[len(m.point) :]
+
+    def read(self, path: str) -> str:
+        return self._do(path, self.vfs.read)
+
+    def write(self, path: str, data: str) -> None:
+        self._do(path, lambda tree: self.vfs.write(tree, data))
+
+    def listdir(self, path: str) -> list[str]:
+        return self._do(path, self.vfs.listdir)
+
+    def exists(self, path: str) -> bool:
+        return self._test(path, self.vfs.exists)
+
+    def is_dir(self, path: str) -> bool:
+        return self._test(path, self.vfs.is_dir)
+
+    def is_writable(self, path: str) -> bool:
+        return self._test(path, self.vfs.is_writable)
+
+    def mkdir(self, path: str) -> None:
+        self._do(path, self.vfs.mkdir)
+
+    def rmdir(self, path: str) -> None:
+        if self.mount is not None and normpath(path) == self.mount.point:
+            raise GuestOSError(_errno.EBUSY, self.mount.point)
+        self._do(path, self.vfs.rmdir)
+
+    def _do(self, path: str, op: Callable[[str], _T]) -> _T:
+        tree = self.resolve(path)
+        try:
+            return op(tree)
+        except GuestOSError as exc:
+            raise self._repath(exc) from None
+
+    def _test(self, path: str, op: Callable[[str], bool]) -> bool:
+        try:
+            tree = self.resolve(path)
+        except GuestOSError:
+            return False
+        return op(tree)
+
+    def _repath(self, exc: GuestOSError) -> GuestOSError:
+        """``exc`` naming the caller's path for a tree path inside the mount's source."""
+        m = self.mount
+        if m is None or m.source is None or not exc.path.startswith("/"):
+            return exc
+        tree = normpath(exc.path)
+        if not _under(tree, m.source):
+            return exc
+        return GuestOSError(exc.errno, m.point + tree[len(m.source) :])
 
 
 def _run_hook(hook: DirHook | None, path: str) -> None:
