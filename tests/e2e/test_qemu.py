@@ -73,6 +73,11 @@ def test_the_container_sees_its_own_cgroup_limit(web: Cli) -> None:
     """A cgroup namespace: ``/sys/fs/cgroup/cpu.max`` inside is the container's own."""
     assert web.cat("web", "/sys/fs/cgroup/cpu.max") == "100000 100000"
     assert web.nproc("web") == 2
+    assert web.cat("web", "/proc/self/cgroup") == "0::/"
+    # nsdelegate, as systemd mounts cgroup2: the container cannot lift its own limit
+    lift = web("exec", "web", "--", "sh", "-c", "echo max > /sys/fs/cgroup/cpu.max")
+    assert lift.returncode != 0 and "not permitted" in lift.stderr, lift.stderr
+    assert web.cat("web", "/sys/fs/cgroup/cpu.max") == "100000 100000"
 
 
 def test_grow_shrink_grow_three_times(web: Cli) -> None:

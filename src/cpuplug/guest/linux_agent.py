@@ -43,6 +43,11 @@ from cpuplug.guest.virtio_serial import PORT_NAME, SerialChannel, find_port
 
 __all__ = ["enable_controllers", "main", "mount_cgroup2", "wait_for_port"]
 
+NSDELEGATE = b"nsdelegate"
+"""Mount option making a cgroup namespace a delegation boundary, as systemd mounts it:
+a container cannot lift its own ``cpu.max`` or move tasks across its root (the
+built-in guest models the same refusals; docs/guest.md)."""
+
 CONTROLLERS = ("cpu", "cpuset")
 PORT_WAIT = 30.0
 """How long to wait for the port to appear at boot, in seconds."""
@@ -68,7 +73,7 @@ def mount_cgroup2(root: Path) -> str | None:
         target.mkdir(parents=True, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if libc.mount(b"cgroup2", os.fsencode(target), b"cgroup2", flags, None) != 0:
+    if libc.mount(b"cgroup2", os.fsencode(target), b"cgroup2", flags, NSDELEGATE) != 0:
         err = ctypes.get_errno()
         return f"cannot mount cgroup2 on {CGROUP_ROOT}: {os.strerror(err)}"
     return None

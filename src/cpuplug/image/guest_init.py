@@ -54,7 +54,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
 echo "+cpu +cpuset" > /sys/fs/cgroup/cgroup.subtree_control ||
     say "cannot enable the cpu and cpuset cgroup controllers"
 
