@@ -243,3 +243,140 @@ def test_apt_state_sees_new_and_changed_files(tmp_path: Path) -> None:
     os.utime(tmp_path / "a", (time.time() + 10, time.time() + 10))
     assert apt_state((str(tmp_path),)) != before
     assert apt_state((str(tmp_path / "nothing"),)) is None
+
+
+# ------------------------------------------------------------------ a private apt state
+
+
+def _fake_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, update: str = "ok",
+                  stale: bool = False) -> tuple[Path, Path, Path]:
+    """apt and dpkg for a host configured for amd64 only, whose apt honours ``-c FILE``
+    the way the real one does for what the builder reads: ``Dir::*`` and the
+    architecture.  Every call is logged; returns (calls log, host lists, private dir)."""
+    log, host_lists, private = tmp_path / "calls.log", tmp_path / "host" / "lists", tmp_path / "p"
+    host_lists.mkdir(parents=True)
+    (tmp_path / "show.txt").write_text(SHOW.replace("amd64", "arm64"))
+    if stale:
+        (tmp_path / "stale").write_text("")
+    conf = 'conf=""; [ "$1" = -c ] && conf=$2'
+    lists = f'{conf}; lists=$(sed -n \'s/^Dir::State::lists "\\(.*\\)";/\\1/p\' "$conf")'
+    scripts = {
+        "apt-config": f"""
+            {conf}
+            echo 'APT "";'
+            if [ -n "$conf" ]; then
+              grep -E '^(Dir::|APT::Architecture )' "$conf"
+              echo 'APT::Architectures:: "arm64";'
+            else
+              echo 'APT::Architecture "amd64";'
+              echo 'APT::Architectures:: "amd64";'
+              echo 'Dir::State "{tmp_path}/host";'
+              echo 'Dir::State::lists "lists/";'
+            fi""",
+        "apt-cache": f"cat {tmp_path}/show.txt",
+        "apt-get": f"""
+            {lists}
+            case "$*" in
+              *update*)
+                if [ {update} = ok ]; then
+                  touch "$lists/deb.debian.org_bookworm_main_binary-arm64_Packages"
+                  rm -f {tmp_path}/stale
+                else
+                  echo "W: Failed to fetch http://deb.debian.org/x  Temporary failure \\
+resolving 'deb.debian.org'" >&2
+                  echo "W: Some index files failed to download." >&2
+                fi;;
+              *download*)
+                if [ -e {tmp_path}/stale ]; then
+                  echo "E: Failed to fetch http://deb.debian.org/x.deb  404  Not Found" >&2
+                  exit 100
+                fi
+                for spec in "$@"; do case "$spec" in *=*)
+                  name=${{spec%%:*}}; ver=$(printf %s "${{spec#*=}}" | sed 's/:/%3a/g')
+                  echo deb > "${{name}}_${{ver}}_arm64.deb";; esac
+                done;;
+            esac""",
+        "dpkg": "exit 0",
+        "dpkg-deb": "exit 0",
+    }
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n'
+                        + textwrap.dedent(body).strip() + "\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("APT_CONFIG", raising=False)
+    return log, host_lists, private
+
+
+def test_a_foreign_architecture_gets_an_apt_state_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not configured on the host: the builder's own apt state in the cache, updated
+    once; the host's dpkg and apt are never asked to change."""
+    log, host_lists, private = _fake_private(tmp_path, monkeypatch)
+    apt = Apt("arm64", private_dir=private)
+    conf = private / "apt.conf"
+    text = conf.read_text()
+    assert 'APT::Architectures { "arm64"; };' in text
+    assert f'Dir::State::lists "{private}/state/lists/";' in text
+    assert "#clear APT::Update::Post-Invoke-Success;" in text
+    assert (private / "state" / "status").read_bytes() == b""
+    assert apt.state_paths()[0] == f"{private}/state/lists/"
+    packages = apt.resolve("linux-image-cloud-arm64", ["zlib1g"])
+    assert packages[1] == Package("zlib1g", "1:1.2.13.dfsg-1+deb12u1", "arm64")
+    apt.download(packages, tmp_path / "debs")
+    calls = log.read_text().splitlines()
+    assert calls[0] == "apt-config dump", "the host's configuration is read first"
+    assert all(f"-c {conf}" in c for c in calls[1:] if c.startswith("apt")), calls
+    assert [c.split()[3] for c in calls if c.startswith("apt-get")] == ["update", "download"]
+    assert not [c for c in calls if c.startswith("dpkg")], calls
+    assert not list(host_lists.iterdir()), "the host's lists are untouched"
+
+
+def test_the_private_lists_are_fetched_again_only_after_the_hosts_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, host_lists, private = _fake_private(tmp_path, monkeypatch)
+
+    def updates() -> int:
+        return sum(" update" in c for c in log.read_text().splitlines())
+
+    Apt("arm64", private_dir=private)
+    Apt("arm64", private_dir=private)
+    assert updates() == 1
+    later = time.time() + 60
+    os.utime(host_lists, (later, later))  # the host ran apt-get update
+    Apt("arm64", private_dir=private)
+    assert updates() == 2
+
+
+def test_private_lists_that_cannot_be_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apt-get update exits 0 when no index could be fetched: no lists at all is one
+    line saying so; lists fetched before stay in use (an offline host still builds)."""
+    _, _, private = _fake_private(tmp_path, monkeypatch, update="offline")
+    with pytest.raises(ImageError) as exc:
+        Apt("arm64", private_dir=private)
+    message = str(exc.value)
+    assert message.startswith("apt-get update of the arm64 package lists (kept apart from "
+                              f"the host's in {private}) failed: Failed to fetch")
+    assert "the Debian archive is unreachable" in message and "\n" not in message
+    lists = private / "state" / "lists"
+    (lists / "old_Packages").write_text("")
+    assert Apt("arm64", private_dir=private).deb_arch == "arm64"
+    assert not (private / "updated").exists(), "still due for an update"
+
+
+def test_a_package_gone_from_the_archive_refreshes_the_private_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, _, private = _fake_private(tmp_path, monkeypatch)
+    apt = Apt("arm64", private_dir=private)
+    (tmp_path / "stale").write_text("")  # the archive moved on since our update
+    debs = apt.download([Package("zlib1g", "1:1", "arm64")], tmp_path / "debs")
+    assert [p.name for p in debs.values()] == ["zlib1g_1%3a1_arm64.deb"]
+    assert sum(" update" in c for c in log.read_text().splitlines()) == 2

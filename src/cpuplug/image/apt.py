@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from cpuplug.image import apt_private
 from cpuplug.image.errors import ImageError
 
 TOOLS = ("apt-get", "apt-cache", "apt-config", "dpkg", "dpkg-deb")
@@ -103,7 +104,10 @@ class AptUnavailable(ImageError):
 class Apt:
     """The host's apt, asked about packages of one Debian architecture."""
 
-    def __init__(self, deb_arch: str) -> None:
+    def __init__(self, deb_arch: str, private_dir: Path | None = None) -> None:
+        """``private_dir``: where to keep an apt state of our own for ``deb_arch`` when
+        the host's apt is not configured for it (:mod:`cpuplug.image.apt_private`);
+        without one such an architecture is an error naming what to run."""
         missing = [t for t in TOOLS if shutil.which(t) is None]
         if missing:
             raise AptUnavailable(
@@ -111,12 +115,52 @@ class Apt:
                 "found): build it on Debian 12 (bookworm) or a derivative"
             )
         self.deb_arch = deb_arch
+        self.options: list[str] = []
+        """Given to every apt-get, apt-cache and apt-config call (``-c`` private.conf)."""
+        self.private_dir: Path | None = None
         self.config = parse_config(self._run(["apt-config", "dump"]))
         if deb_arch not in self.architectures():
-            raise ImageError(
+            if private_dir is None:
+                raise ImageError(
                     f"apt is not configured for {deb_arch} packages: run "
                     f"'dpkg --add-architecture {deb_arch} && apt-get update' as root"
                 )
+            self._use_private(private_dir)
+
+    def _use_private(self, directory: Path) -> None:
+        host_lists = self.state_paths()[0]
+        try:
+            conf = apt_private.write_config(directory, self.deb_arch)
+        except OSError as exc:
+            raise ImageError(
+                f"cannot keep apt's {self.deb_arch} package lists in {directory}: "
+                f"{exc.strerror or exc}: choose another cache with --cache or CPUPLUG_CACHE"
+            ) from None
+        self.options, self.private_dir = ["-c", str(conf)], directory
+        self.config = parse_config(self._run(["apt-config", "dump"]))
+        if apt_private.needs_update(directory, host_lists):
+            self.update_private()
+
+    def update_private(self) -> None:
+        """``apt-get update`` of the private state (under its lock; once per change)."""
+        directory = self.private_dir
+        assert directory is not None
+        with apt_private.locked(directory):
+            # apt-get update exits 0 when an index could not be fetched ("W: Some index
+            # files failed to download"): whether there are lists decides
+            proc = self._call(["apt-get", "update"], check=False)
+            fetched = proc.returncode == 0 and not re.search(
+                r"Failed to fetch|failed to download", proc.stderr
+            )
+            if apt_private.has_lists(directory):
+                if fetched:
+                    apt_private.mark_updated(directory)
+                return  # else the lists fetched before stay in use (an offline host)
+            raise ImageError(
+                f"apt-get update of the {self.deb_arch} package lists (kept apart from "
+                f"the host's in {directory}) failed: {_reason(proc.stderr)}"
+                f"{_hint(proc.stderr)}"
+            )
 
     def architectures(self) -> list[str]:
         """The architectures apt fetches packages for: the native one first, then those
@@ -143,6 +187,8 @@ class Apt:
         ]
         if os.environ.get("APT_CONFIG"):
             paths.append(os.environ["APT_CONFIG"])
+        if self.options:
+            paths.append(self.options[-1])
         return paths
 
     # ------------------------------------------------------------------ resolve
@@ -227,8 +273,14 @@ class Apt:
         todo = [p for p, path in wanted.items() if not path.is_file()]
         if todo:
             with tempfile.TemporaryDirectory(prefix=".download-", dir=into) as tmp:
-                self._call(["apt-get", "download", *(p.spec for p in todo)], cwd=Path(tmp),
-                           what="apt-get download")
+                argv = ["apt-get", "download", *(p.spec for p in todo)]
+                try:
+                    self._call(argv, cwd=Path(tmp), what="apt-get download")
+                except ImageError as exc:
+                    if self.private_dir is None or "out of date" not in str(exc):
+                        raise
+                    self.update_private()  # our lists are older than the archive
+                    self._call(argv, cwd=Path(tmp), what="apt-get download")
                 got = {_parse_filename(f.name): f for f in Path(tmp).glob("*.deb")}
                 for p in todo:
                     src = got.get((p.name, p.version))
@@ -253,9 +305,12 @@ class Apt:
         return self._call(argv).stdout
 
     def _call(
-        self, argv: list[str], cwd: Path | None = None, what: str | None = None
+        self, argv: list[str], cwd: Path | None = None, what: str | None = None,
+        check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+        if argv[0] in ("apt-get", "apt-cache", "apt-config"):
+            argv = [argv[0], *self.options, *argv[1:]]
         try:
             proc = subprocess.run(
                 argv, cwd=cwd, env=env, capture_output=True, text=True,
@@ -268,9 +323,9 @@ class Apt:
             ) from None
         except OSError as exc:
             raise ImageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        if proc.returncode != 0 and what is not None:
+        if proc.returncode != 0 and what is not None and check:
             raise ImageError(f"{what} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}")
-        if proc.returncode != 0 and argv[0] != "apt-cache":
+        if proc.returncode != 0 and argv[0] != "apt-cache" and check:
             raise ImageError(f"{' '.join(argv[:2])} failed: {_reason(proc.stderr)}")
         return proc
 
@@ -317,7 +372,8 @@ def _reason(stderr: str) -> str:
     """The line of apt's stderr that says what went wrong (its first ``E:``)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     errors = [ln.removeprefix("E:").strip() for ln in lines if ln.startswith("E:")]
-    return (errors or lines or ["no reason given"])[0]
+    warnings = [ln.removeprefix("W:").strip() for ln in lines if ln.startswith("W:")]
+    return (errors or warnings or lines or ["no reason given"])[0]
 
 
 def _hint(stderr: str) -> str:

@@ -90,7 +90,7 @@ def ensure_image(
     })
     report(BuildProgress(1, len(STEPS), f"resolving {target.deb_arch} packages with apt-cache"))
     try:
-        apt = Apt(target.deb_arch)
+        apt = Apt(target.deb_arch, private_dir=store.root / "apt" / target.deb_arch)
     except AptUnavailable:
         cached = store.latest(target.name, recipe_id)
         if cached is not None and not rebuild:
