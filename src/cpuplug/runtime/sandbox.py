@@ -413,7 +413,6 @@ class Runtime:
             st.plugged = list(range(spec.boot_vcpus))
             reason = spec.extra.get("mode_reason", f"{spec.mode} mode")
             st.warning = reason if st.warning is None else f"{st.warning}; {reason}"
-            note(f"warning: {reason}")
         st.vm = dict(spec.extra)
         self.store.save(st)
         ident = be.start(spec)
@@ -567,7 +566,10 @@ class Runtime:
                 ) from None
             raise
         st.pending = None
-        st.warning = result.warning
+        # the backend's reason for the sandbox's mode (prepare) lasts; a sizing warning
+        # is the last update's
+        reasons = [(st.vm or {}).get("mode_reason"), result.warning]
+        st.warning = "; ".join(r for r in reasons if r) or None
         result.after = len(online)
         period = main.period if main.quota is not None else None
         result.quota, result.period = main.quota, period

@@ -52,6 +52,7 @@ from cpuplug.runtime.hypervisor import (
 from cpuplug.runtime.hypervisors.qmp import QmpHypervisor
 from cpuplug.runtime.process import ProcessIdentity, launch, socket_peer
 from cpuplug.runtime.qmp_client import QmpCommandError, QmpConnection
+from cpuplug.runtime.resize import Slot, parse_slots
 
 QUIT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 20.0
@@ -238,6 +239,8 @@ class QemuBackend:
         except BaseException:
             qmp.close()
             raise
+        if spec.mode is HotplugMode.ONLINE_OFFLINE:
+            return _BootVcpusOnly(self.kind, qmp, caps)
         return QmpHypervisor(self.kind, qmp, caps)
 
     @staticmethod
@@ -281,6 +284,18 @@ class QemuBackend:
     def request_quit(self, qmp_path: Path) -> None:
         with QmpConnection(qmp_path, timeout=QUIT_TIMEOUT) as qmp:
             qmp.execute("quit")
+
+
+class _BootVcpusOnly(QmpHypervisor):
+    """A VM in online/offline mode: every vCPU was plugged at boot and stays plugged.
+
+    Its slots are the vCPUs QEMU runs (``query-cpus-fast``, which has the same props
+    and QOM paths), so a machine without vCPU hotplug, where ``query-hotpluggable-cpus``
+    "is not enabled" (aarch64 ``virt`` on QEMU 7.2), is resized like any other.
+    """
+
+    def slots(self) -> list[Slot]:
+        return parse_slots(self.qmp.execute("query-cpus-fast"))
 
 
 BACKEND = QemuBackend()
