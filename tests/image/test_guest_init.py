@@ -38,7 +38,8 @@ def test_content() -> None:
     assert lines[0] == "#!/bin/busybox sh"
     assert lines.index("load virtio_ring /lib/modules/r/kernel/virtio_ring.ko") < lines.index(
         "load virtio /lib/modules/r/kernel/virtio.ko")
-    for needed in ("mount -t devtmpfs devtmpfs /dev", "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup",
+    for needed in ("mount -t devtmpfs devtmpfs /dev",
+                   "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup",
                    'echo "+cpu +cpuset" > /sys/fs/cgroup/cgroup.subtree_control',
                    "ip link set lo up", "export PYTHONPATH=/usr/lib/cpuplug",
                    "/usr/bin/python3 -m cpuplug.guest.linux_agent", "poweroff -f"):
