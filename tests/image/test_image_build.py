@@ -22,7 +22,7 @@ import pytest
 
 from cpuplug.image import STEPS, BuildProgress, Image, build, ensure_image
 from cpuplug.image.agent_sources import PACKAGE, agent_sources
-from cpuplug.image.apt import TOOLS, Apt
+from cpuplug.image.apt import TOOLS
 from cpuplug.image.cpio import Entry, read_newc
 from cpuplug.image.elf import Elf
 from cpuplug.image.errors import ImageError
@@ -243,15 +243,16 @@ def test_boots_to_the_agent_in_qemu(built: Built, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def built_arm64(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """The aarch64 image, when apt is configured for arm64 packages (not required: the
-    error that says how to configure it is tested in test_apt.py)."""
+def built_arm64() -> Built:
+    """The aarch64 image, from the default cache (the one the aarch64 end-to-end tests
+    boot, so CI builds it once). The builder keeps its own arm64 apt state when the
+    host's apt has no arm64 (docs/image.md), so with CI=true this never skips."""
     _require_amd64_apt()
     try:
-        if "arm64" not in Apt("arm64").architectures():
-            pytest.skip("apt is not configured for arm64 packages")
-        image = ensure_image("aarch64", cache=tmp_path_factory.mktemp("image-cache-arm64"))
+        image = ensure_image("aarch64")
     except ImageError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
         pytest.skip(f"no aarch64 image here: {exc}")
     return Built(image, [], 0.0)
 
