@@ -34,6 +34,7 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from cpuplug import agent_protocol as ap
+from cpuplug.runtime.process import process_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,14 +46,7 @@ START_TIMEOUT = 60.0
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs: a zombie whose other threads are gone is dead."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    state = fields.get("State", "").strip()[:1]
-    threads = int(fields.get("Threads", "1").strip() or 1)
-    return not (state in ("Z", "X") and threads <= 1)
+    return process_alive(pid, None)
 
 
 # =======================================================================================
