@@ -26,6 +26,8 @@ message before buffering it (a newline protocol must buffer until it sees ``\\n`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import socket
@@ -87,6 +89,11 @@ class Method(StrEnum):
     READ_FILE = "ReadFile"
     GUEST_DETAILS = "GuestDetails"
     SUBSCRIBE_EVENTS = "SubscribeEvents"
+    START_PROCESS = "StartProcess"
+    READ_PROCESS = "ReadProcess"
+    WRITE_STDIN = "WriteStdin"
+    SIGNAL_PROCESS = "SignalProcess"
+    RESIZE_TERMINAL = "ResizeTerminal"
 
 
 class EventName(StrEnum):
@@ -421,6 +428,26 @@ def _abs_path(value: Any) -> str | None:
     return "must be an absolute path" if not value.startswith("/") else None
 
 
+def _read_timeout(value: Any) -> str | None:
+    return f"must be > 0 and <= {MAX_READ_TIMEOUT:g}" if not 0 < value <= MAX_READ_TIMEOUT else None
+
+
+def _read_size(value: Any) -> str | None:
+    return f"must be 1..{MAX_READ_BYTES}" if not 1 <= value <= MAX_READ_BYTES else None
+
+
+def _base64(value: Any) -> str | None:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return "must be base64"
+    return None
+
+
+def _terminal_size(value: Any) -> str | None:
+    return "must be 1..65535" if not 1 <= value <= 65535 else None
+
+
 def _cpu_list(value: Any) -> str | None:
     try:
         parse_cpu_list(value)
@@ -430,6 +457,22 @@ def _cpu_list(value: Any) -> str | None:
 
 
 _CID = Param("str", check=_container_id)
+_EXEC_ID = Param("str", required=False, check=_container_id)
+"""Names an exec'd process of a container (``StartProcess``); absent: the container's init."""
+
+MAX_READ_TIMEOUT: Final = 60.0
+"""Longest ``ReadProcess`` wait, in seconds: a host polls again rather than wait longer."""
+MAX_READ_BYTES: Final = 256 * 1024
+"""Most bytes of each stream one ``ReadProcess`` returns (base64 keeps both in a frame)."""
+
+PROCESS_IO: Final[dict[str, Param]] = {
+    "env": Param("str_list", required=False),
+    "cwd": Param("str", required=False, check=_abs_path),
+    "terminal": Param("bool", required=False),
+}
+"""How a process whose stdio the host streams starts (``CreateContainer`` with
+``streams``, ``StartProcess``): ``KEY=VALUE`` environment (absent: the agent's default
+``PATH``/``HOME``), working directory, and a terminal instead of three pipes."""
 
 RESOURCES: Final[dict[str, Param]] = {
     "cpuset_cpus": Param("str", required=False, check=_cpu_list),
@@ -445,7 +488,13 @@ back as EINVAL with the kernel's reason.
 """
 
 METHOD_PARAMS: Final[dict[Method, dict[str, Param]]] = {
-    Method.CREATE_CONTAINER: {"container_id": _CID, "cmd": Param("str_list"), **RESOURCES},
+    Method.CREATE_CONTAINER: {
+        "container_id": _CID,
+        "cmd": Param("str_list"),
+        **RESOURCES,
+        "streams": Param("bool", required=False),
+        **PROCESS_IO,
+    },
     Method.START_CONTAINER: {"container_id": _CID},
     Method.EXEC_PROCESS: {
         "container_id": _CID,
@@ -466,6 +515,36 @@ METHOD_PARAMS: Final[dict[Method, dict[str, Param]]] = {
     Method.READ_FILE: {"path": Param("str", check=_abs_path)},
     Method.GUEST_DETAILS: {},
     Method.SUBSCRIBE_EVENTS: {},
+    # streamed processes (docs/agent-protocol.md "Streamed processes"; cpuplug-runc's shim)
+    Method.START_PROCESS: {
+        "container_id": _CID,
+        "exec_id": Param("str", check=_container_id),
+        "cmd": Param("str_list", check=_nonempty_list),
+        **PROCESS_IO,
+    },
+    Method.READ_PROCESS: {
+        "container_id": _CID,
+        "exec_id": _EXEC_ID,
+        "timeout": Param("number", required=False, check=_read_timeout),
+        "max_bytes": Param("int", required=False, check=_read_size),
+    },
+    Method.WRITE_STDIN: {
+        "container_id": _CID,
+        "exec_id": _EXEC_ID,
+        "data": Param("str", check=_base64),
+        "close": Param("bool", required=False),
+    },
+    Method.SIGNAL_PROCESS: {
+        "container_id": _CID,
+        "exec_id": _EXEC_ID,
+        "signal": Param("int", check=_signal),
+    },
+    Method.RESIZE_TERMINAL: {
+        "container_id": _CID,
+        "exec_id": _EXEC_ID,
+        "rows": Param("int", check=_terminal_size),
+        "cols": Param("int", check=_terminal_size),
+    },
 }
 
 

@@ -63,6 +63,7 @@ carries replies).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import math
@@ -70,11 +71,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from cpuplug import agent_protocol as ap
-from cpuplug.guest.agent_os import AgentOS, AgentProcess, OSEvent, ProgramNotFound
+from cpuplug.guest.agent_os import (
+    AgentOS,
+    AgentProcess,
+    OSEvent,
+    ProcessIO,
+    ProgramNotFound,
+    StreamedProcess,
+)
 from cpuplug.guest.cgroup import DEFAULT_PERIOD_US, parse_cpu_max
 from cpuplug.guest.frame_resync import ResyncDecoder
 from cpuplug.guest.vfs import GuestOSError
@@ -91,11 +99,25 @@ MAX_IN_FLIGHT = 16
 CONTROL_RESERVE = 4
 """Connections (on one stream: request threads) long-running requests may never take:
 kept for control calls."""
-_LONG_RUNNING = frozenset({ap.Method.EXEC_PROCESS, ap.Method.SUBSCRIBE_EVENTS})
+_LONG_RUNNING = frozenset(
+    {
+        ap.Method.EXEC_PROCESS,
+        ap.Method.SUBSCRIBE_EVENTS,
+        ap.Method.READ_PROCESS,
+        ap.Method.WRITE_STDIN,
+    }
+)
 EVENT_QUEUE_LIMIT = 1024
 ONLINE_RETRIES = 100  # Kata: 100 retries ...
 ONLINE_RETRY_INTERVAL = 0.05  # ... 50 ms apart (~5 s)
 EXEC_DEFAULT_TIMEOUT = 60.0  # Kata's defaultRequestTimeout
+READ_DEFAULT_TIMEOUT = 10.0
+"""``ReadProcess``'s wait when the host gives none (seconds)."""
+READ_DEFAULT_BYTES = 64 * 1024
+WRITE_TIMEOUT = 5.0
+"""Longest ``WriteStdin`` wait for a process that does not read (then a short count)."""
+KEPT_EXECS = 64
+"""Finished execs a container keeps for a late ``ReadProcess`` (their exit status)."""
 KILL_WAIT = 5.0
 EXEC_MAX_TIMEOUT = 365 * 24 * 3600.0
 """Longest ExecProcess timeout, in seconds: beyond it (or ``1e999`` = infinity) the
@@ -140,11 +162,21 @@ def _os_error(exc: GuestOSError, what: str = "") -> ap.ProtocolError:
 
 @dataclass
 class Container:
-    """A container: its cgroup (named by its id), its command, and its first process."""
+    """A container: its cgroup (named by its id), its command, and its first process.
+
+    ``io`` is set for a container created with ``streams``: its init's stdio is then
+    relayed to the host (``ReadProcess``...) like an exec's.  ``execs`` are the
+    processes ``StartProcess`` started, by exec id, until the container is removed
+    (finished ones beyond :data:`KEPT_EXECS` are forgotten, oldest first).
+    """
 
     id: str
     cmd: list[str]
     init: AgentProcess | None = None
+    io: ProcessIO | None = None
+    streamed_init: StreamedProcess | None = None
+    execs: dict[str, StreamedProcess | None] = field(default_factory=dict)
+    """``None`` marks an exec id being started."""
 
 
 class _Conn:
@@ -234,6 +266,11 @@ class Agent:
             ap.Method.READ_FILE: self._read_file,
             ap.Method.GUEST_DETAILS: self._guest_details,
             ap.Method.SUBSCRIBE_EVENTS: self._subscribe_events,
+            ap.Method.START_PROCESS: self._start_process,
+            ap.Method.READ_PROCESS: self._read_process,
+            ap.Method.WRITE_STDIN: self._write_stdin,
+            ap.Method.SIGNAL_PROCESS: self._signal_process,
+            ap.Method.RESIZE_TERMINAL: self._resize_terminal,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -362,9 +399,8 @@ class Agent:
         try:
             reply = self._answer(conn, request)
         finally:
-            if request.method is ap.Method.EXEC_PROCESS:
-                with self._lock:
-                    conn.long_running = False
+            with self._lock:  # a subscription keeps holding its connection
+                conn.long_running = conn.subscribed
         return conn.send(reply)
 
     def _dispatch(self, conn: _Conn, body: bytes) -> None:
@@ -506,6 +542,13 @@ class Agent:
             with self._lock:
                 if cid in self._containers:
                     raise ap.ProtocolError(ap.ErrorCode.EEXIST, f"container {cid!r} exists")
+            io = _process_io(p) if p.get("streams") else None
+            if io is None and any(k in p for k in ap.PROCESS_IO):
+                raise ap.ProtocolError(
+                    ap.ErrorCode.EINVAL,
+                    "CreateContainer: env, cwd and terminal need 'streams' (the init's "
+                    "stdio relayed to the host)",
+                )
             self.os.create_cgroup(cid)
             try:
                 self._apply_resources(cid, p)
@@ -513,7 +556,7 @@ class Agent:
                 self.os.remove_cgroup(cid)  # leave nothing half made
                 raise
             with self._lock:
-                self._containers[cid] = Container(cid, list(p["cmd"]))
+                self._containers[cid] = Container(cid, list(p["cmd"]), io=io)
         return {}
 
     def _start_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
@@ -523,7 +566,11 @@ class Agent:
                 raise ap.ProtocolError(ap.ErrorCode.EBUSY, f"container {c.id!r} already started")
             if not c.cmd:
                 raise ap.ProtocolError(ap.ErrorCode.EINVAL, f"container {c.id!r} has no command")
-            c.init = self._spawn(c, c.cmd, init=True)
+            if c.io is not None:
+                c.streamed_init = self._spawn_streamed(c, c.cmd, init=True, io=c.io)
+                c.init = c.streamed_init
+            else:
+                c.init = self._spawn(c, c.cmd, init=True)
             return {"pid": c.init.pid}
 
     def _spawn(self, c: Container, cmd: list[str], *, init: bool) -> AgentProcess:
@@ -535,6 +582,101 @@ class Agent:
             ) from None
         except GuestOSError as exc:
             raise _os_error(exc, "exec: ") from None
+
+    def _spawn_streamed(
+        self, c: Container, cmd: list[str], *, init: bool, io: ProcessIO
+    ) -> StreamedProcess:
+        try:
+            return self.os.spawn_streamed(c.id, cmd, init=init, io=io)
+        except ProgramNotFound as exc:
+            raise ap.ProtocolError(
+                ap.ErrorCode.ENOENT, f"exec {exc.path!r}: executable file not found"
+            ) from None
+        except GuestOSError as exc:
+            raise _os_error(exc, "exec: ") from None
+
+    # ------------------------------------------------------------------ streamed processes
+
+    def _start_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        c = self._container(p["container_id"])
+        eid: str = p["exec_id"]
+        with self._lock:
+            if eid in c.execs:
+                raise ap.ProtocolError(
+                    ap.ErrorCode.EEXIST, f"exec {eid!r} exists in container {c.id!r}"
+                )
+            c.execs[eid] = None  # reserved while it starts
+        try:
+            proc = self._spawn_streamed(c, list(p["cmd"]), init=False, io=_process_io(p))
+        except BaseException:
+            with self._lock:
+                c.execs.pop(eid, None)
+            raise
+        with self._lock:
+            c.execs[eid] = proc
+            finished = [k for k, e in c.execs.items() if e is not None and e.exit_code is not None]
+            for k in finished[: max(0, len(finished) - KEPT_EXECS)]:
+                gone = c.execs.pop(k)
+                if gone is not None:
+                    gone.close()
+        return {"pid": proc.pid}
+
+    def _streamed(self, p: dict[str, Any]) -> StreamedProcess:
+        """The process a streamed-process request names: an exec, or the init."""
+        c = self._container(p["container_id"])
+        eid = p.get("exec_id")
+        with self._lock:
+            proc = c.execs.get(eid) if eid is not None else c.streamed_init
+        if proc is not None:
+            return proc
+        if eid is not None:
+            raise ap.ProtocolError(ap.ErrorCode.ENOENT, f"no exec {eid!r} in container {c.id!r}")
+        if c.io is None:
+            raise ap.ProtocolError(
+                ap.ErrorCode.EINVAL,
+                f"container {c.id!r} was created without streams: its init writes to the "
+                "console",
+            )
+        raise ap.ProtocolError(ap.ErrorCode.ENOENT, f"container {c.id!r} has not started")
+
+    def _read_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        proc = self._streamed(p)
+        chunk = proc.read_output(
+            int(p.get("max_bytes", READ_DEFAULT_BYTES)),
+            float(p.get("timeout", READ_DEFAULT_TIMEOUT)),
+        )
+        return {
+            "stdout": base64.b64encode(chunk.stdout).decode("ascii"),
+            "stderr": base64.b64encode(chunk.stderr).decode("ascii"),
+            "exit_code": chunk.exit_code,
+        }
+
+    def _write_stdin(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        proc = self._streamed(p)
+        data = base64.b64decode(p["data"])
+        written = 0
+        try:
+            if data:
+                written = proc.write_input(data, WRITE_TIMEOUT)
+            if p.get("close") and written == len(data):
+                proc.close_input()
+        except GuestOSError as exc:
+            raise _os_error(exc, "write stdin: ") from None
+        return {"written": written}
+
+    def _signal_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        proc = self._streamed(p)
+        if proc.exit_code is None:
+            proc.signal(p["signal"])
+        return {}
+
+    def _resize_terminal(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
+        proc = self._streamed(p)
+        try:
+            proc.resize(p["rows"], p["cols"])
+        except GuestOSError as exc:
+            raise _os_error(exc, "resize: ") from None
+        return {}
 
     def _exec_process(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
         c = self._container(p["container_id"])
@@ -571,6 +713,10 @@ class Agent:
             self.os.remove_cgroup(c.id)  # EBUSY if something still runs
             with self._lock:
                 del self._containers[c.id]
+                streamed = [c.streamed_init, *c.execs.values()]
+            for proc in streamed:
+                if proc is not None:
+                    proc.close()
         return {}
 
     # ------------------------------------------------------------------ resources
@@ -742,6 +888,15 @@ class Agent:
 
     def _subscribe_events(self, _conn: _Conn, _p: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("handled by _start_events")  # pragma: no cover
+
+
+def _process_io(p: dict[str, Any]) -> ProcessIO:
+    env = p.get("env")
+    return ProcessIO(
+        env=tuple(env) if env is not None else None,
+        cwd=p.get("cwd"),
+        terminal=bool(p.get("terminal", False)),
+    )
 
 
 def start(kernel: BootedKernel) -> Agent:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from cpuplug.guest.vfs import GuestOSError
@@ -43,7 +44,10 @@ __all__ = [
     "CpuMask",
     "GuestOSError",
     "OSEvent",
+    "OutputChunk",
+    "ProcessIO",
     "ProgramNotFound",
+    "StreamedProcess",
 ]
 
 CpuMask = Literal["possible", "present", "online", "offline", "enabled"]
@@ -119,6 +123,65 @@ class AgentProcess(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ProcessIO:
+    """How a process whose stdio the host streams is started (``StartProcess``,
+    ``CreateContainer`` with ``streams``)."""
+
+    env: tuple[str, ...] | None = None
+    """``KEY=VALUE`` strings; None: the system's default container environment."""
+    cwd: str | None = None
+    """Working directory (absolute); None: ``/``."""
+    terminal: bool = False
+    """One terminal for stdin, stdout and stderr instead of three pipes."""
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """What one :meth:`StreamedProcess.read_output` got."""
+
+    stdout: bytes
+    stderr: bytes
+    """Empty with a terminal: the terminal is one stream, reported as stdout."""
+    exit_code: int | None
+    """Set once the process ended *and* everything it wrote has been returned (this
+    chunk included): the host has the whole output and may stop reading."""
+
+
+class StreamedProcess(AgentProcess, Protocol):
+    """A process whose stdin, stdout and stderr (or terminal) the agent relays to the
+    host piecewise: the container init of a ``streams`` container, or an exec.
+
+    Output waits in the OS (a pipe, a terminal, the model's bounded buffer) until the
+    host reads it, so nothing is lost between the start and the host's first read.
+    """
+
+    def read_output(self, limit: int, timeout: float) -> OutputChunk:
+        """Up to ``limit`` bytes of each stream, as soon as there are any, the process
+        ended, or ``timeout`` passed (then both are empty)."""
+        ...
+
+    def write_input(self, data: bytes, timeout: float) -> int:
+        """Write to its stdin (or terminal); how many bytes went in within ``timeout``."""
+        ...
+
+    def close_input(self) -> None:
+        """End of its input: close the stdin pipe (a terminal gets its EOF character)."""
+        ...
+
+    def signal(self, signal: int) -> None:
+        """Send ``signal`` to this process alone (runc's ``kill`` without ``--all``)."""
+        ...
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set its terminal's window size (nothing without a terminal)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the relay holds (descriptors); the process is not signalled."""
+        ...
+
+
 class AgentOS(Protocol):
     """What the guest agent needs from the operating system (see the module doc)."""
 
@@ -188,6 +251,14 @@ class AgentOS(Protocol):
         container (its init's namespaces while the init lives) and its output is
         captured for :meth:`AgentProcess.output`.
         """
+        ...
+
+    def spawn_streamed(
+        self, cid: str, argv: Sequence[str], *, init: bool, io: ProcessIO
+    ) -> StreamedProcess:
+        """Start ``argv`` in container ``cid`` as :meth:`spawn` does (namespaces the same
+        way), its stdio relayed to the host piecewise (:class:`StreamedProcess`)
+        instead of going to the console or being captured whole."""
         ...
 
     # ------------------------------------------------------------------ files, events

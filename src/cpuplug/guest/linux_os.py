@@ -12,7 +12,8 @@ runtime's image; nothing here needs more than 5.3):
   ``cpuset.cpus.effective``, ``cgroup.procs`` and ``cgroup.kill`` files. Each file is
   written in one ``write()``, as ``echo VALUE > FILE`` does.
 * Processes: forked into the container's cgroup and, with ``namespaces`` on (the
-  default), a cgroup and a mount namespace of their own (:mod:`cpuplug.guest.linux_process`).
+  default), a cgroup and a mount namespace of their own (:mod:`cpuplug.guest.linux_process`);
+  a streamed one with pipes or a terminal the agent relays (:mod:`cpuplug.guest.linux_stdio`).
 * ``ReadFile``: any file of the guest, up to :data:`READ_LIMIT` bytes.
 * Events: the kernel's CPU uevents (:mod:`cpuplug.guest.linux_uevents`).
 * The channel: given by the caller, normally the virtio-serial port
@@ -44,8 +45,15 @@ from typing import TextIO
 
 from cpuplug.agent_protocol import parse_cpu_list
 from cpuplug.guest import linux_process
-from cpuplug.guest.agent_os import AgentChannel, CpuMask, OSEvent
-from cpuplug.guest.linux_process import Children, JoinNamespaces, LinuxProcess, NewNamespaces
+from cpuplug.guest.agent_os import AgentChannel, CpuMask, OSEvent, ProcessIO
+from cpuplug.guest.linux_process import (
+    CONTAINER_ENV,
+    Children,
+    JoinNamespaces,
+    LinuxProcess,
+    NewNamespaces,
+)
+from cpuplug.guest.linux_stdio import LinuxStreams, Pipes, Terminal, close_all, close_child_ends
 from cpuplug.guest.linux_uevents import UeventMonitor
 from cpuplug.guest.vfs import GuestOSError
 
@@ -268,6 +276,32 @@ class LinuxOS:
     # ------------------------------------------------------------------ processes
 
     def spawn(self, cid: str, argv: Sequence[str], *, init: bool) -> LinuxProcess:
+        return self._start(cid, argv, init=init, capture=not init)
+
+    def spawn_streamed(
+        self, cid: str, argv: Sequence[str], *, init: bool, io: ProcessIO
+    ) -> LinuxStreams:
+        ends = Terminal() if io.terminal else Pipes()
+        try:
+            proc = self._start(cid, argv, init=init, capture=False, stdio=ends.child, io=io)
+        except BaseException:
+            close_all(ends)
+            raise
+        close_child_ends(ends)
+        return LinuxStreams(proc, ends)
+
+    def _start(
+        self,
+        cid: str,
+        argv: Sequence[str],
+        *,
+        init: bool,
+        capture: bool,
+        stdio: tuple[int, int, int] | None = None,
+        io: ProcessIO | None = None,
+    ) -> LinuxProcess:
+        """Start ``argv`` in the container: an init in namespaces of its own, anything
+        else in the init's while it lives (see the module doc)."""
         group = self.cgroup_path(cid)
         if not self._host(group).is_dir():
             raise LinuxError(errno.ENOENT, group)
@@ -279,11 +313,12 @@ class LinuxOS:
         if self.namespaces:
             namespaces = fresh if init_proc is None else JoinNamespaces(init_proc.pid)
         try:
-            proc = self._spawn(cid, argv, namespaces, capture=not init)
+            proc = self._spawn(cid, argv, namespaces, capture=capture, stdio=stdio, io=io)
         except GuestOSError as exc:
             if not isinstance(namespaces, JoinNamespaces) or not exc.path.startswith("/proc/"):
                 raise
-            proc = self._spawn(cid, argv, fresh, capture=True)  # the init ended meanwhile
+            # the init ended meanwhile
+            proc = self._spawn(cid, argv, fresh, capture=capture, stdio=stdio, io=io)
         if init:
             self._inits[cid] = proc
         return proc
@@ -295,8 +330,13 @@ class LinuxOS:
         namespaces: linux_process.Namespaces,
         *,
         capture: bool,
+        stdio: tuple[int, int, int] | None = None,
+        io: ProcessIO | None = None,
     ) -> LinuxProcess:
         group = self.cgroup_path(cid)
+        env = CONTAINER_ENV
+        if io is not None and io.env is not None:
+            env = dict(e.split("=", 1) for e in io.env if "=" in e)
         return linux_process.spawn(
             argv,
             cid=cid,
@@ -305,6 +345,10 @@ class LinuxOS:
             namespaces=namespaces,
             capture=capture,
             children=self._children,
+            env=env,
+            stdio=stdio,
+            cwd=(io.cwd if io is not None and io.cwd else "/"),
+            controlling_terminal=io is not None and io.terminal,
         )
 
     # ------------------------------------------------------------------ events

@@ -31,10 +31,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import select
 import signal
+import termios
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -262,6 +264,21 @@ class LinuxProcess:
             self._close_pidfd()
             return True
 
+    def select(self, fds: Sequence[int], timeout: float) -> list[int]:
+        """Wait up to ``timeout`` until one of ``fds`` is readable or the process ended;
+        the readable ones. (Under the wait lock, so the pidfd stays open meanwhile.)"""
+        with self._wait_lock:
+            watch = list(fds)
+            if self._exit_code is None and self._pidfd >= 0:
+                watch.append(self._pidfd)
+            ready: list[int] = []
+            if watch:
+                with contextlib.suppress(InterruptedError):
+                    ready, _, _ = select.select(watch, [], [], max(0.0, timeout))
+            if self.poll():
+                self._close_pidfd()
+            return [fd for fd in ready if fd in fds]
+
     def _pump(self, extra: list[int], timeout: float | None) -> None:
         """Read what the pipes have (or wait for them / the pidfd) for up to ``timeout``."""
         fds = [*self._pipes, *(fd for fd in extra if fd >= 0)]
@@ -328,11 +345,18 @@ def spawn(
     capture: bool,
     children: Children,
     env: Mapping[str, str] = CONTAINER_ENV,
+    stdio: tuple[int, int, int] | None = None,
+    cwd: str = "/",
+    controlling_terminal: bool = False,
 ) -> LinuxProcess:
     """Fork, move the child into the container and exec ``argv`` (see the module doc).
 
     ``cgroup_procs`` is the host path of the container's ``cgroup.procs``;
-    ``cgroup_guest_path`` names the cgroup in errors. Raises
+    ``cgroup_guest_path`` names the cgroup in errors. ``stdio`` gives the child's
+    descriptors 0, 1 and 2 (a streamed process's pipe ends, or a terminal's slave
+    three times, which ``controlling_terminal`` makes the session's terminal); they
+    stay the caller's to close. Without it stdin is ``/dev/null`` and stdout/stderr are
+    captured (``capture``) or inherited. Raises
     :class:`~cpuplug.guest.agent_os.ProgramNotFound` when ``argv[0]`` names no program
     and :class:`~cpuplug.guest.vfs.GuestOSError` for a step that failed.
     """
@@ -359,7 +383,18 @@ def spawn(
         with children.lock:
             pid = os.fork()
             if pid == 0:  # the child: only system calls from here to exec
-                _child(args, envb, procs, namespaces, ns_fds, libc, out, err, report_w)
+                _child(
+                    args,
+                    envb,
+                    procs,
+                    namespaces,
+                    ns_fds,
+                    libc,
+                    out,
+                    err,
+                    report_w,
+                    _ChildIO(stdio, os.fsencode(cwd), controlling_terminal),
+                )
             proc = LinuxProcess(pid, cid, argv, children, pipes)
             children.add(proc)
     except OSError as exc:  # fork failed (EAGAIN, ENOMEM): nothing was started
@@ -383,7 +418,16 @@ def spawn(
         raise GuestOSError(code, argv[0])
     if step == "cgroup":
         raise GuestOSError(code, f"{cgroup_guest_path}/cgroup.procs")
+    if step == "chdir":
+        raise GuestOSError(code, cwd)
     raise GuestOSError(code, step)
+
+
+@dataclass(frozen=True)
+class _ChildIO:
+    stdio: tuple[int, int, int] | None
+    cwd: bytes
+    controlling_terminal: bool
 
 
 def _child(
@@ -396,6 +440,7 @@ def _child(
     out: tuple[int, int] | None,
     err: tuple[int, int] | None,
     report: int,
+    io: _ChildIO,
 ) -> None:
     """Runs in the forked child; never returns."""
     step = "setsid"
@@ -404,8 +449,15 @@ def _child(
         for signo in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; a program must not
             signal.signal(signo, signal.SIG_DFL)
         step = "stdio"
-        null = os.open(b"/dev/null", os.O_RDONLY)
-        os.dup2(null, 0)
+        if io.stdio is not None:
+            for number, given in enumerate(io.stdio):
+                os.dup2(given, number)
+            if io.controlling_terminal:
+                step = "ioctl TIOCSCTTY"
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        else:
+            null = os.open(b"/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
         if out is not None and err is not None:
             os.dup2(out[1], 1)
             os.dup2(err[1], 2)
@@ -425,7 +477,7 @@ def _child(
             for fd, flag in ns_fds:
                 _check(libc.setns(fd, flag), "setns")
         step = "chdir"
-        os.chdir(b"/")
+        os.chdir(io.cwd)
         step = "exec"
         os.execvpe(argv[0], argv, env)
     except _Step as exc:

@@ -23,15 +23,17 @@ from typing import Protocol
 
 from cpuplug.agent_protocol import parse_cpu_list
 from cpuplug.guest import agent_os
-from cpuplug.guest.agent_os import CpuMask, OSEvent
+from cpuplug.guest.agent_os import CpuMask, OSEvent, OutputChunk, ProcessIO
 from cpuplug.guest.cgroup import CGROUP_ROOT
 from cpuplug.guest.klog import KernelEvent
-from cpuplug.guest.userland import Os, Process, ProgramNotFound, spawn
+from cpuplug.guest.userland import Os, Pipe, Process, ProgramNotFound, deliver, spawn
 from cpuplug.hw import AgentChannel, Stream
 
 __all__ = ["BootedKernel", "ModelKernel", "ModelOS"]
 
 SYS_CPU = "/sys/devices/system/cpu"
+STREAM_POLL = 0.02
+"""How often a streamed read looks whether its task ended (seconds)."""
 
 
 class EventSource(Protocol):
@@ -94,6 +96,48 @@ class _Task:
         return self._p.stdout.getvalue(), self._p.stderr.getvalue()
 
 
+class _StreamedTask(_Task):
+    """A task whose output the agent reads piecewise (an ``agent_os.StreamedProcess``).
+
+    The model's programs read no input while they run (``cat`` takes its stdin whole
+    at the start), so what the host writes to stdin is accepted and dropped; there is
+    no window size to set either.
+    """
+
+    def __init__(self, process: Process, out: Pipe, err: Pipe) -> None:
+        super().__init__(process)
+        self._out = out
+        self._err = err
+
+    def read_output(self, limit: int, timeout: float) -> OutputChunk:
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self._p.exit_code  # before taking: a task that ended writes no more
+            out = self._out.take(limit)
+            err = self._err.take(limit) if self._err is not self._out else b""
+            drained = not self._out.wait(0) and not self._err.wait(0)
+            if out or err or ended is not None or time.monotonic() >= deadline:
+                return OutputChunk(out, err, ended if drained else None)
+            # a task's end wakes no condition of the pipe: look again every 20 ms
+            self._out.wait(min(STREAM_POLL, max(0.0, deadline - time.monotonic())))
+
+    def write_input(self, data: bytes, timeout: float) -> int:
+        del timeout
+        return len(data)
+
+    def close_input(self) -> None:
+        pass
+
+    def signal(self, signal: int) -> None:
+        deliver(self._p.task, signal)
+
+    def resize(self, rows: int, cols: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ModelOS:
     """:class:`AgentOS` over a model kernel and the machine's agent channel."""
 
@@ -152,7 +196,7 @@ class ModelOS:
 
     def kill_cgroup(self, cid: str, signal: int) -> None:
         for task in self.kernel.cgroups.get(cid).tasks():
-            task.kill(128 + signal)  # ends at its next slice boundary
+            deliver(task, signal)  # ends at its next slice boundary, unless ignored
 
     def wait_cgroup_empty(self, cid: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -171,6 +215,29 @@ class ModelOS:
             return _Task(spawn(self.kernel, argv, group, cgroup_ns=group))
         except ProgramNotFound as exc:
             raise agent_os.ProgramNotFound(exc.path) from None
+
+    def spawn_streamed(
+        self, cid: str, argv: Sequence[str], *, init: bool, io: ProcessIO
+    ) -> _StreamedTask:
+        del init
+        group = self.kernel.cgroups.get(cid)
+        if io.terminal:
+            out = err = Pipe(terminal=True)
+        else:
+            out, err = Pipe(), Pipe()
+        try:
+            process = spawn(
+                self.kernel,
+                argv,
+                group,
+                cgroup_ns=group,
+                stdout=out,
+                stderr=err,
+                cwd=io.cwd or "/",
+            )
+        except ProgramNotFound as exc:
+            raise agent_os.ProgramNotFound(exc.path) from None
+        return _StreamedTask(process, out, err)
 
     # ------------------------------------------------------------------ files, events
 

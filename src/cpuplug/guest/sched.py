@@ -230,6 +230,9 @@ class Task:
         self.cpu_time = 0.0  # seconds of slices, all CPUs
         self.cpu_time_by_cpu: dict[int, float] = {}
         self.done = Completion()
+        self.ignored_signals: set[int] = set()
+        """Signals this task ignores (``trap '' TERM``): :func:`cpuplug.guest.userland.deliver`
+        drops them; SIGKILL and SIGSTOP cannot be ignored."""
         self._sched = sched
         self._body = body
         self._state = "runnable"  # runnable | running | blocked | exited

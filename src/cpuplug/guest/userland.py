@@ -16,7 +16,9 @@ namespace ``/sys/fs/cgroup`` is the container's own cgroup and ``/proc/self/cgro
 says ``0::/``, as in a container on Linux (:mod:`cpuplug.guest.cgroup`).
 
 ``sh`` understands ``;``, ``&&``, ``||``, ``>`` and ``>>`` (no pipes, no
-variables). As on sysfs, a redirection cannot create a file, and the command's
+variables), and the builtins ``exit [N]`` and ``trap '' SIG...`` / ``trap - SIG...``
+(ignore a signal, or take the default back: the only dispositions a task has). As
+on sysfs, a redirection cannot create a file, and the command's
 output is stored with one ``write()`` when the command ends, which is what
 ``echo 1 > .../online`` does on Linux.
 
@@ -33,6 +35,7 @@ import hashlib
 import os
 import re
 import shlex
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -48,9 +51,12 @@ __all__ = [
     "PROGRAMS",
     "Os",
     "Output",
+    "Pipe",
     "Proc",
     "Process",
     "ProgramNotFound",
+    "deliver",
+    "signal_number",
     "spawn",
 ]
 
@@ -106,6 +112,48 @@ class Output:
     def getvalue(self) -> str:
         with self._lock:
             return "".join(self._parts)
+
+
+class Pipe(Output):
+    """An output the agent reads piecewise while the program runs (a streamed process's
+    stdout or stderr, or both as one terminal).
+
+    Unlike a Linux pipe a full one never blocks the writer (a task cannot be parked on
+    it): beyond ``limit`` unread bytes the rest is dropped and counted in ``dropped``.
+    ``terminal`` turns ``\n`` into ``\r\n`` as a terminal's ``onlcr`` does.
+    """
+
+    def __init__(self, limit: int = OUTPUT_LIMIT, *, terminal: bool = False) -> None:
+        super().__init__(limit)
+        self._buf = bytearray()
+        self._cond = threading.Condition(self._lock)
+        self._terminal = terminal
+
+    def write(self, text: str) -> None:
+        data = (text.replace("\n", "\r\n") if self._terminal else text).encode()
+        with self._cond:
+            room = self._limit - len(self._buf)
+            if len(data) > room:
+                self.dropped += len(data) - max(room, 0)
+                data = data[: max(room, 0)]
+            self._buf += data
+            self._cond.notify_all()
+
+    def getvalue(self) -> str:
+        with self._cond:
+            return self._buf.decode("utf-8", "replace")
+
+    def take(self, limit: int) -> bytes:
+        """Up to ``limit`` unread bytes (removed from the pipe); never waits."""
+        with self._cond:
+            data = bytes(self._buf[:limit])
+            del self._buf[:limit]
+            return data
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for unread bytes; whether there are some."""
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._buf), timeout)
 
 
 @dataclass
@@ -447,6 +495,47 @@ def _run_command(p: Proc, cmd: _Command) -> Body:
     return status
 
 
+class _Exit(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _builtin(p: Proc, argv: list[str], status: int) -> int | None:
+    """Run ``exit`` or ``trap`` (their status), or None if ``argv`` is neither."""
+    if argv[0] == "exit":
+        if len(argv) > 2 or (len(argv) == 2 and not is_decimal(argv[1])):
+            p.err(f"sh: 1: exit: Illegal number: {' '.join(argv[1:])}")
+            raise _Exit(2)
+        raise _Exit(int(argv[1]) % 256 if len(argv) == 2 else status)
+    if argv[0] != "trap":
+        return None
+    task = current_task()
+    if len(argv) < 3 or argv[1] not in ("", "-"):
+        p.err("sh: 1: trap: only trap '' SIG... and trap - SIG... are supported")
+        return 2
+    for name in argv[2:]:
+        number = signal_number(name)
+        if number is None:
+            p.err(f"sh: 1: trap: {name}: bad trap")
+            return 1
+        if task is not None and number not in (9, 19):
+            if argv[1]:
+                task.ignored_signals.discard(number)
+            else:
+                task.ignored_signals.add(number)
+    return 0
+
+
+def signal_number(name: str) -> int | None:
+    """``15``, ``TERM`` or ``SIGTERM`` as a signal number (1..64), else None."""
+    if is_decimal(name):
+        return int(name) if 1 <= int(name) <= 64 else None
+    try:
+        return int(signal.Signals["SIG" + name.upper().removeprefix("SIG")])
+    except KeyError:
+        return None
+
+
 def _sh(p: Proc, args: list[str]) -> Body:
     if len(args) < 2 or args[0] != "-c":
         if args and args[0] == "-c":
@@ -463,7 +552,11 @@ def _sh(p: Proc, args: list[str]) -> Body:
     for connector, cmd in commands:
         if (connector == "&&" and status != 0) or (connector == "||" and status == 0):
             continue
-        status = yield from _run_command(p, cmd)
+        try:
+            done = _builtin(p, cmd.argv, status)
+        except _Exit as exc:
+            return exc.status
+        status = done if done is not None else (yield from _run_command(p, cmd))
         yield None  # one command per slice at least
     return status
 
@@ -508,8 +601,17 @@ class Process:
         return self.task.exit_code
 
     def kill(self, signal: int = 15) -> None:
-        """End it at its next slice boundary with the shell's ``128 + signal`` status."""
-        self.task.kill(128 + signal)
+        """End it at its next slice boundary with the shell's ``128 + signal`` status,
+        unless it ignores ``signal``."""
+        deliver(self.task, signal)
+
+
+def deliver(task: Task, signal: int) -> None:
+    """Send ``signal`` to ``task``: it ends at its next slice boundary with the status
+    ``128 + signal``, unless it ignores that signal (SIGKILL and SIGSTOP it cannot)."""
+    if signal in task.ignored_signals and signal not in (9, 19):
+        return
+    task.kill(128 + signal)
 
 
 def _main(program: Program, proc: Proc, args: list[str]) -> Body:
@@ -527,12 +629,17 @@ def spawn(
     *,
     stdin: str = "",
     cgroup_ns: Cgroup | None = None,
+    stdout: Output | None = None,
+    stderr: Output | None = None,
+    cwd: str = "/",
 ) -> Process:
     """Start ``argv`` as a task in ``group``; :class:`ProgramNotFound` if no such program.
 
     ``cgroup_ns`` roots the task's cgroup namespace (a container's cgroup: what it sees
     at ``/sys/fs/cgroup``); ``None`` inherits the caller's, the init namespace from a
     thread that runs no task (:meth:`cpuplug.guest.sched.Scheduler.spawn`).
+    ``stdout``/``stderr`` (default: a fresh :class:`Output` each) may be one
+    :class:`Pipe`, a terminal's single stream.
     """
     if not argv:
         raise GuestOSError(errno.EINVAL, "argv")
@@ -540,7 +647,9 @@ def spawn(
     program = PROGRAMS.get(name)
     if program is None:
         raise ProgramNotFound(argv[0])
-    proc = Proc(kernel, group, Output(), Output(), stdin=stdin, name=name)
+    out = stdout if stdout is not None else Output()
+    err = stderr if stderr is not None else Output()
+    proc = Proc(kernel, group, out, err, stdin=stdin, cwd=cwd, name=name)
     task = kernel.sched.spawn(
         _main(program, proc, list(argv[1:])), group=group, name=name, cgroup_ns=cgroup_ns
     )

@@ -8,10 +8,12 @@ per call the runtime makes, so the sandbox code reads like Kata's agent calls.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,66 @@ class AgentClient:
                 return
             if isinstance(msg, ap.Event):
                 yield msg
+
+    # ------------------------------------------------------------------ streamed processes
+    # (docs/agent-protocol.md "Streamed processes": cpuplug-runc's shim relays with these)
+
+    def start_process(
+        self, container_id: str, exec_id: str, cmd: list[str], **io: Any
+    ) -> int:
+        """Start an exec whose stdio is relayed (``env``, ``cwd``, ``terminal``); its pid."""
+        params: dict[str, Any] = {"container_id": container_id, "exec_id": exec_id, "cmd": cmd}
+        params.update({k: v for k, v in io.items() if v is not None})
+        return int(self.call(ap.Method.START_PROCESS, params)["pid"])
+
+    def read_process(
+        self, container_id: str, exec_id: str | None, wait: float, max_bytes: int | None = None
+    ) -> ProcessOutput:
+        """What the process wrote since the last read, waiting up to ``wait`` seconds for
+        something; ``exit_code`` once it ended and everything was read."""
+        params = _process(container_id, exec_id, timeout=wait, max_bytes=max_bytes)
+        result = self.call(ap.Method.READ_PROCESS, params, wait + self.timeout)
+        code = result.get("exit_code")
+        return ProcessOutput(
+            base64.b64decode(str(result.get("stdout", ""))),
+            base64.b64decode(str(result.get("stderr", ""))),
+            code if isinstance(code, int) and not isinstance(code, bool) else None,
+        )
+
+    def write_stdin(
+        self, container_id: str, exec_id: str | None, data: bytes, close: bool = False
+    ) -> int:
+        """Write to the process's stdin (``close``: then end it); how much went in."""
+        encoded = base64.b64encode(data).decode("ascii")
+        params = _process(container_id, exec_id, data=encoded, close=close or None)
+        return int(self.call(ap.Method.WRITE_STDIN, params)["written"])
+
+    def signal_process(self, container_id: str, exec_id: str | None, signal: int) -> None:
+        self.call(ap.Method.SIGNAL_PROCESS, _process(container_id, exec_id, signal=signal))
+
+    def resize_terminal(
+        self, container_id: str, exec_id: str | None, rows: int, cols: int
+    ) -> None:
+        self.call(
+            ap.Method.RESIZE_TERMINAL, _process(container_id, exec_id, rows=rows, cols=cols)
+        )
+
+
+@dataclass(frozen=True)
+class ProcessOutput:
+    """One ``ReadProcess`` answer."""
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+
+
+def _process(container_id: str, exec_id: str | None, **params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"container_id": container_id}
+    if exec_id is not None:
+        out["exec_id"] = exec_id
+    out.update({k: v for k, v in params.items() if v is not None})
+    return out
 
 
 def wait_for_agent(
