@@ -152,8 +152,7 @@ def test_d1_rm_removes_a_leftover_directory_without_state(
     Before: ``ps`` did not show it, ``run`` said it exists, ``rm`` and ``rm -f`` said
     "no such sandbox": nothing could ever free the name.
     """
-    leftover = tmp_path / "x"
-    leftover.mkdir(mode=0o700)
+    leftover = StateStore(tmp_path).create("x")  # what a run failing at its first save left
     (leftover / "lock").touch()
     rc, out, _ = cpuplug(["ps", "--root", str(tmp_path), "--json"], capsys)
     assert rc == 0
@@ -573,3 +572,56 @@ def test_a_cpu_offlined_in_the_real_guest_is_onlined_by_the_next_update(cli: Cli
     assert "vCPUs 2 -> 3" in out
     assert cli.cat("r", "/sys/devices/system/cpu/online") == "0-2"
     assert cli.nproc("r") == 3
+
+
+# =================================================================== found by adversarial use (2)
+
+
+def test_only_directories_cpuplug_made_are_sandboxes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``rm --root ~ Documents`` deleted a user's directory (and ``ps`` wrote a ``lock``
+    file into every folder under the root): any directory was a "broken" sandbox."""
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("precious")
+    rc, out, _ = cpuplug(["ps", "--root", str(tmp_path), "--json"], capsys)
+    assert (rc, json.loads(out)) == (0, [])
+    for argv in (["rm"], ["rm", "-f"], ["stop"], ["inspect"]):
+        rc, _, err = cpuplug([*argv, "--root", str(tmp_path), "Documents"], capsys)
+        assert rc == 2 and "no such sandbox: Documents" in assert_one_error_line(err)
+    rc, _, err = cpuplug(["run", "--root", str(tmp_path), "--name", "Documents", "--", "true"],
+                         capsys)  # fmt: skip
+    assert rc == 2 and "is not a cpuplug sandbox" in assert_one_error_line(err)
+    assert sorted(p.name for p in docs.iterdir()) == ["thesis.txt"]
+    rc, _, err = cpuplug(["ps", "--root", "", "--json"], capsys)
+    assert rc == 2 and "--root must not be empty" in assert_one_error_line(err)
+
+
+def test_a_lock_waiter_never_acts_on_a_new_sandbox_of_the_same_name(tmp_path: Path) -> None:
+    """An ``rm`` waiting for the lock got the *deleted* lock file's flock after another
+    ``rm`` removed the directory, then acted on a new sandbox of the same name being
+    created — without excluding its creator (it removed it mid-creation)."""
+    store = StateStore(tmp_path)
+    store.create("a")
+    entered = threading.Event()
+    order: list[str] = []
+
+    def waiter() -> None:
+        with store.lock("a", 10):
+            order.append("waiter")
+            entered.set()
+
+    old = store.lock("a", 1)
+    old.__enter__()
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.05)  # let the waiter block on the old lock (nothing to wait on instead)
+    shutil.rmtree(tmp_path / "a")
+    store.create("a")
+    with store.lock("a", 1):  # the new sandbox's creator
+        old.__exit__(None, None, None)  # the old holder lets go: the waiter wakes...
+        assert not entered.wait(0.5), "...and must wait for the new sandbox's lock"
+        order.append("creator")
+    t.join(10)
+    assert order == ["creator", "waiter"]

@@ -43,6 +43,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Sandbox names are directory names and container ids (agent protocol's rule)."""
 
 HISTORY_LIMIT = 64
+MARKER = ".cpuplug-sandbox"
+"""Made first in every sandbox directory: only such directories are cpuplug's."""
 SOCKET_PATH_MAX = 107
 """``sun_path`` holds 108 bytes including the terminating NUL."""
 
@@ -243,7 +245,17 @@ class StateStore:
     """The state directory: one private subdirectory per sandbox."""
 
     def __init__(self, root: str | Path | None = None) -> None:
+        if root is not None and not str(root):
+            # Path("") is the current directory: every folder in it would be listed
+            raise UsageError("--root must not be empty")
         self.root = Path(root) if root is not None else default_root()
+
+    @staticmethod
+    def is_sandbox(d: Path) -> bool:
+        """Whether ``d`` is a directory cpuplug made: its marker, a state file or a
+        QMP socket (the last two for directories made before the marker existed).
+        Nothing else under ``--root`` is listed, locked, or removed."""
+        return any((d / f).exists() for f in (MARKER, "state.json", "qmp.sock"))
 
     def ensure_root(self) -> None:
         _private_dir(self.root)
@@ -267,9 +279,19 @@ class StateStore:
         try:
             d.mkdir(mode=0o700)
         except FileExistsError:
+            if not self.is_sandbox(d):
+                raise UsageError(
+                    f"{d} exists and is not a cpuplug sandbox: use another name or --root"
+                ) from None
             raise SandboxExists(name) from None
         except OSError as exc:
             raise StateError(f"cannot create {d}: {exc.strerror}") from None
+        try:
+            (d / MARKER).touch(mode=0o600)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+            raise StateError(f"cannot create {d / MARKER}: {exc.strerror}") from None
         return d
 
     def exists(self, name: str) -> bool:
@@ -283,7 +305,9 @@ class StateStore:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if NAME_RE.fullmatch(p.name) and p.is_dir()
+            p.name
+            for p in self.root.iterdir()
+            if NAME_RE.fullmatch(p.name) and p.is_dir() and self.is_sandbox(p)
         )
 
     def load(self, name: str) -> SandboxState:
@@ -291,7 +315,7 @@ class StateStore:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            if not path.parent.is_dir():
+            if not path.parent.is_dir() or not self.is_sandbox(path.parent):
                 raise SandboxNotFound(name) from None
             if (path.parent / "qmp.sock").exists():
                 raise StateError(f"sandbox {name} has lost its state file {path}") from None
@@ -350,7 +374,7 @@ class StateStore:
         leaves a sandbox locked.
         """
         d = self.dir(name)
-        if not d.is_dir():
+        if not d.is_dir() or not self.is_sandbox(d):
             raise SandboxNotFound(name)
         fd = _lock_fd(d)
         try:
@@ -359,7 +383,17 @@ class StateStore:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    if _same_file(fd, d):
+                        break
+                    # The directory was removed (and perhaps made again for a new
+                    # sandbox of the same name) while we waited: the lock we hold is
+                    # the old sandbox's. Start over on the current one.
+                    os.close(fd)
+                    fd = -1
+                    if not d.is_dir() or not self.is_sandbox(d):
+                        raise SandboxNotFound(name)
+                    fd = _lock_fd(d)
+                    continue
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
@@ -372,7 +406,22 @@ class StateStore:
                 delay = min(delay * 2, 0.1)
             yield
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
+
+
+def _same_file(fd: int, d: Path) -> bool:
+    """Whether the locked descriptor is still ``d``'s lock (``d/lock``, or ``d`` itself
+    when it has none): a removed and re-made directory has new inodes."""
+    held = os.fstat(fd)
+    for path in (d / "lock", d):
+        try:
+            now = os.stat(path)
+        except OSError:
+            continue
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return True
+    return False
 
 
 _CANNOT_CREATE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
