@@ -625,3 +625,35 @@ def test_a_lock_waiter_never_acts_on_a_new_sandbox_of_the_same_name(tmp_path: Pa
         order.append("creator")
     t.join(10)
     assert order == ["creator", "waiter"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("hypervisor", "nonsense", "hypervisor must be one of builtin, qemu"),
+        ("mode", "nonsense", "mode must be one of acpi, online-offline"),
+        ("status", "weird", "status must be one of creating, running, stopped, failed"),
+        ("containers", [], "the state lists none"),
+        ("maxcpus", 1 << 40, "maxcpus must be 1..512"),
+    ],
+)
+def test_a_corrupt_state_value_is_one_line_and_rm_f_still_stops_the_vmm(
+    cli: Cli, field: str, value: object, why: str
+) -> None:
+    """Enum and structural values of state.json were not checked: a traceback from
+    ``inspect``/``update``/``ps``, ``rm -f`` leaving the VMM running, and ``maxcpus``
+    2**40 hanging ``inspect`` while it built a row per vCPU."""
+    cli.ok("run", "--name", "z", "--max-cpus", "2", "--", "sleep", "100")
+    path = cli.root / "z" / "state.json"
+    state = json.loads(path.read_text())
+    vmm = ProcessIdentity(state["vmm_pid"], state["vmm_start_ticks"], state["vmm_exe"])
+    state[field] = value
+    path.write_text(json.dumps(state))
+    for argv in (["inspect", "z"], ["update", "--cpus", "1", "z"], ["exec", "z", "--", "true"]):
+        r = cli(*argv)
+        assert r.returncode == 1, r.stderr
+        assert why in assert_one_error_line(r.stderr)
+    rows = json.loads(cli.ok("ps", "--json").stdout)
+    assert [(r["name"], r["status"]) for r in rows] == [("z", "broken")]
+    cli.ok("rm", "-f", "z")
+    assert not vmm.matches() and not (cli.root / "z").exists()

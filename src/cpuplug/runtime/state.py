@@ -36,7 +36,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from cpuplug.acpi.limits import MAX_CPUS
+from cpuplug.cpuhp_abi import HotplugMode
 from cpuplug.errors import CpuplugError, UsageError
+from cpuplug.runtime.hypervisor import HypervisorKind
+from cpuplug.runtime.records import ContainerStatus, SandboxStatus
 
 STATE_VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -195,12 +199,34 @@ class SandboxState:
             _check_fields(ContainerState, raw.get("containers", []), "containers", many=True)
             _check_fields(cls, raw, "")
             Fraction(raw["default_vcpus"])
-            if raw["maxcpus"] < 1:
-                raise ValueError(f"maxcpus must be >= 1, got {raw['maxcpus']}")
+            if not 1 <= raw["maxcpus"] <= MAX_CPUS:
+                raise ValueError(f"maxcpus must be 1..{MAX_CPUS}, got {raw['maxcpus']}")
+            if not raw.get("containers"):
+                raise ValueError("a sandbox has one container, the state lists none")
+            _check_choice("status", raw.get("status", "creating"), _STORED_STATUSES)
+            _check_choice("mode", raw["mode"], [m.value for m in HotplugMode])
+            _check_choice("hypervisor", raw.get("hypervisor", "builtin"),
+                          [k.value for k in HypervisorKind])  # fmt: skip
+            for c in raw["containers"]:
+                _check_choice("containers[].status", c.get("status", "created"),
+                              [s.value for s in ContainerStatus])  # fmt: skip
             raw["containers"] = [ContainerState(**c) for c in raw.get("containers", [])]
             return cls(**raw)
         except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError) as exc:
             raise StateError(f"corrupt state file {where}: {exc}") from None
+
+
+_STORED_STATUSES = [
+    s.value
+    for s in (SandboxStatus.CREATING, SandboxStatus.RUNNING, SandboxStatus.STOPPED,
+              SandboxStatus.FAILED)
+]  # fmt: skip
+"""The statuses a state file may hold (``dead`` and ``broken`` are only ever derived)."""
+
+
+def _check_choice(field_name: str, value: object, allowed: list[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field_name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _is_int(v: object) -> bool:
