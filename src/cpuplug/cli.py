@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -149,10 +151,26 @@ def _apply_global_root(args: argparse.Namespace) -> None:
         args.root = root
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the command is, so it cleans up as for Ctrl-C
+    (``timeout``, systemd and a closed terminal send these, not SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_terminated)
     try:
         _apply_global_root(args)
         rc: int = args.func(args)
@@ -163,7 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cpuplug: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _quiet_interrupted_shutdown()
         return 130
+    except Terminated as exc:
+        _quiet_interrupted_shutdown()
+        return 128 + exc.signum
     except BrokenPipeError:
         # ``cpuplug acpi dump DSDT.dat | head``: the reader left; that is not an
         # error to report. stdout is pointed at /dev/null so the interpreter's
@@ -177,6 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cpuplug: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     return rc
+
+
+def _quiet_interrupted_shutdown() -> None:
+    """After an interrupt, nothing more reaches the user: an event loop (``qemu.qmp``)
+    cut off mid-``await`` would otherwise print "Task exception was never retrieved"
+    or "Exception ignored in: <coroutine ...>" blocks as the interpreter exits."""
+    sys.unraisablehook = lambda _unraisable: None
+    if "asyncio" in sys.modules:  # only then is there an event loop to quiet
+        import logging
+
+        logging.getLogger("asyncio").disabled = True
 
 
 def _silence_stdout() -> None:

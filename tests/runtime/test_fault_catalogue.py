@@ -657,3 +657,39 @@ def test_a_corrupt_state_value_is_one_line_and_rm_f_still_stops_the_vmm(
     assert [(r["name"], r["status"]) for r in rows] == [("z", "broken")]
     cli.ok("rm", "-f", "z")
     assert not vmm.matches() and not (cli.root / "z").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_run_terminated_by_a_signal_cleans_up_like_ctrl_c(
+    cli: Cli, sig: signal.Signals
+) -> None:
+    """SIGTERM (``timeout``, systemd) to ``run`` after its VMM started left the VMM
+    running and a ``failed`` sandbox; Ctrl-C cleaned up. Now both do."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpuplug", "run", "--root", str(cli.root), "--name", "t",
+         "--", "sleep", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    state = cli.root / "t" / "state.json"
+    deadline = time.monotonic() + 30
+    while not (state.exists() and json.loads(state.read_text()).get("vmm_start_ticks")):
+        assert proc.poll() is None and time.monotonic() < deadline, "run never started a VMM"
+        time.sleep(0.01)  # the state file is the only sign; nothing to wait on
+    st = json.loads(state.read_text())
+    vmm = ProcessIdentity(st["vmm_pid"], st["vmm_start_ticks"], st["vmm_exe"])
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "Exception" not in err, err
+    assert not vmm.matches(), "the VMM outlived the terminated run"
+    assert not (cli.root / "t").exists()
+
+
+def test_output_that_is_not_a_terminal_is_not_wrapped(cli: Cli) -> None:
+    """rich wrapped one-line messages at 80 columns (and cut ``ps`` names) when the
+    output was a pipe, so a script saw half a line."""
+    name = "n" * 64
+    out = cli.ok("run", "--name", name, "--", "sleep", "100").stdout
+    assert out.count("\n") == 1 and out.startswith(f"sandbox {name} running: "), out
+    ps = cli.ok("ps").stdout
+    assert name in ps, ps

@@ -360,7 +360,7 @@ def test_cpus_zero_means_no_limit_and_flags_merge() -> None:
     ("field", "value", "match"),
     [
         ("maxcpus", "lots", "maxcpus must be int"),
-        ("maxcpus", 0, "maxcpus must be >= 1"),
+        ("maxcpus", 0, "maxcpus must be 1..512"),
         ("static", "yes", "static must be bool"),
         ("plugged", ["a"], "plugged must be list"),
         ("default_vcpus", "many", "Fraction"),

@@ -53,15 +53,27 @@ computes ``10**99999999`` and hangs the command, so exponents and digit runs are
 
 
 def _out() -> Console:
-    from rich.console import Console
-
-    return Console(highlight=False)
+    return _console(sys.stdout, stderr=False)
 
 
 def _err() -> Console:
+    return _console(sys.stderr, stderr=True)
+
+
+_PIPE_WIDTH = 1000
+"""Width for output that is not a terminal: a script reading ``ps`` or a warning gets
+whole lines, not rich's 80-column wrapping and truncated names."""
+
+
+def _console(stream: Any, *, stderr: bool) -> Console:
+    """A rich console that never wraps a message line (soft wrap) and, off a terminal,
+    lays tables out as wide as they need."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(
+        stderr=stderr, highlight=False, soft_wrap=True, width=None if tty else _PIPE_WIDTH
+    )
 
 
 def _say(text: str, *, stderr: bool = False) -> None:
