@@ -4,7 +4,9 @@ The CLI drives ``--hypervisor qemu`` exactly as a user would; what the guest say
 read from inside it (``exec nproc``, cgroupfs through ``exec cat``) and what the host
 sees from QMP and /proc.  One booted sandbox is shared by the tests that only need a
 running guest (a TCG boot costs seconds); the failure tests make their own.  With
-CI=true a missing QEMU or apt fails these tests instead of skipping them.
+CI=true a missing QEMU or apt fails these tests instead of skipping them, and so does
+a QEMU 10 that ``cpuplug image qemu --version 10`` cannot fetch from bookworm-backports
+(its test boots one VM of its own on it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,7 +150,8 @@ def silent_initrd(image_initrd: Path, out: Path) -> None:
 def test_a_guest_that_never_answers_is_bounded(web: Cli, tmp_path: Path) -> None:
     """An initramfs whose /init never starts the agent: ``run`` gives up after its
     start timeout, says so in one line and leaves no QEMU behind."""
-    image = list_images()[0]  # the one `web` was booted from
+    # the one `web` was booted from (the newest x86_64 one: the cache may hold others)
+    image = next(i for i in list_images() if i.arch == "x86_64")
     kernel, initrd = image.kernel, tmp_path / "silent.img"
     silent_initrd(image.initrd, initrd)
     with private_cli() as c:
@@ -173,3 +178,75 @@ def _cmdline(pid: str) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+# --------------------------------------------------------------------------- QEMU 10
+
+
+@pytest.fixture(scope="module")
+def qemu10() -> str:
+    """QEMU 10 from bookworm-backports, unpacked by ``cpuplug image qemu --version 10``
+    (nothing installed); skipped when it cannot be fetched, failed instead with CI=true."""
+    require_tool("apt-get")
+    r = subprocess.run(
+        [sys.executable, "-m", "cpuplug", "image", "qemu", "--version", "10"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if r.returncode != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"cpuplug image qemu --version 10 failed in CI: {r.stderr.strip()}")
+        pytest.skip(f"QEMU 10 could not be fetched: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def test_qemu10_grow_shrink_grow_three_times_unplugs_while_the_budget_allows(
+    qemu10: str,
+) -> None:
+    """QEMU 10 under TCG re-plugs, but every vCPU thread it ever creates takes one of
+    its maxcpus TCG contexts (one more plug aborts it).  cpuplug gives it twice the
+    sandbox's maximum (8 slots for --max-cpus 4, never more than 4 plugged): 7 plugs.
+    run (1 plug) and three grows of 2 spend them; the first two shrinks unplug (their
+    vCPU threads leave QEMU), the third offlines and keeps the vCPUs plugged, since
+    unplugging would leave no plug to grow back with -- and QEMU never aborts."""
+    with private_cli() as c:
+        c.ok(*RUN, "--qemu", qemu10, "--name", "q", "--max-cpus", "4", "--cpus", "1",
+             "--", "sleep", "100000", timeout=900)  # fmt: skip
+        info = c.inspect("q")
+        vmm, caps = info["vmm"], info["vmm"]["capabilities"]
+        pid = vmm["qemu_pid"]
+        assert vmm["qemu_version"].startswith("10.") and vmm["accelerator"] == "tcg"
+        assert os.readlink(f"/proc/{pid}/exe") == os.path.realpath(qemu10)
+        assert vmm["vcpu_slots"] == 8 and b"maxcpus=8" in _cmdline(str(pid))
+        assert (caps["replug"], caps["max_plugs"], caps["plugs_used"]) == (True, 7, 1)
+        assert caps["shrink_by"] == "unplug", caps["shrink"]
+        assert c.cat("q", "/sys/devices/system/cpu/possible") == "0-7"
+
+        def vcpu_threads() -> dict[int, int]:
+            rows = c.inspect("q")["vcpus"]
+            return {v["vcpu"]: v["thread_id"] for v in rows if v["plugged"]}
+
+        ways = []
+        for cycle in range(4):
+            out = c.ok("update", "--cpus", "3", "q").stdout
+            assert "vCPUs 2 -> 4" in out, out
+            assert (c.nproc("q"), online(c, "q")) == (4, "0-3")
+            grown = vcpu_threads()
+            assert sorted(grown) == [0, 1, 2, 3]
+            assert set(grown.values()) <= {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+            out = c.ok("update", "--cpus", "1", "q").stdout
+            assert "vCPUs 4 -> 2" in out, out
+            assert (c.nproc("q"), online(c, "q")) == (2, "0-1")
+            tasks = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+            if "removed" in out:
+                ways.append("unplug")
+                assert sorted(vcpu_threads()) == [0, 1]
+                assert not {grown[2], grown[3]} & tasks, "unplugged vCPU threads are gone"
+            else:
+                ways.append("offline")
+                assert "offlined 2,3, kept plugged" in out, out
+                assert {grown[2], grown[3]} <= tasks
+            assert c.cat("q", "/sys/devices/system/cpu/present") in ("0-1", "0-3"), cycle
+        assert ways == ["unplug", "unplug", "offline", "offline"]
+        caps = c.inspect("q")["vmm"]["capabilities"]
+        assert (caps["plugs_used"], caps["plugs_left"], caps["shrink_by"]) == (7, 0, "offline")
+        assert os.path.exists(f"/proc/{pid}"), "QEMU 10 survived every cycle"

@@ -270,7 +270,7 @@ class FakeBackend:
 
     def start(self, spec: VmSpec) -> ProcessIdentity:
         m = self.world.m
-        m.maxcpus = spec.maxcpus
+        m.maxcpus = spec.maxcpus + self.world.extra_slots
         m.plugged = {i: f"/machine/unattached/device[{i}]" for i in range(spec.boot_vcpus)}
         m.online = set(range(spec.boot_vcpus))
         ident = process.launch(["sleep", "300"], spec.sandbox_dir / "vmm.log")
@@ -314,6 +314,8 @@ class FakeWorld:
         self.vmms: list[FakeVmm] = []
         self.pids: dict[str, int] = {}
         self.caps = BUILTIN_CAPS
+        self.extra_slots = 0
+        """Slots the fake VMM has beyond the sandbox's maxcpus (QEMU's extra_vcpu_slots)."""
         self.fake_backend = FakeBackend(self)
 
     def backend(self, kind: HypervisorKind) -> FakeBackend:

@@ -51,8 +51,9 @@ class BuildProgress:
 
 ProgressCallback = Callable[[BuildProgress], None]
 
-_NOT_BUILDER = {"cli.py", "commands.py"}
-"""Modules of this package that do not shape an image (the command line around it)."""
+_NOT_BUILDER = {"cli.py", "commands.py", "qemu.py"}
+"""Modules of this package that do not shape an image (the command line around it, and
+the QEMU fetched for the host)."""
 
 
 def builder_digest() -> str:

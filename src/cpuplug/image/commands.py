@@ -1,4 +1,4 @@
-"""The bodies of ``cpuplug image build`` and ``cpuplug image ls``.
+"""The bodies of ``cpuplug image build``, ``cpuplug image qemu`` and ``cpuplug image ls``.
 
 Human output uses ``rich``: a progress bar on stderr while an image builds, drawn only
 when stderr is a terminal, so a log or a pipe gets the result and one-line errors and
@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cpuplug.image.arch import arch_named
 from cpuplug.image.build import STEPS, BuildProgress, ensure_image
+from cpuplug.image.qemu import ensure_qemu
 from cpuplug.image.store import Image, ImageStore, cache_dir
 
 
@@ -77,6 +78,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"  cmdline  {image.cmdline}\n"
         f"  modules  {' '.join(image.modules)}"
     )
+    return 0
+
+
+def cmd_qemu(args: argparse.Namespace) -> int:
+    """Print the path of a runnable QEMU (steps on stderr when it is a terminal)."""
+    arch_named(args.arch)
+    err = Console(stderr=True, highlight=False)
+
+    def progress(message: str) -> None:
+        if err.is_terminal:
+            err.print(f"[dim]qemu: {message}[/dim]")
+
+    qemu = ensure_qemu(
+        args.arch, version=args.version, cache=args.cache, progress=progress,
+        refresh=args.refresh,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(qemu.record(), indent=2, sort_keys=True))
+    else:
+        print(qemu.binary)
     return 0
 
 

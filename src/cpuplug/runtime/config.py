@@ -40,9 +40,10 @@ _KEYS = {
     "start_timeout",
 }
 _QEMU_KEYS = {"path": "qemu_path", "kernel": "kernel", "initrd": "initrd",
-              "default_memory": "default_memory", "arch": "arch"}  # fmt: skip
-"""Keys read only from ``[hypervisor.qemu]`` (Kata's names; ``arch`` is cpuplug's),
-with the field each sets."""
+              "default_memory": "default_memory", "arch": "arch",
+              "extra_vcpu_slots": "extra_vcpu_slots"}  # fmt: skip
+"""Keys read only from ``[hypervisor.qemu]`` (Kata's names; ``arch`` and
+``extra_vcpu_slots`` are cpuplug's), with the field each sets."""
 HYPERVISORS = ("builtin", "qemu")
 ARCHES = ("x86_64", "aarch64")
 MAX_REMOVE_TIMEOUT = 3600.0
@@ -75,6 +76,9 @@ class RuntimeConfig:
     """Guest RAM in MiB (QEMU backend)."""
     arch: str | None = None
     """Guest architecture for the QEMU backend (default: the host's)."""
+    extra_vcpu_slots: int | None = None
+    """Possible vCPUs QEMU gets beyond ``maxcpus``, never plugged: under TCG each is one
+    more vCPU plug in the VM's life (docs/runtime.md).  None: the backend's default."""
 
     def vm_options(self) -> dict[str, Any]:
         """The hypervisor backend's options from this config (runtime.hypervisor.VmSpec)."""
@@ -83,6 +87,8 @@ class RuntimeConfig:
                            ("initrd", self.initrd), ("arch", self.arch)):  # fmt: skip
             if value is not None:
                 opts[key] = value
+        if self.extra_vcpu_slots is not None:
+            opts["extra_vcpu_slots"] = str(self.extra_vcpu_slots)
         return opts
 
     def max_vcpus(self, host_cpus: int | None = None) -> int:
@@ -129,6 +135,10 @@ def _validated(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError(f"arch must be one of {', '.join(ARCHES)}, got {cfg.arch!r}")
     if not 64 <= cfg.default_memory <= 1 << 20:
         raise ConfigError(f"default_memory must be 64..1048576 MiB, got {cfg.default_memory}")
+    if cfg.extra_vcpu_slots is not None and not 0 <= cfg.extra_vcpu_slots <= MAX_CPUS:
+        raise ConfigError(
+            f"extra_vcpu_slots must be in 0..{MAX_CPUS}, got {cfg.extra_vcpu_slots}"
+        )
     if not 0 <= cfg.default_maxvcpus <= MAX_CPUS:
         raise ConfigError(f"default_maxvcpus must be in 0..{MAX_CPUS}, got {cfg.default_maxvcpus}")
     if not 0 < cfg.start_timeout <= MAX_REMOVE_TIMEOUT:
@@ -226,6 +236,10 @@ def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
             if isinstance(val, bool) or not isinstance(val, int | float):
                 raise ConfigError(f"{source}: {key} must be seconds, got {val!r}")
             kw[key] = float(val)
+        elif key == "extra_vcpu_slots":
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise ConfigError(f"{source}: extra_vcpu_slots must be an integer, got {val!r}")
+            kw[key] = val
         elif key == "default_memory":
             if isinstance(val, bool) or not isinstance(val, int):
                 raise ConfigError(f"{source}: default_memory must be MiB (an integer), got {val!r}")

@@ -11,7 +11,8 @@ says whether the VMM can hot-add, hot-remove, plug a slot again after removing
 one, how many plugs a VM's life allows, and which completion signals it sends.
 The orchestration reads them to choose between unplugging a vCPU and only
 offlining it, so a VMM that crashes on re-plug (QEMU 7.2 under TCG) or runs out
-of vCPU contexts (QEMU 10.0 under TCG) is driven safely without an ``if qemu``.
+of vCPU contexts (QEMU 10.0 under TCG) is driven safely without an ``if qemu``:
+:meth:`Capabilities.unpluggable` is the one budget rule.
 """
 
 from __future__ import annotations
@@ -74,18 +75,24 @@ class Capabilities:
     """Hot-adds a VM's whole life allows (None: unbounded)."""
     completion: Completion
 
-    def may_unplug(self, plugs_used: int, free_after: int) -> bool:
-        """Whether unplugging now keeps every free slot pluggable later.
+    def plugs_left(self, plugs_used: int) -> int | None:
+        """Hot-adds still possible in this VM's life (None: unbounded)."""
+        return None if self.max_plugs is None else max(self.max_plugs - plugs_used, 0)
 
-        ``free_after`` counts the free slots once the unplug is done.  Unplugging
-        is refused when the VMM could not plug them all again: no re-plug at all,
-        or a plug budget smaller than the slots a later grow may need.
+    def unpluggable(self, wanted: int, plugged: int, plugs_used: int, maxcpus: int) -> int:
+        """How many of ``wanted`` vCPUs a shrink may unplug now (the rest are offlined).
+
+        The budget rule: after the unplugs the VM must still be able to grow back to
+        ``maxcpus`` vCPUs, the plugged ones (online or offline) counting as free and
+        every missing one costing a plug: ``plugged - n + plugs_left >= maxcpus``.  A
+        VMM that cannot hot-remove or cannot plug again after an unplug unplugs none.
         """
-        if not self.hot_remove:
-            return False
-        if not self.replug:
-            return False
-        return self.max_plugs is None or self.max_plugs - plugs_used >= free_after
+        if not (self.hot_remove and self.replug) or wanted <= 0:
+            return 0
+        left = self.plugs_left(plugs_used)
+        if left is None:
+            return wanted
+        return max(0, min(wanted, plugged + left - maxcpus))
 
 
 @dataclass(frozen=True)

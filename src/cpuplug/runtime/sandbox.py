@@ -621,14 +621,19 @@ class Runtime:
             return self._set_online(session, st, target, online, log, result)
         hv = session.hv
         caps = hv.capabilities()
-        slots = hv.slots()
-        st.plugged = rz.reconcile_order(st.plugged, [s.core_id for s in slots if s.plugged])
+        every = hv.slots()
+        st.plugged = rz.reconcile_order(st.plugged, [s.core_id for s in every if s.plugged])
+        # A VMM may have more slots than the sandbox's maximum (QEMU under TCG is given
+        # some for their vCPU contexts, docs/runtime.md): only the first maxcpus are used,
+        # so no more than maxcpus vCPUs are ever plugged at once.
+        slots = every[: st.maxcpus]
 
         if target > len(st.plugged) and caps.hot_add:
             plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
             add = list(plan.add)
-            if caps.max_plugs is not None and len(add) > caps.max_plugs - st.plugs_used:
-                add = add[: max(caps.max_plugs - st.plugs_used, 0)]
+            left = caps.plugs_left(st.plugs_used)
+            if left is not None and len(add) > left:
+                add = add[:left]
                 result.warning = (
                     f"the VMM allows {caps.max_plugs} vCPU plugs in a VM's life; "
                     f"{len(st.plugged) + len(add)} vCPUs"
@@ -647,12 +652,14 @@ class Runtime:
                 hv.wait_plugged(add, st.remove_timeout, log)
         elif target < len(st.plugged):
             plan = rz.plan_resize(slots, st.plugged, target, range(st.boot_vcpus))
-            free_after = st.maxcpus - len(st.plugged) + len(plan.remove)
-            if plan.remove and caps.may_unplug(st.plugs_used, free_after):
+            # the budget rule (Capabilities.unpluggable): unplug only as many as still
+            # leave the VM able to grow back to maxcpus; the rest are offlined below
+            n = caps.unpluggable(len(plan.remove), len(st.plugged), st.plugs_used, st.maxcpus)
+            if n:
                 if plan.warning:
                     result.warning = result.warning or plan.warning
                 by_core = {s.core_id: s for s in slots}
-                for core in plan.remove:
+                for core in plan.remove[:n]:
                     hv.unplug(by_core[core], st.remove_timeout, log)
                     st.plugged.remove(core)
                     result.removed.append(core)
@@ -818,6 +825,7 @@ class Runtime:
                     info.vmm = self.backend_of(st).describe(self.spec(st))
                 info.reconciled = self._reconcile(session, st)
                 caps = session.hv.capabilities()
+                how, why = _shrink_policy(caps, st)
                 info.vmm["capabilities"] = {
                     "hot_add": caps.hot_add,
                     "hot_remove": caps.hot_remove,
@@ -825,7 +833,9 @@ class Runtime:
                     "max_plugs": caps.max_plugs,
                     "plugs_used": st.plugs_used,
                     "completion": [c.name for c in Completion if c in caps.completion],
-                    "shrink": _shrink_policy(caps, st),
+                    "plugs_left": caps.plugs_left(st.plugs_used),
+                    "shrink_by": how,
+                    "shrink": why,
                 }
                 threads = session.hv.vcpu_threads()
                 details = session.agent.guest_details()
@@ -962,22 +972,38 @@ class Runtime:
             raise SandboxError(f"sandbox {st.name}: its VMM (pid {ident.pid}) did not exit")
 
 
-def _shrink_policy(caps: Capabilities, st: SandboxState) -> str:
-    """How a shrink of this sandbox is done now, and why (``inspect``)."""
+def _shrink_policy(caps: Capabilities, st: SandboxState) -> tuple[str, str]:
+    """How a shrink of this sandbox is done now, and why (``inspect``): ``unplug``,
+    ``offline`` (vCPUs kept plugged) or ``unplug+offline``, and the reason in words."""
     if not caps.hot_remove:
-        return "offline in the guest (this VMM cannot hot-remove vCPUs)"
+        return "offline", "offline in the guest (this VMM cannot hot-remove vCPUs)"
     if not caps.replug:
-        return (
+        return "offline", (
             "offline in the guest, vCPUs kept plugged "
             "(this VMM cannot plug again after an unplug)"
         )
-    if caps.max_plugs is not None:
-        left = caps.max_plugs - st.plugs_used
-        return (
-            f"unplug while the plugs left ({left} of {caps.max_plugs}) cover every free slot, "
-            "else offline in the guest"
-        )
-    return "unplug (device_del)"
+    left = caps.plugs_left(st.plugs_used)
+    if left is None:
+        return "unplug", "unplug (device_del)"
+    fixed = set(range(st.boot_vcpus)) | {0}
+    removable = len([c for c in st.plugged if c not in fixed])
+    n = caps.unpluggable(removable, len(st.plugged), st.plugs_used, st.maxcpus)
+    budget = (
+        f"{left} of {caps.max_plugs} vCPU plugs left in this VM's life; an unplug must "
+        f"leave enough to grow back to {st.maxcpus} vCPUs"
+    )
+    if removable == 0:
+        how = "unplug" if left >= st.maxcpus - len(st.plugged) + 1 else "offline"
+    elif n == removable:
+        how = "unplug"
+    else:
+        how = "unplug+offline" if n else "offline"
+    words = {
+        "unplug": "unplug (device_del)",
+        "unplug+offline": f"unplug {n} vCPU(s), offline the rest in the guest (kept plugged)",
+        "offline": "offline in the guest, vCPUs kept plugged",
+    }[how]
+    return how, f"{words}: {budget}"
 
 
 def _online(details: dict[str, Any]) -> list[int]:
