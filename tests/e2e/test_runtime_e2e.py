@@ -112,28 +112,35 @@ def test_run_update_sequence_of_spec_8(cli: Cli) -> None:
     assert json.loads(cli.ok("ps", "--json").stdout) == []
 
 
-def test_refused_eject_fails_fast_and_sandbox_still_works(cli: Cli) -> None:
-    """Offlining CPU 0 in the guest makes vCPU 1 the last online CPU: eject → _OST 0x82."""
+def test_a_guest_that_offlined_cpu0_gets_it_back_before_an_eject(cli: Cli) -> None:
+    """Offlining CPU 0 in the guest makes vCPU 1 the last online CPU, whose eject the
+    guest refuses (_OST 0x82, shown here over QMP by hand). ``update`` therefore
+    onlines the CPUs the guest offlined itself before it ejects any: the same shrink
+    succeeds, and the slot can come back. (The runtime's handling of a refusal —
+    bounded, naming the vCPU and the status, limits unchanged — is tested against the
+    fake VMM in tests/runtime.)"""
+    from cpuplug.runtime.qmp_client import QmpConnection
+
     cli.ok("run", "--name", "r", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "600")
     cli.ok("exec", "r", "--", "sh", "-c", "echo 0 > /sys/devices/system/cpu/cpu0/online")
     assert cli.cat("r", "/sys/devices/system/cpu/online") == "1"
+    with QmpConnection(cli.root / "r" / "qmp.sock") as qmp:
+        qmp.execute("device_del", {"id": "cpu-1"})
+        statuses = []
+        while 0x82 not in statuses:
+            ev = qmp.next_event(10.0)
+            assert ev is not None, f"no refusal within 10 s (saw {statuses})"
+            if ev["event"] == "ACPI_DEVICE_OST":
+                statuses.append(ev["data"]["info"]["status"])
+    assert cli.nproc("r") == 1  # refused: vCPU 1 is still there and running the container
     t0 = time.monotonic()
-    res = cli("update", "--cpus", "0", "r")
-    assert res.returncode == 1
-    assert "vCPU 1" in res.stderr and "0x82" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    assert time.monotonic() - t0 < 10.0, "must fail within remove_timeout (10 s)"
-    assert cli.nproc("r") == 1  # the sandbox still answers
+    out = cli.ok("update", "--cpus", "0", "r").stdout
+    assert "vCPUs 1 -> 1" in out or "unchanged at 1" in out, out
+    assert "removed 1" in out and time.monotonic() - t0 < 10.0
+    assert cli.cat("r", "/sys/devices/system/cpu/online") == "0"
     info = cli.inspect("r")
-    assert [v["vcpu"] for v in info["vcpus"] if v["plugged"]] == [0, 1]
+    assert [v["vcpu"] for v in info["vcpus"] if v["plugged"]] == [0]
     assert info["pending"] is None
-    cli.ok("exec", "r", "--", "sh", "-c", "echo 1 > /sys/devices/system/cpu/cpu0/online")
-    assert cli.nproc("r") == 2
-    # once the guest can let it go, the same removal succeeds (and the slot can come back)
-    assert (
-        "vCPUs 2 -> 1 (removed 1), quota unlimited" in cli.ok("update", "--cpus", "0", "r").stdout
-    )
-    assert cli.nproc("r") == 1
     assert "vCPUs 1 -> 2" in cli.ok("update", "--cpus", "1", "r").stdout
     assert cli.nproc("r") == 2
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from cpuplug.cli import build_parser, main
+from cpuplug.errors import UsageError
 from cpuplug.runtime.agent_client import AgentClient
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.process import ProcessIdentity, process_alive
@@ -433,7 +435,7 @@ def test_d2_a_failing_update_says_what_it_changed_and_the_next_one_finishes(
     rt = fake_runtime(world, tmp_path, maxcpus=8)
     rt.run(RunRequest(["true"], Resources(quota=100000, period=100000), name="b"))
     world.agent.fail_online_once = True
-    with pytest.raises(Exception, match=r"already done: plugged vCPU 2,3;.*next cpuplug command"):
+    with pytest.raises(Exception, match=r"already done: plugged vCPU 2,3;.*next cpuplug update or"):
         rt.update("b", Resources(quota=300000, period=100000))
     r = rt.update("b", Resources(cpuset="0-3"))  # a different update finishes the first
     assert (r.after, world.m.online) == (4, {0, 1, 2, 3})
@@ -693,3 +695,85 @@ def test_output_that_is_not_a_terminal_is_not_wrapped(cli: Cli) -> None:
     assert out.count("\n") == 1 and out.startswith(f"sandbox {name} running: "), out
     ps = cli.ok("ps").stdout
     assert name in ps, ps
+
+
+def test_a_cpuset_the_vm_can_never_have_is_refused_before_anything_starts(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """``--cpuset-cpus 7`` on a 4-vCPU sandbox (or 9 at ``run``) was refused only after
+    vCPUs were plugged, and was kept as the desired state: every later update and
+    ``inspect`` failed with the same error, the sandbox stuck between two sizes."""
+    rt = fake_runtime(world, tmp_path, maxcpus=4)
+    with pytest.raises(UsageError, match=r"vCPUs 0-3 at most"):
+        rt.run(RunRequest(["true"], Resources(cpuset="9"), name="r"))
+    assert not (tmp_path / "r").exists() and world.pids == {}
+    rt.run(RunRequest(["true"], Resources(quota=100000, period=100000), name="c"))
+    world.m.qmp_log.clear()
+    with pytest.raises(UsageError, match=r"vCPUs 0-3 at most"):
+        rt.update("c", Resources(cpuset="7"))
+    assert world.m.qmp_log == [] and rt.store.load("c").pending is None
+
+
+def test_a_cpuset_naming_a_high_cpu_keeps_that_cpu_plugged(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """``run --cpus 3 --cpuset-cpus 3`` then ``update --cpus 1``: the shrink to 2 vCPUs
+    unplugged CPU 3, the container's only CPU, and the update failed half-way."""
+    rt = fake_runtime(world, tmp_path, maxcpus=4)
+    rt.run(RunRequest(["true"], Resources(quota=300000, period=100000, cpuset="3"), name="p"))
+    r = rt.update("p", Resources(quota=100000, period=100000))
+    assert r.after == 4 and world.agent.cgroups["p"]["cpuset_cpus"] == "3"
+    assert world.agent.cgroups["p"]["quota"] == 100000
+    assert rt.store.load("p").pending is None
+
+
+def test_a_shrink_after_the_guest_offlined_cpus_itself(cli: Cli) -> None:
+    """The container offlined CPUs 0-2 itself; ``update --cpus 0.5`` then had vCPU 2's
+    eject refused (0x82) on every retry, leaving the VM part-shrunk."""
+    cli.ok("run", "--name", "c", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "100")
+    cli.ok("update", "--cpus", "3", "c")
+    for cpu in (2, 1, 0):  # one exec each: a CPU the writer runs on refuses (EAGAIN)
+        deadline = time.monotonic() + 20
+        while cli("exec", "c", "--", "sh", "-c",
+                  f"echo 0 > /sys/devices/system/cpu/cpu{cpu}/online").returncode:  # fmt: skip
+            assert time.monotonic() < deadline, f"cpu{cpu} never went offline"
+    assert cli.cat("c", "/sys/devices/system/cpu/online") == "3"
+    out = cli.ok("update", "--cpus", "0.5", "c").stdout
+    assert "-> 2" in out, out
+    assert cli.cat("c", "/sys/devices/system/cpu/online") == "0-1"
+    assert cli.nproc("c") == 2
+
+
+def test_a_run_refused_for_a_long_socket_path_leaves_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A ``run`` refused because its socket path was too long had made its directory
+    first: ``ps`` showed it ``failed`` and neither ``rm`` nor ``rm -f`` could remove it."""
+    root = Path(tempfile.mkdtemp(prefix="L" * 40, dir="/tmp"))
+    try:
+        rc, _, err = cpuplug(["run", "--root", str(root), "--name", "n" * 60, "--", "true"],
+                             capsys)  # fmt: skip
+        assert rc == 2 and "use a shorter --root" in assert_one_error_line(err)
+        assert list(root.iterdir()) == []
+    finally:
+        shutil.rmtree(root)
+
+
+def test_vcpus_unplugged_by_hand_over_qmp_are_brought_back(cli: Cli) -> None:
+    """A ``device_del`` sent by hand over the sandbox's QMP socket (the README invites
+    QMP use): ``update`` to the same size trusted the stale plugged list and failed
+    after 6 s onlining a CPU that was gone; ``inspect`` said "reconciled" and left the
+    sandbox below its target."""
+    from cpuplug.runtime.qmp_client import QmpConnection
+
+    cli.ok("run", "--name", "x", "--max-cpus", "4", "--cpus", "2", "--", "sleep", "100")
+    for command in (("update", "--cpus", "2", "x"), ("inspect", "x")):
+        with QmpConnection(cli.root / "x" / "qmp.sock") as qmp:
+            qmp.execute("device_del", {"id": "cpu-2"})
+            deadline = time.monotonic() + 10
+            while any(s.get("qom-path") and s["props"]["core-id"] == 2
+                      for s in qmp.execute("query-hotpluggable-cpus")):  # fmt: skip
+                assert time.monotonic() < deadline
+                time.sleep(0.02)  # the eject's end is visible only in the slot table here
+        cli.ok(*command)
+        assert cli.nproc("x") == 3, command

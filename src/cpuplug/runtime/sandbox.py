@@ -146,6 +146,9 @@ class RunRequest:
     cmd: list[str]
     resources: Resources = Resources()
     name: str | None = None
+    container_options: dict[str, Any] = field(default_factory=dict)
+    """More ``CreateContainer`` parameters (cpuplug-runc: ``streams``, ``env``, ``cwd``,
+    ``terminal``; docs/agent-protocol.md)."""
 
 
 @dataclass
@@ -346,8 +349,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, req: RunRequest, on_step: Callable[[str], None] | None = None) -> SandboxState:
-        """Start a sandbox: VMM, agent, container, hot-add to the target, start."""
+    def run(
+        self,
+        req: RunRequest,
+        on_step: Callable[[str], None] | None = None,
+        *,
+        start: bool = True,
+    ) -> SandboxState:
+        """Start a sandbox: VMM, agent, container, hot-add to the target, start.
+
+        ``start=False`` stops before the container's process starts (OCI ``create``):
+        the sandbox is running, its container ``created``, :meth:`start` starts it.
+        """
         if not req.cmd:
             raise UsageError("run needs a command (cpuplug run [OPTIONS] -- CMD ARGS...)")
         name = validate_name(req.name) if req.name else f"sb-{secrets.token_hex(3)}"
@@ -377,6 +390,9 @@ class Runtime:
             vm=cfg.vm_options(),
         )
         note = on_step or (lambda _s: None)
+        for which in ("qmp", "agent"):
+            self.store.socket_path(name, which)  # too long for sun_path: refused before mkdir
+        _check_cpusets([container], topo.maxcpus)
         self.store.create(name)
         session = _Session(self, st)
         try:
@@ -384,7 +400,9 @@ class Runtime:
             # whose lock is free is one whose run was killed (see status()).
             with self.store.lock(name, LOCK_TIMEOUT):
                 self.store.save(st)
-                self._create(session, st, container, sizing.warning, note)
+                self._create(
+                    session, st, container, sizing.warning, note, start, req.container_options
+                )
         except BaseException as exc:
             session.close()
             log_tail = self._log_tail(self.store.dir(name))
@@ -404,6 +422,8 @@ class Runtime:
         container: ContainerState,
         warning: str | None,
         note: Callable[[str], None],
+        start: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
         t_start = time.monotonic()
         be = self.backend_of(st)
@@ -431,17 +451,22 @@ class Runtime:
         )
         note("guest agent ready")
         session.agent.create_container(
-            container.id, container.cmd, quota=container.quota, period=container.period
+            container.id,
+            container.cmd,
+            quota=container.quota,
+            period=container.period,
+            **(options or {}),
         )
         result = self._apply(session, st, [container], st.target, warning)
         if result.after != result.before:
             note(f"vCPUs {result.before} -> {result.after}")
-        session.agent.start_container(container.id)
-        container.status = ContainerStatus.RUNNING.value
+        if start:
+            session.agent.start_container(container.id)
+            container.status = ContainerStatus.RUNNING.value
         st.status = SandboxStatus.RUNNING.value
         st.record(
             {
-                "op": "run",
+                "op": "run" if start else "create",
                 "at": time.time(),
                 "vcpus": result.after,
                 "ms": round((time.monotonic() - t_start) * 1000, 1),
@@ -516,6 +541,11 @@ class Runtime:
             result.target = target
         interrupted = st.pending is not None
         previous = (st.containers, st.target)
+        floor = _cpuset_floor(containers)
+        if floor > target and not st.static:
+            # a cpuset naming CPU n needs vCPUs 0..n: otherwise the guest has no CPU to
+            # give the container (Kata runtime#1093), and the update could not finish
+            target = result.target = floor
         st.containers = containers
         st.target = target
         st.pending = {"op": "resize", "target": target, "at": time.time()}
@@ -559,10 +589,11 @@ class Runtime:
             with contextlib.suppress(CpuplugError, OSError):
                 self.store.save(st)
             done = progress.describe()
-            if done and not isinstance(exc, UsageError):
+            finishable = st.status == SandboxStatus.RUNNING.value and self.alive(st)
+            if done and finishable and not isinstance(exc, UsageError):
                 raise SandboxError(
-                    f"{exc} (already done: {done}; the next cpuplug command on {st.name} "
-                    "finishes the update)"
+                    f"{exc} (already done: {done}; the next cpuplug update or inspect of "
+                    f"{st.name} finishes it)"
                 ) from None
             raise
         st.pending = None
@@ -617,7 +648,11 @@ class Runtime:
         log.add("guest_details", t, online=format_cpu_list(online))
         result.before = len(online)
         target = max(1, min(target, st.maxcpus))
-        if target == len(st.plugged) and not interrupted:
+        settled = len(online) == target and (
+            st.mode == HotplugMode.ONLINE_OFFLINE.value or len(st.plugged) == target
+        )
+        if settled and not interrupted:
+            # nothing to plug or unplug (online/offline mode never does): no QMP at all
             return self._set_online(session, st, target, online, log, result)
         hv = session.hv
         caps = hv.capabilities()
@@ -658,6 +693,10 @@ class Runtime:
             if n:
                 if plan.warning:
                     result.warning = result.warning or plan.warning
+                if len(online) < len(st.plugged):
+                    # the guest offlined CPUs itself: an eject of one of them, or of the
+                    # last online one, is refused (0x82); online them first
+                    online = sorted(session.agent.online_cpu_mem(len(st.plugged)))
                 by_core = {s.core_id: s for s in slots}
                 for core in plan.remove[:n]:
                     hv.unplug(by_core[core], st.remove_timeout, log)
@@ -710,6 +749,7 @@ class Runtime:
                 # st.containers holds the last *requested* limits, even if a killed
                 # or failed command left them unapplied (pending): merge into those.
                 containers = [resources.merged_into(st.containers[0]), *st.containers[1:]]
+                _check_cpusets(containers, st.maxcpus)
                 sizing = vcpu_target(
                     self._sizing_input(containers), Fraction(st.default_vcpus), st.maxcpus
                 )
@@ -862,6 +902,10 @@ class Runtime:
             return False
         st.plugged = order
         self.store.save(st)
+        if len(order) != st.target and st.mode == HotplugMode.ACPI.value:
+            # vCPUs were plugged or unplugged behind our back (QMP by hand): the
+            # sandbox is not at its target any more; bring it back
+            self._apply(session, st, st.containers, st.target, st.warning, op="reconcile")
         return True
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -961,7 +1005,8 @@ class Runtime:
         identity (pid + start time + executable), or else the process serving its
         QMP socket (D5: a pid with no start time proves nothing).
         """
-        qmp_path = self.store.socket_path(st.name, "qmp")
+        # no sun_path check here: a sandbox must be removable whatever its path length
+        qmp_path = self.store.dir(st.name) / "qmp.sock"
         ident = self._identity(st)
         if ident is None or not ident.matches():
             ident = process.socket_peer(qmp_path)
@@ -970,6 +1015,26 @@ class Runtime:
         be = self.backend_of(st)
         if not process.terminate(ident, lambda: be.request_quit(qmp_path)):
             raise SandboxError(f"sandbox {st.name}: its VMM (pid {ident.pid}) did not exit")
+
+    # ------------------------------------------------------------------ OCI (cpuplug-runc)
+
+    def start(self, name: str) -> int:
+        """Start the process of a container :meth:`run` created with ``start=False``
+        (OCI ``start``); its pid in the guest."""
+        with self._locked(name) as st:
+            self._require_running(st, locked=True)
+            c = st.containers[0]
+            if c.status != ContainerStatus.CREATED:
+                raise UsageError(f"container {c.id} is {c.status}, not created")
+            agent = self.connect_agent(self.store.socket_path(name, "agent"))
+            try:
+                pid = agent.start_container(c.id)
+            finally:
+                agent.close()
+            c.status = ContainerStatus.RUNNING.value
+            st.record({"op": "start", "at": time.time()})
+            self.store.save(st)
+            return pid
 
 
 def _shrink_policy(caps: Capabilities, st: SandboxState) -> tuple[str, str]:
@@ -1008,6 +1073,28 @@ def _shrink_policy(caps: Capabilities, st: SandboxState) -> tuple[str, str]:
 
 def _online(details: dict[str, Any]) -> list[int]:
     return sorted(ap.parse_cpu_list(str(details.get("online", ""))))
+
+
+def _check_cpusets(containers: list[ContainerState], maxcpus: int) -> None:
+    """Refuse, before anything is touched, a cpuset naming a CPU the VM can never have
+    (docker: "Requested CPUs are not available")."""
+    for c in containers:
+        if c.cpuset and max(parse_cpu_list(c.cpuset), default=0) >= maxcpus:
+            raise UsageError(
+                f"--cpuset-cpus {c.cpuset}: the sandbox has vCPUs 0-{maxcpus - 1} at most"
+            )
+
+
+def _cpuset_floor(containers: list[ContainerState]) -> int:
+    """The fewest vCPUs that give every running container a CPU of its cpuset."""
+    return max(
+        (
+            max(parse_cpu_list(c.cpuset)) + 1
+            for c in containers
+            if c.cpuset and c.status != ContainerStatus.STOPPED
+        ),
+        default=0,
+    )
 
 
 def _container_cpuset(c: ContainerState, online: list[int]) -> str:
