@@ -126,7 +126,7 @@ def test_a_guest_that_offlined_cpu0_gets_it_back_before_an_eject(cli: Cli) -> No
     assert cli.cat("r", "/sys/devices/system/cpu/online") == "1"
     with QmpConnection(cli.root / "r" / "qmp.sock") as qmp:
         qmp.execute("device_del", {"id": "cpu-1"})
-        statuses = []
+        statuses: list[int] = []
         while 0x82 not in statuses:
             ev = qmp.next_event(10.0)
             assert ev is not None, f"no refusal within 10 s (saw {statuses})"
