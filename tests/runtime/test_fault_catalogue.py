@@ -777,3 +777,15 @@ def test_vcpus_unplugged_by_hand_over_qmp_are_brought_back(cli: Cli) -> None:
                 time.sleep(0.02)  # the eject's end is visible only in the slot table here
         cli.ok(*command)
         assert cli.nproc("x") == 3, command
+
+
+def test_max_cpus_beyond_the_machine_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run --max-cpus 513`` said "default_maxvcpus must be in 0..512": the config key
+    the flag overrides, not the flag the user typed."""
+    rc, _, err = cpuplug(["run", "--root", str(tmp_path), "--max-cpus", "513", "--", "true"],
+                         capsys)  # fmt: skip
+    assert rc == 2 and "invalid --max-cpus value '513': must be <= 512" in (
+        assert_one_error_line(err)
+    )

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from cpuplug.acpi.limits import MAX_CPUS
 from cpuplug.errors import UsageError
 from cpuplug.runtime.config import HOTPLUG_MODES, load_config
 from cpuplug.runtime.records import VcpuRow, to_jsonable
@@ -183,6 +184,9 @@ def _cmd(rest: list[str]) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     max_cpus = _int("--max-cpus", args.max_cpus, minimum=1)
+    if max_cpus is not None and max_cpus > MAX_CPUS:
+        # said here, in the flag's name, not as the config key it overrides
+        raise UsageError(f"invalid --max-cpus value {args.max_cpus!r}: must be <= {MAX_CPUS}")
     if args.mode is not None and args.mode not in HOTPLUG_MODES:
         raise UsageError(f"invalid --mode {args.mode!r}: use one of {', '.join(HOTPLUG_MODES)}")
     cfg = cfg.with_overrides(
