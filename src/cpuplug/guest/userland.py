@@ -606,10 +606,17 @@ class Process:
         deliver(self.task, signal)
 
 
+NOT_FATAL = frozenset({17, 18, 19, 20, 21, 22, 23, 28})
+"""Signals whose default action does not end a process: SIGCHLD, SIGURG and SIGWINCH
+are ignored, SIGCONT, SIGSTOP, SIGTSTP, SIGTTIN and SIGTTOU stop or continue it (a task
+has no stopped state, so they change nothing)."""
+
+
 def deliver(task: Task, signal: int) -> None:
     """Send ``signal`` to ``task``: it ends at its next slice boundary with the status
-    ``128 + signal``, unless it ignores that signal (SIGKILL and SIGSTOP it cannot)."""
-    if signal in task.ignored_signals and signal not in (9, 19):
+    ``128 + signal``, unless it ignores that signal (SIGKILL it cannot) or the signal's
+    default action is not to end a process (:data:`NOT_FATAL`)."""
+    if signal in NOT_FATAL or (signal in task.ignored_signals and signal != 9):
         return
     task.kill(128 + signal)
 
