@@ -4,10 +4,11 @@ Global options come before the command, as runc (urfave/cli) takes them, and a l
 option may have one dash or two (``-root`` is ``--root``): ``--root``, ``--log``,
 ``--log-format text|json``, ``--systemd-cgroup``, ``--debug`` and runc's other globals
 (accepted; cgroups on the host are not a sandbox's business), plus cpuplug's own
-``--hypervisor builtin|qemu`` and ``--config FILE`` (docker passes them through a
-runtime's ``runtimeArgs``). Every failure is one line on stderr and, as a logrus
-``error`` line, in ``--log`` (where containerd reads it back), with runc's exit code 1;
-``exec`` and ``run`` in the foreground exit with the process's status.
+``--hypervisor builtin|qemu``, ``--config FILE`` and ``--sandbox-root DIR`` (docker
+passes them through a runtime's ``runtimeArgs``). Every failure is one line on stderr
+and, as a logrus ``error`` line, in ``--log`` (where containerd reads it back), with
+runc's exit code 1; ``exec`` and ``run`` in the foreground exit with the process's
+status.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ if TYPE_CHECKING:
 
 VERSION = "cpuplug-runc version 0.1.0\nspec: 1.0.2"
 GLOBALS_WITH_VALUE = frozenset(
-    {"--root", "--log", "--log-format", "--criu", "--rootless", "--hypervisor", "--config"}
+    {
+        "--root",
+        "--log",
+        "--log-format",
+        "--criu",
+        "--rootless",
+        "--hypervisor",
+        "--config",
+        "--sandbox-root",
+    }
 )
 
 Command = Callable[[argparse.Namespace, "Containers"], int]
@@ -60,6 +70,10 @@ def build_parser() -> Parser:
     p.add_argument("--rootless", help="accepted")
     p.add_argument("--hypervisor", help="builtin | qemu (cpuplug's; config's by default)")
     p.add_argument("--config", help="cpuplug's TOML config (Kata key names)")
+    p.add_argument(
+        "--sandbox-root",
+        help="where the sandbox VMs' state goes (default $CPUPLUG_ROOT, /run/cpuplug)",
+    )
     p.add_argument("-v", "--version", action="store_true")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -310,7 +324,8 @@ def _containers(args: argparse.Namespace, log: RuncLog) -> Containers:
 
     config = load_config(args.config).with_overrides(hypervisor=args.hypervisor)
     root = Path(args.root).absolute() if args.root else default_root()
-    return Containers(root, config, log)
+    sandboxes = Path(args.sandbox_root).absolute() if args.sandbox_root else None
+    return Containers(root, config, log, sandboxes)
 
 
 def _early_log(words: list[str]) -> RuncLog:

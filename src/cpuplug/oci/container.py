@@ -72,18 +72,27 @@ class Stdio:
 class Containers:
     """The containers under one runc ``--root``."""
 
-    def __init__(self, root: Path, config: RuntimeConfig, log: RuncLog) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: RuntimeConfig,
+        log: RuncLog,
+        sandbox_root: Path | None = None,
+    ) -> None:
         self.store = Store(root)
         self.config = config
         self.log = log
+        self.sandbox_root = sandbox_root
+        """Where new sandboxes go (None: the runtime's default, ``$CPUPLUG_ROOT``...)."""
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         """Shims this process started (``run`` waits for its own)."""
 
     # ------------------------------------------------------------------ helpers
 
     def runtime(self, st: OciState | None = None) -> Runtime:
-        """The runtime holding ``st``'s sandbox (a new container's: ``$CPUPLUG_ROOT``)."""
-        return Runtime(st.sandbox_root if st is not None else None, self.config)
+        """The runtime holding ``st``'s sandbox (a new container's: ``--sandbox-root``,
+        else the runtime's default root)."""
+        return Runtime(st.sandbox_root if st is not None else self.sandbox_root, self.config)
 
     def status(self, st: OciState, *, locked: bool = False) -> Status:
         """What the container is now: ``stopped`` once its shim or its VMM is gone."""

@@ -1,0 +1,181 @@
+"""docker 20.10 and containerd 1.6 drive cpuplug-runc unchanged (issue 10).
+
+A dockerd and a containerd of the tests' own (tests/harness/docker.py) with
+``cpuplug-runc`` registered as the runtime ``cpuplug`` (``runtimeArgs``: the hypervisor,
+a config with ``default_maxvcpus = 8`` and a private sandbox root), once per hypervisor.
+After every test every container is removed and no sandbox, shim or VMM may be left:
+the VMM never outlives its container. Skipped without root or docker; mandatory with
+CI=true (the QEMU runs also need QEMU and the guest image).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cpuplug.runtime.process import process_alive
+from tests.conftest import require_tool
+from tests.harness.docker import (
+    DEFAULT_CPUPLUG_RUNC,
+    IMAGE,
+    Docker,
+    DockerPool,
+    default_runtimes,
+    docker_pool_fixture,  # noqa: F401  (fixture "docker_pool")
+)
+
+pytestmark = pytest.mark.slow
+
+RUNTIME = "cpuplug"
+CONFIG = "default_maxvcpus = 8\n"
+
+
+@dataclass
+class Cpuplug:
+    """The daemon with cpuplug-runc registered, and where its sandboxes go."""
+
+    docker: Docker
+    hypervisor: str
+    sandboxes: Path
+
+    def ok_run(self, *args: str) -> str:
+        proc = self.docker.ok("run", "--runtime", RUNTIME, "--network", "none", *args,
+                              timeout=180)  # fmt: skip
+        return proc.stdout
+
+    def sandbox_vmms(self) -> list[int]:
+        pids = []
+        for state in self.sandboxes.glob("*/state.json"):
+            pid = json.loads(state.read_text()).get("vmm_pid")
+            if pid:
+                pids.append(int(pid))
+        return pids
+
+    def exec_out(self, cid: str, *cmd: str) -> str:
+        return self.docker.ok("exec", cid, *cmd, timeout=120).stdout
+
+
+@pytest.fixture(scope="module", params=["builtin", "qemu"])
+def cpuplug(request: pytest.FixtureRequest, docker_pool: DockerPool) -> Iterator[Cpuplug]:
+    hypervisor = str(request.param)
+    if hypervisor == "qemu":
+        require_tool("apt-get")  # the guest image is built from Debian's packages
+        require_tool("qemu-system-x86_64")
+    base = Path(tempfile.mkdtemp(prefix="cpo", dir="/tmp"))
+    (base / "config.toml").write_text(CONFIG)
+    args = ["--hypervisor", hypervisor, "--config", str(base / "config.toml"),
+            "--sandbox-root", str(base / "sb")]  # fmt: skip
+    try:
+        docker = docker_pool.get(default_runtimes(DEFAULT_CPUPLUG_RUNC, args))
+        yield Cpuplug(docker, hypervisor, base / "sb")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def dk(cpuplug: Cpuplug) -> Iterator[Cpuplug]:
+    """The daemon, no container before or after; nothing of a sandbox left after."""
+    cpuplug.docker.clean()
+    seen: set[int] = set()
+    yield cpuplug
+    seen.update(cpuplug.sandbox_vmms())
+    cpuplug.docker.clean()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        any(process_alive(p, None) for p in seen) or list(cpuplug.sandboxes.glob("*"))
+    ):
+        time.sleep(0.1)
+    assert not [p for p in seen if process_alive(p, None)], "a VMM outlived its container"
+    assert not list(cpuplug.sandboxes.glob("*")), "a sandbox outlived its container"
+
+
+# ------------------------------------------------------------------ the session
+
+
+def test_run_rm_prints_hi(dk: Cpuplug) -> None:
+    assert dk.ok_run("--rm", IMAGE, "echo", "hi") == "hi\n"
+    assert dk.docker.containers() == []
+
+
+def test_exit_status_is_the_containers(dk: Cpuplug) -> None:
+    proc = dk.docker.run("run", "--runtime", RUNTIME, "--network", "none", "--name", "three",
+                         IMAGE, "sh", "-c", "exit 3", timeout=180)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    state = dk.docker.ok("inspect", "-f", "{{.State.ExitCode}} {{.HostConfig.Runtime}}", "three")
+    assert state.stdout.split() == ["3", RUNTIME]
+
+
+def test_update_hot_plugs_vcpus_and_sets_the_quota(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", "--cpu-quota", "100000", "--cpu-period", "100000",
+                    IMAGE, "sleep", "1d").strip()  # fmt: skip
+    assert dk.exec_out(cid, "nproc") == "2\n"  # default_vcpus 1 + 1
+    dk.docker.ok("update", "--cpu-quota", "300000", "--cpu-period", "100000", cid, timeout=120)
+    out = dk.exec_out(cid, "sh", "-c", "nproc; cat /sys/fs/cgroup/cpu.max")
+    assert out == "4\n300000 100000\n"
+    dk.docker.ok("update", "--cpu-quota", "100000", "--cpu-period", "100000", cid, timeout=120)
+    assert dk.exec_out(cid, "sh", "-c", "nproc; cat /sys/fs/cgroup/cpu.max") == (
+        "2\n100000 100000\n"
+    )
+    dk.docker.ok("update", "--cpu-quota", "300000", cid, timeout=120)  # quota alone: period kept
+    assert dk.exec_out(cid, "nproc") == "4\n"
+    inspect = dk.docker.ok("inspect", "-f", "{{.HostConfig.CpuQuota}} {{.HostConfig.CpuPeriod}}",
+                           cid).stdout.split()  # fmt: skip
+    assert inspect == ["300000", "100000"]
+
+
+def test_exec_exit_codes(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    assert dk.docker.run("exec", cid, "sh", "-c", "exit 7", timeout=120).returncode == 7
+    assert dk.docker.run("exec", cid, "true", timeout=120).returncode == 0
+    missing = dk.docker.run("exec", cid, "no-such-program", timeout=120)
+    assert missing.returncode in (126, 127), missing.stderr
+    assert "executable file not found" in missing.stdout + missing.stderr  # docker: stdout
+    out = dk.docker.run("exec", cid, "sh", "-c", "echo out; cat /nope", timeout=120)
+    assert (out.returncode, out.stdout) == (1, "out\n")
+    assert "/nope" in out.stderr
+    top = dk.docker.ok("top", cid).stdout
+    assert "PID" in top.splitlines()[0]
+
+
+def test_kill(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    dk.docker.ok("kill", cid, timeout=120)
+    state = dk.docker.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid)
+    assert state.stdout.split() == ["exited", "137"]
+
+
+def test_stop_of_a_container_ignoring_sigterm(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", IMAGE, "sh", "-c", "trap '' TERM; sleep 1d").strip()
+    time.sleep(1)  # the trap is in place
+    t0 = time.monotonic()
+    dk.docker.ok("stop", "-t", "2", cid, timeout=120)
+    assert time.monotonic() - t0 >= 2  # SIGTERM was ignored: SIGKILL after the timeout
+    state = dk.docker.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", cid)
+    assert state.stdout.split() == ["exited", "137"]
+
+
+def test_rm_force_of_a_running_container(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    vmms = dk.sandbox_vmms()
+    assert len(vmms) == 1 and process_alive(vmms[0], None)
+    dk.docker.ok("rm", "-f", cid, timeout=120)
+    assert dk.docker.containers() == []
+    assert not process_alive(vmms[0], None)
+
+
+def test_pause_and_restart(dk: Cpuplug) -> None:
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    dk.docker.ok("pause", cid)
+    assert dk.docker.ok("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "paused"
+    dk.docker.ok("unpause", cid)
+    assert dk.exec_out(cid, "echo", "thawed") == "thawed\n"
+    dk.docker.ok("restart", "-t", "1", cid, timeout=180)  # delete, then create + start again
+    assert dk.docker.ok("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "running"
+    assert dk.exec_out(cid, "echo", "again") == "again\n"
