@@ -179,3 +179,27 @@ def test_pause_and_restart(dk: Cpuplug) -> None:
     dk.docker.ok("restart", "-t", "1", cid, timeout=180)  # delete, then create + start again
     assert dk.docker.ok("inspect", "-f", "{{.State.Status}}", cid).stdout.strip() == "running"
     assert dk.exec_out(cid, "echo", "again") == "again\n"
+
+
+def test_run_and_exec_with_a_terminal(dk: Cpuplug) -> None:
+    # (the client's text mode reads the terminal's \r\n as \n)
+    out = dk.ok_run("-t", "--rm", IMAGE, "sh", "-c", "echo hi; cat /nope; true")
+    assert out.startswith("hi\n") and "/nope" in out  # one stream: stderr comes along
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    proc = dk.docker.ok("exec", "-t", cid, "sh", "-c", "echo x; cat /nope; true", timeout=120)
+    assert proc.stdout.startswith("x\n") and "/nope" in proc.stdout and proc.stderr == ""
+    if dk.hypervisor == "qemu":  # a real guest: a real terminal behind it
+        tty = dk.docker.ok("exec", "-t", cid, "tty", timeout=120).stdout
+        assert tty.startswith("/dev/pts/"), tty
+
+
+def test_stdin(dk: Cpuplug) -> None:
+    if dk.hypervisor == "builtin":
+        pytest.skip("the built-in guest's programs read no input (docs/agent-protocol.md)")
+    proc = dk.docker.ok("run", "-i", "--rm", "--runtime", RUNTIME, "--network", "none", IMAGE,
+                        "cat", input="piped\n", timeout=180)  # fmt: skip
+    assert proc.stdout == "piped\n"
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    proc = dk.docker.ok("exec", "-i", cid, "sh", "-c", "read x; echo got $x", input="y\n",
+                        timeout=120)  # fmt: skip
+    assert proc.stdout == "got y\n"

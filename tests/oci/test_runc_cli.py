@@ -7,10 +7,15 @@ exit status from it with ``waitpid``, as containerd does (tests/harness/runc.py)
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import select
 import signal
+import socket
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -382,3 +387,75 @@ def test_create_of_an_existing_id_is_refused(runc: Runc) -> None:
     assert why == "container with given ID already exists"
     runc.ok("delete", "twice")
     assert list(runc.sandboxes.iterdir()) == []
+
+
+# ------------------------------------------------------------------ terminal
+
+
+def read_terminal(master: int, timeout: float = 30) -> bytes:
+    """What comes out of a pty master until no process holds its slave (EIO)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the shim (the slave's last holder) is gone
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"the terminal did not close within {timeout}s: {data!r}")
+
+
+def receive_console(listener: socket.socket) -> tuple[str, int]:
+    """What containerd's console socket gets: the pty's name and its master."""
+    listener.settimeout(30)
+    conn, _ = listener.accept()
+    with conn:
+        name, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+    assert len(fds) == 1
+    return name.decode(), fds[0]
+
+
+def test_console_socket_gets_the_terminal_of_create_and_exec(runc: Runc) -> None:
+    path = runc.base / "console.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        bundle = runc.bundle("tty", ["sh", "-c", "echo hi; cat /nope"], terminal=True)
+        pid = runc.create("tty", bundle, "--console-socket", str(path))
+        name, master = receive_console(listener)
+        try:
+            assert name.startswith("/dev/pts/")
+            runc.ok("start", "tty")
+            # one stream, as a terminal is: stderr comes with stdout, lines end in \r\n
+            assert read_terminal(master) == b"hi\r\ncat: /nope: No such file or directory\r\n"
+            assert runc.wait_exit(pid) == 1
+        finally:
+            os.close(master)
+        runc.ok("delete", "tty")
+        path.unlink()
+        listener.close()
+    started(runc, "ttyx", ["sleep", "60"])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        process = runc.process_file("tx", ["sh", "-c", "echo in-exec; exit 4"], terminal=True)
+        pid_file = runc.base / "tx.pid"
+        runc.detached("exec", "--process", str(process), "--detach", "--pid-file",
+                      str(pid_file), "--console-socket", str(path), "ttyx")  # fmt: skip
+        _, master = receive_console(listener)
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+            assert read_terminal(master) == b"in-exec\r\n"
+            assert runc.wait_exit(runc.pid_of(pid_file)) == 4
+        finally:
+            os.close(master)
+    process = runc.process_file("tn", ["true"], terminal=True)
+    assert runc.fails("exec", "--process", str(process), "--detach", "ttyx") == (
+        "cannot allocate tty if runc will detach without setting console socket"
+    )
+    runc.ok("delete", "--force", "ttyx")
