@@ -444,6 +444,12 @@ def _base64(value: Any) -> str | None:
     return None
 
 
+def _disk_serial(value: Any) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,20}", value):
+        return "must be a block device serial: 1-20 of [A-Za-z0-9_.-]"
+    return None
+
+
 def _terminal_size(value: Any) -> str | None:
     return "must be 1..65535" if not 1 <= value <= 65535 else None
 
@@ -494,6 +500,7 @@ METHOD_PARAMS: Final[dict[Method, dict[str, Param]]] = {
         **RESOURCES,
         "streams": Param("bool", required=False),
         **PROCESS_IO,
+        "rootfs_disk": Param("str", required=False, check=_disk_serial),
     },
     Method.START_CONTAINER: {"container_id": _CID},
     Method.EXEC_PROCESS: {

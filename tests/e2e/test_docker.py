@@ -203,3 +203,23 @@ def test_stdin(dk: Cpuplug) -> None:
     proc = dk.docker.ok("exec", "-i", cid, "sh", "-c", "read x; echo got $x", input="y\n",
                         timeout=120)  # fmt: skip
     assert proc.stdout == "got y\n"
+
+
+def test_the_containers_own_files(dk: Cpuplug, tmp_path: Path) -> None:
+    """With QEMU the container's / is the image's root filesystem (an ext4 image made
+    from docker's overlay at create); with the built-in guest it is the model's."""
+    marker = tmp_path / "marker"
+    marker.write_text("from the image\n")
+    cid = dk.docker.ok("create", "--runtime", RUNTIME, "--network", "none", IMAGE,
+                       "sh", "-c", "cat /marker; cat /etc/group").stdout.strip()  # fmt: skip
+    dk.docker.ok("cp", str(marker), f"{cid}:/marker")
+    out = dk.docker.run("start", "-a", cid, timeout=180)
+    if dk.hypervisor == "builtin":
+        assert out.returncode == 1 and "/marker: No such file or directory" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "from the image\nroot:x:0:\nnogroup:x:65534:\n"  # the fixture's
+    cid = dk.ok_run("-d", IMAGE, "sleep", "1d").strip()
+    mounts = dk.exec_out(cid, "cat", "/proc/mounts")
+    assert " / ext4 " in mounts and " /sys/fs/cgroup cgroup2 " in mounts
+    assert dk.exec_out(cid, "sh", "-c", "echo w > /tmp/w; cat /tmp/w") == "w\n"

@@ -240,3 +240,25 @@ def test_linux_streamed_init(tmp_path: Path) -> None:
         assert (out, r.exit_code) == (b"got y\n", 0)
     finally:
         s.close()
+
+
+def test_rootfs_disk_needs_streams_and_a_disk(env: Env, tmp_path: Path) -> None:
+    create = {"container_id": "r", "cmd": ["true"], "rootfs_disk": "cpuplug-rootfs"}
+    err = env.error(ap.Method.CREATE_CONTAINER, create)
+    assert err.code is ap.ErrorCode.EINVAL and "need 'streams'" in err.message
+    err = env.error(ap.Method.CREATE_CONTAINER, {**create, "streams": True})
+    assert err.code is ap.ErrorCode.ENOENT  # the model has no block device (ENODEV)
+    assert err.message == "rootfs: block device cpuplug-rootfs: No such device"
+    assert env.agent.containers() == [] and not env.kernel.vfs.exists("/sys/fs/cgroup/r")
+    s = Stack(make_tree(tmp_path / "guest"))
+    try:
+        (s.os.root / "sys" / "block" / "vda").mkdir(parents=True)
+        (s.os.root / "sys" / "block" / "vda" / "serial").write_text("other\n")
+        with pytest.raises(ap.AgentError) as info:
+            s.client.create_container("r", ["true"], streams=True, rootfs_disk="cpuplug-rootfs")
+        assert info.value.message == (
+            "rootfs: block device with serial cpuplug-rootfs: No such device"
+        )
+        assert not (s.os.root / "sys" / "fs" / "cgroup" / "r").exists()
+    finally:
+        s.close()

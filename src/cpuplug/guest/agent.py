@@ -71,7 +71,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from cpuplug import agent_protocol as ap
@@ -174,6 +174,8 @@ class Container:
     cmd: list[str]
     init: AgentProcess | None = None
     io: ProcessIO | None = None
+    root: str | None = None
+    """Where its root filesystem is mounted (``rootfs_disk``), or None."""
     streamed_init: StreamedProcess | None = None
     execs: dict[str, StreamedProcess | None] = field(default_factory=dict)
     """``None`` marks an exec id being started."""
@@ -543,20 +545,28 @@ class Agent:
                 if cid in self._containers:
                     raise ap.ProtocolError(ap.ErrorCode.EEXIST, f"container {cid!r} exists")
             io = _process_io(p) if p.get("streams") else None
-            if io is None and any(k in p for k in ap.PROCESS_IO):
+            if io is None and any(k in p for k in [*ap.PROCESS_IO, "rootfs_disk"]):
                 raise ap.ProtocolError(
                     ap.ErrorCode.EINVAL,
-                    "CreateContainer: env, cwd and terminal need 'streams' (the init's "
-                    "stdio relayed to the host)",
+                    "CreateContainer: env, cwd, terminal and rootfs_disk need 'streams' "
+                    "(the init's stdio relayed to the host)",
                 )
             self.os.create_cgroup(cid)
+            root = None
             try:
                 self._apply_resources(cid, p)
+                if "rootfs_disk" in p:
+                    try:
+                        root = self.os.mount_rootfs(cid, p["rootfs_disk"])
+                    except GuestOSError as exc:
+                        raise _os_error(exc, "rootfs: ") from None
             except BaseException:
                 self.os.remove_cgroup(cid)  # leave nothing half made
                 raise
+            if io is not None and root is not None:
+                io = replace(io, root=root)
             with self._lock:
-                self._containers[cid] = Container(cid, list(p["cmd"]), io=io)
+                self._containers[cid] = Container(cid, list(p["cmd"]), io=io, root=root)
         return {}
 
     def _start_container(self, _conn: _Conn, p: dict[str, Any]) -> dict[str, Any]:
@@ -607,7 +617,8 @@ class Agent:
                 )
             c.execs[eid] = None  # reserved while it starts
         try:
-            proc = self._spawn_streamed(c, list(p["cmd"]), init=False, io=_process_io(p))
+            io = replace(_process_io(p), root=c.root)
+            proc = self._spawn_streamed(c, list(p["cmd"]), init=False, io=io)
         except BaseException:
             with self._lock:
                 c.execs.pop(eid, None)
@@ -711,6 +722,8 @@ class Agent:
             self.os.kill_cgroup(c.id, 9)
             self.os.wait_cgroup_empty(c.id, KILL_WAIT)
             self.os.remove_cgroup(c.id)  # EBUSY if something still runs
+            if c.root is not None:
+                self.os.unmount_rootfs(c.id)
             with self._lock:
                 del self._containers[c.id]
                 streamed = [c.streamed_init, *c.execs.values()]

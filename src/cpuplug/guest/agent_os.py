@@ -134,6 +134,10 @@ class ProcessIO:
     """Working directory (absolute); None: ``/``."""
     terminal: bool = False
     """One terminal for stdin, stdout and stderr instead of three pipes."""
+    root: str | None = None
+    """The container's root filesystem (:meth:`AgentOS.mount_rootfs`'s path): the
+    process sees it as ``/``, with ``/proc``, ``/sys``, ``/dev`` and its own cgroup on
+    ``/sys/fs/cgroup`` in it. None: the guest's own root."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,15 @@ class AgentOS(Protocol):
         """Start ``argv`` in container ``cid`` as :meth:`spawn` does (namespaces the same
         way), its stdio relayed to the host piecewise (:class:`StreamedProcess`)
         instead of going to the console or being captured whole."""
+        ...
+
+    def mount_rootfs(self, cid: str, disk_serial: str) -> str:
+        """Mount the block device whose serial is ``disk_serial`` (an ext4 file system the
+        host made from the bundle's rootfs) for container ``cid``; the guest path."""
+        ...
+
+    def unmount_rootfs(self, cid: str) -> None:
+        """Undo :meth:`mount_rootfs` (lazily: a process still in it keeps it alive)."""
         ...
 
     # ------------------------------------------------------------------ files, events

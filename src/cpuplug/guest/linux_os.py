@@ -60,7 +60,10 @@ from cpuplug.guest.vfs import GuestOSError
 __all__ = ["READ_LIMIT", "LinuxError", "LinuxOS"]
 
 SYS_CPU = "/sys/devices/system/cpu"
+SYS_BLOCK = "/sys/block"
 CGROUP_ROOT = "/sys/fs/cgroup"
+ROOTFS_DIR = "/run/cpuplug/rootfs"
+"""Where containers' own root filesystems are mounted (``<dir>/<container id>``)."""
 READ_LIMIT = 256 * 1024
 """Largest file ``ReadFile`` returns, in bytes (sysfs, cgroupfs and /proc files are small;
 ``/dev/zero`` is endless)."""
@@ -349,7 +352,46 @@ class LinuxOS:
             stdio=stdio,
             cwd=(io.cwd if io is not None and io.cwd else "/"),
             controlling_terminal=io is not None and io.terminal,
+            root=io.root if io is not None else None,
         )
+
+    # ------------------------------------------------------------------ root filesystems
+
+    def _disk(self, serial: str) -> str:
+        """``/dev/NAME`` of the block device whose ``serial`` is ``serial``."""
+        try:
+            disks = sorted(self._host(SYS_BLOCK).iterdir())
+        except OSError as exc:
+            raise _failed(exc, SYS_BLOCK) from None
+        for disk in disks:
+            with contextlib.suppress(OSError):
+                if (disk / "serial").read_text().strip() == serial:
+                    return f"/dev/{disk.name}"
+        raise LinuxError(errno.ENODEV, f"block device with serial {serial}")
+
+    def mount_rootfs(self, cid: str, disk_serial: str) -> str:
+        """Mount the container's ext4 root filesystem; the path its processes are
+        chrooted to (the guest path, under ``root``)."""
+        device = self._disk(disk_serial)
+        target = self._host(f"{ROOTFS_DIR}/{cid}")
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _failed(exc, f"{ROOTFS_DIR}/{cid}") from None
+        try:
+            linux_process.mount(str(self._host(device)), str(target), "ext4")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+            raise _failed(exc, device) from None
+        return str(target)
+
+    def unmount_rootfs(self, cid: str) -> None:
+        target = self._host(f"{ROOTFS_DIR}/{cid}")
+        with contextlib.suppress(OSError):
+            linux_process.unmount(str(target))
+        with contextlib.suppress(OSError):
+            target.rmdir()
 
     # ------------------------------------------------------------------ events
 

@@ -59,6 +59,7 @@ CLONE_NEWCGROUP = 0x02000000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
+MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
@@ -134,6 +135,21 @@ class _Step(Exception):
 def _check(result: int, step: str) -> None:
     if result != 0:
         raise _Step(step, ctypes.get_errno())
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0) -> None:
+    """``mount -t FSTYPE SOURCE TARGET``; OSError with the errno on failure."""
+    libc = _get_libc()
+    if libc.mount(os.fsencode(source), os.fsencode(target), fstype.encode(), flags, None):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def unmount(target: str) -> None:
+    """``umount -l TARGET``: detached now, gone once nothing uses it."""
+    if _get_libc().umount2(os.fsencode(target), MNT_DETACH):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
 
 
 # ---------------------------------------------------------------------------- children
@@ -348,6 +364,7 @@ def spawn(
     stdio: tuple[int, int, int] | None = None,
     cwd: str = "/",
     controlling_terminal: bool = False,
+    root: str | None = None,
 ) -> LinuxProcess:
     """Fork, move the child into the container and exec ``argv`` (see the module doc).
 
@@ -355,7 +372,10 @@ def spawn(
     ``cgroup_guest_path`` names the cgroup in errors. ``stdio`` gives the child's
     descriptors 0, 1 and 2 (a streamed process's pipe ends, or a terminal's slave
     three times, which ``controlling_terminal`` makes the session's terminal); they
-    stay the caller's to close. Without it stdin is ``/dev/null`` and stdout/stderr are
+    stay the caller's to close. ``root``: the process is chrooted there, into a root
+    filesystem whose ``/proc``, ``/sys``, ``/dev`` and ``/sys/fs/cgroup`` (the container's
+    own cgroup) a new namespace mounts (:data:`ROOT_MOUNTS`; an exec joining the init's
+    namespaces finds them mounted). Without it stdin is ``/dev/null`` and stdout/stderr are
     captured (``capture``) or inherited. Raises
     :class:`~cpuplug.guest.agent_os.ProgramNotFound` when ``argv[0]`` names no program
     and :class:`~cpuplug.guest.vfs.GuestOSError` for a step that failed.
@@ -393,7 +413,12 @@ def spawn(
                     out,
                     err,
                     report_w,
-                    _ChildIO(stdio, os.fsencode(cwd), controlling_terminal),
+                    _ChildIO(
+                        stdio,
+                        os.fsencode(cwd),
+                        controlling_terminal,
+                        os.fsencode(root) if root is not None else None,
+                    ),
                 )
             proc = LinuxProcess(pid, cid, argv, children, pipes)
             children.add(proc)
@@ -428,6 +453,17 @@ class _ChildIO:
     stdio: tuple[int, int, int] | None
     cwd: bytes
     controlling_terminal: bool
+    root: bytes | None = None
+
+
+ROOT_MOUNTS: tuple[tuple[bytes, bytes, bytes, int], ...] = (
+    (b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+    (b"sysfs", b"/sys", b"sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+    (b"/dev", b"/dev", b"", MS_BIND | MS_REC),
+    (b"cgroup2", b"/sys/fs/cgroup", b"cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC),
+)
+"""What a container's own root filesystem gets mounted in it (source, where, type,
+flags), in order (cgroup2 on sysfs), each where the directory exists."""
 
 
 def _child(
@@ -473,9 +509,18 @@ def _child(
             libc.umount2(target, MNT_DETACH)  # not mounted there is fine: mount below
             flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
             _check(libc.mount(b"cgroup2", target, b"cgroup2", flags, None), "mount cgroup2")
+            if io.root is not None:
+                for source, where, fstype, flags in ROOT_MOUNTS:
+                    step = f"mount {where.decode()}"
+                    if os.path.isdir(io.root + where):
+                        _check(libc.mount(source, io.root + where, fstype or None, flags,
+                                          None), step)  # fmt: skip
         elif libc is not None:
             for fd, flag in ns_fds:
                 _check(libc.setns(fd, flag), "setns")
+        if io.root is not None:
+            step = "chroot"
+            os.chroot(io.root)
         step = "chdir"
         os.chdir(io.cwd)
         step = "exec"

@@ -17,6 +17,7 @@ a task's output is always captured (nobody reads the init's).
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -238,6 +239,13 @@ class ModelOS:
         except ProgramNotFound as exc:
             raise agent_os.ProgramNotFound(exc.path) from None
         return _StreamedTask(process, out, err)
+
+    def mount_rootfs(self, cid: str, disk_serial: str) -> str:
+        del cid
+        raise agent_os.GuestOSError(errno.ENODEV, f"block device {disk_serial}")
+
+    def unmount_rootfs(self, cid: str) -> None:
+        pass
 
     # ------------------------------------------------------------------ files, events
 

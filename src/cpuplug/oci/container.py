@@ -30,7 +30,7 @@ from typing import Any
 
 from cpuplug import agent_protocol as ap
 from cpuplug.errors import CpuplugError
-from cpuplug.oci import console, hooks
+from cpuplug.oci import console, hooks, rootfs
 from cpuplug.oci.log import RuncLog
 from cpuplug.oci.relay import Relay
 from cpuplug.oci.spec import Process, read_bundle
@@ -172,12 +172,21 @@ class Containers:
             with self.store.lock(cid):
                 self.store.save(st)
                 t0 = time.monotonic()
+                options: dict[str, Any] = {"streams": True, **spec.process.options()}
+                vm: dict[str, str] = {}
+                if self.config.hypervisor == "qemu":  # the image's own programs in the guest
+                    image = self.store.dir(cid) / "rootfs.ext4"
+                    rootfs.make_image(Path(spec.root), image)
+                    self.log.debug(f"rootfs image in {time.monotonic() - t0:.2f}s")
+                    vm = {"rootfs_disk": str(image), "rootfs_serial": rootfs.SERIAL}
+                    options["rootfs_disk"] = rootfs.SERIAL
                 rt.run(
                     RunRequest(
                         cmd=spec.process.args,
                         resources=spec.resources,
                         name=name,
-                        container_options={"streams": True, **spec.process.options()},
+                        container_options=options,
+                        vm_options=vm,
                     ),
                     start=False,
                 )

@@ -149,6 +149,10 @@ class RunRequest:
     container_options: dict[str, Any] = field(default_factory=dict)
     """More ``CreateContainer`` parameters (cpuplug-runc: ``streams``, ``env``, ``cwd``,
     ``terminal``; docs/agent-protocol.md)."""
+    vm_options: dict[str, str] = field(default_factory=dict)
+    """More backend options for this sandbox's VM, over the config's
+    (:attr:`VmSpec.extra`; cpuplug-runc: ``rootfs_disk``, the container's root
+    filesystem image for QEMU)."""
 
 
 @dataclass
@@ -387,7 +391,7 @@ class Runtime:
             target=sizing.target,
             warning=sizing.warning,
             hypervisor=parse_kind(cfg.hypervisor).value,
-            vm=cfg.vm_options(),
+            vm={**cfg.vm_options(), **req.vm_options},
         )
         note = on_step or (lambda _s: None)
         for which in ("qmp", "agent"):

@@ -130,6 +130,11 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+ROOTFS_SERIAL = "cpuplug-rootfs"
+"""The serial of the disk ``rootfs_disk`` names unless ``rootfs_serial`` says (what the
+guest agent's ``CreateContainer`` ``rootfs_disk`` looks for)."""
+
+
 class QemuBackend:
     """Starts QEMU sandboxes (under the proxy) and attaches to them over QMP."""
 
@@ -248,6 +253,20 @@ class QemuBackend:
             "-device", "virtio-rng-pci",
             "-device", "virtio-serial-pci,id=vser0",
             "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}",
+            *self._rootfs_args(o),
+        ]  # fmt: skip
+
+    @staticmethod
+    def _rootfs_args(opts: dict[str, str]) -> list[str]:
+        """A container's root filesystem image (cpuplug-runc) as a virtio disk whose
+        serial the guest agent finds it by (``CreateContainer`` ``rootfs_disk``)."""
+        image = opts.get("rootfs_disk")
+        if not image:
+            return []
+        return [
+            "-drive", f"file={_opt(image)},if=none,id=rootfs,format=raw,cache=unsafe",
+            "-device",
+            f"virtio-blk-pci,drive=rootfs,serial={opts.get('rootfs_serial') or ROOTFS_SERIAL}",
         ]  # fmt: skip
 
     def start(self, spec: VmSpec) -> ProcessIdentity:
