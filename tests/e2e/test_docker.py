@@ -223,3 +223,37 @@ def test_the_containers_own_files(dk: Cpuplug, tmp_path: Path) -> None:
     mounts = dk.exec_out(cid, "cat", "/proc/mounts")
     assert " / ext4 " in mounts and " /sys/fs/cgroup cgroup2 " in mounts
     assert dk.exec_out(cid, "sh", "-c", "echo w > /tmp/w; cat /tmp/w") == "w\n"
+
+
+def test_ctr_run_with_runc_binary(dk: Cpuplug, tmp_path: Path) -> None:
+    """containerd without docker: ``ctr run --runc-binary`` drives the same command line
+    (the binary takes no arguments: a wrapper script passes cpuplug's)."""
+    docker = dk.docker
+    runtime = docker.runtimes[RUNTIME]
+    wrapper = tmp_path / "cpuplug-runc"
+    wrapper.write_text("#!/bin/sh\nexec " + " ".join([runtime.path, *runtime.args]) + ' "$@"\n')
+    wrapper.chmod(0o755)
+    ref = f"docker.io/library/{IMAGE}"
+    docker.ok("save", "-o", str(tmp_path / "image.tar"), IMAGE)
+    ns = ("-n", "cpuplug-test")
+    assert docker.ctr(*ns, "image", "import", str(tmp_path / "image.tar")).returncode == 0
+    run = (*ns, "run", "--runtime", "io.containerd.runc.v2", "--runc-binary", str(wrapper))
+    try:
+        out = docker.ctr(*run, "--rm", "--cpus", "1", ref, "c1", "sh", "-c", "nproc; exit 3",
+                         timeout=180)  # fmt: skip
+        assert (out.returncode, out.stdout) == (3, "2\n"), out.stderr
+        assert docker.ctr(*run, "-d", "--null-io", ref, "c2", "sleep", "1d",
+                          timeout=180).returncode == 0  # fmt: skip
+        exec_ = docker.ctr(*ns, "task", "exec", "--exec-id", "e1", "c2", "sh", "-c", "exit 5",
+                           timeout=120)  # fmt: skip
+        assert exec_.returncode == 5, exec_.stderr
+        assert docker.ctr(*ns, "task", "kill", "-s", "SIGKILL", "c2").returncode == 0
+        deadline = time.monotonic() + 30
+        while "STOPPED" not in docker.ctr(*ns, "task", "ls").stdout:
+            assert time.monotonic() < deadline, docker.ctr(*ns, "task", "ls").stdout
+            time.sleep(0.2)
+    finally:
+        docker.ctr(*ns, "task", "rm", "-f", "c2")
+        docker.ctr(*ns, "container", "rm", "c2")
+        docker.ctr(*ns, "image", "rm", ref)
+    assert docker.ctr(*ns, "container", "ls", "-q").stdout == ""
