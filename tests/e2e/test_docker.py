@@ -257,3 +257,10 @@ def test_ctr_run_with_runc_binary(dk: Cpuplug, tmp_path: Path) -> None:
         docker.ctr(*ns, "container", "rm", "c2")
         docker.ctr(*ns, "image", "rm", ref)
     assert docker.ctr(*ns, "container", "ls", "-q").stdout == ""
+
+
+def test_run_of_a_missing_program(dk: Cpuplug) -> None:
+    proc = dk.docker.run("run", "--rm", "--runtime", RUNTIME, "--network", "none", IMAGE,
+                         "no-such-program", timeout=180)  # fmt: skip
+    assert proc.returncode == 127, proc.stderr  # docker's code for "executable file not found"
+    assert "executable file not found" in proc.stderr

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cpuplug import agent_protocol as ap
+from cpuplug.guest.agent_os import ProcessIO
 from cpuplug.runtime.agent_client import AgentClient
 from tests.guest.test_guest_agent import Env
 from tests.guest.test_linux_agent import Stack, make_tree
@@ -262,3 +263,35 @@ def test_rootfs_disk_needs_streams_and_a_disk(env: Env, tmp_path: Path) -> None:
         assert not (s.os.root / "sys" / "fs" / "cgroup" / "r").exists()
     finally:
         s.close()
+
+
+def test_a_streamed_containers_program_must_exist_at_create(env: Env) -> None:
+    err = env.error(ap.Method.CREATE_CONTAINER, {"container_id": "m", "cmd": ["vim"],
+                                                 "streams": True})  # fmt: skip
+    assert err.code is ap.ErrorCode.ENOENT
+    assert err.message == "exec 'vim': executable file not found in $PATH"
+    assert env.agent.containers() == [] and not env.kernel.vfs.exists("/sys/fs/cgroup/m")
+    env.call(ap.Method.CREATE_CONTAINER, {"container_id": "m", "cmd": ["/bin/sleep", "1"],
+                                          "streams": True})  # fmt: skip
+
+
+def test_linux_finds_programs_inside_the_containers_root(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "bin" / "busybox").write_bytes(b"#!/bin/true\n")
+    (root / "bin" / "busybox").chmod(0o755)
+    (root / "bin" / "sh").symlink_to("/bin/busybox")  # absolute: the container's busybox
+    (root / "usr" / "bin" / "env").symlink_to("../../bin/busybox")
+    (root / "bin" / "gone").symlink_to("/bin/nothing")
+    (root / "bin" / "loop").symlink_to("/bin/loop")
+    (root / "bin" / "data").write_text("not executable\n")
+    io = ProcessIO(root=str(root), env=("PATH=/usr/bin:/bin",))
+    names = ("sh", "env", "/bin/sh", "busybox", "gone", "loop", "data", "vim")
+    found = {name: stack.os.find_program(name, io) for name in names}
+    assert found == {"sh": True, "env": True, "/bin/sh": True, "busybox": True,
+                     "gone": False, "loop": False, "data": False, "vim": False}  # fmt: skip
+    assert not stack.os.find_program("sh", ProcessIO(root=str(root), env=("PATH=/usr/bin",)))
+    with pytest.raises(ap.AgentError) as info:
+        stack.client.create_container("m", ["no-such-program"], streams=True)
+    assert info.value.code is ap.ErrorCode.ENOENT and "executable file not found" in str(info.value)

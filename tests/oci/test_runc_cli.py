@@ -358,6 +358,13 @@ def test_bad_bundles_are_refused_and_nothing_is_left(
     assert list(runc.root.iterdir()) == [] and list(runc.sandboxes.iterdir()) == []
 
 
+def test_a_missing_program_fails_create_as_in_runc(runc: Runc) -> None:
+    bundle = runc.bundle("nx", ["no-such-program"])
+    why = runc.fails("create", "--bundle", str(bundle), "nx")
+    assert why.endswith("exec 'no-such-program': executable file not found in $PATH")
+    assert list(runc.root.iterdir()) == [] and list(runc.sandboxes.iterdir()) == []
+
+
 def test_more_bad_input(runc: Runc, tmp_path: Path) -> None:
     assert runc.fails("create", "--bundle", str(tmp_path), "nocfg").endswith(
         "config.json does not exist"

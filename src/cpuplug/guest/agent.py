@@ -565,6 +565,16 @@ class Agent:
                 raise
             if io is not None and root is not None:
                 io = replace(io, root=root)
+            if io is not None and p["cmd"] and not self.os.find_program(p["cmd"][0], io):
+                # runc's create fails here too: a start that fails leaves docker with a
+                # task it never deletes
+                if root is not None:
+                    self.os.unmount_rootfs(cid)
+                self.os.remove_cgroup(cid)
+                raise ap.ProtocolError(
+                    ap.ErrorCode.ENOENT,
+                    f"exec {p['cmd'][0]!r}: executable file not found in $PATH",
+                )
             with self._lock:
                 self._containers[cid] = Container(cid, list(p["cmd"]), io=io, root=root)
         return {}

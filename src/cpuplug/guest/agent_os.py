@@ -265,6 +265,12 @@ class AgentOS(Protocol):
         instead of going to the console or being captured whole."""
         ...
 
+    def find_program(self, argv0: str, io: ProcessIO) -> bool:
+        """Whether ``argv0`` names a program a process started with ``io`` could run (a
+        path, or a name on its ``PATH``, inside its root): checked at ``create``, as
+        runc does, so a missing program fails before anything is started."""
+        ...
+
     def mount_rootfs(self, cid: str, disk_serial: str) -> str:
         """Mount the block device whose serial is ``disk_serial`` (an ext4 file system the
         host made from the bundle's rootfs) for container ``cid``; the guest path."""

@@ -86,6 +86,34 @@ def _failed(exc: OSError, guest_path: str) -> LinuxError:
     return LinuxError(exc.errno or errno.EIO, guest_path)
 
 
+def _executable_in(root: str, path: str, depth: int = 40) -> bool:
+    """Whether ``path``, seen from a process whose root is ``root``, is an executable
+    file: symbolic links are followed inside ``root`` (busybox's applet links point to
+    ``/bin/busybox``, which means the container's, not the agent's)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    while parts and depth > 0:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        here = os.path.join(root, *resolved, part)
+        try:
+            target = os.readlink(here)
+        except OSError:
+            resolved.append(part)
+            continue
+        depth -= 1
+        if target.startswith("/"):
+            resolved = []
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    if parts:
+        return False  # a loop of links
+    final = os.path.join(root, *resolved)
+    return os.path.isfile(final) and os.access(final, os.X_OK)
+
+
 def is_cgroup2_mount(path: Path, mountinfo: str = "/proc/self/mountinfo") -> bool:
     """Whether ``path`` is where a cgroup2 file system is mounted."""
     target = os.path.realpath(path)
@@ -354,6 +382,15 @@ class LinuxOS:
             controlling_terminal=io is not None and io.terminal,
             root=io.root if io is not None else None,
         )
+
+    def find_program(self, argv0: str, io: ProcessIO) -> bool:
+        root = io.root or "/"  # (``self.root`` only prefixes sysfs and cgroupfs paths)
+        env = dict(e.split("=", 1) for e in io.env or () if "=" in e) or CONTAINER_ENV
+        if "/" in argv0:
+            candidates = [argv0 if argv0.startswith("/") else f"{io.cwd or '/'}/{argv0}"]
+        else:
+            candidates = [f"{d or '.'}/{argv0}" for d in env.get("PATH", "").split(":")]
+        return any(_executable_in(root, path) for path in candidates)
 
     # ------------------------------------------------------------------ root filesystems
 

@@ -27,7 +27,15 @@ from cpuplug.guest import agent_os
 from cpuplug.guest.agent_os import CpuMask, OSEvent, OutputChunk, ProcessIO
 from cpuplug.guest.cgroup import CGROUP_ROOT
 from cpuplug.guest.klog import KernelEvent
-from cpuplug.guest.userland import Os, Pipe, Process, ProgramNotFound, deliver, spawn
+from cpuplug.guest.userland import (
+    PROGRAMS,
+    Os,
+    Pipe,
+    Process,
+    ProgramNotFound,
+    deliver,
+    spawn,
+)
 from cpuplug.hw import AgentChannel, Stream
 
 __all__ = ["BootedKernel", "ModelKernel", "ModelOS"]
@@ -239,6 +247,10 @@ class ModelOS:
         except ProgramNotFound as exc:
             raise agent_os.ProgramNotFound(exc.path) from None
         return _StreamedTask(process, out, err)
+
+    def find_program(self, argv0: str, io: ProcessIO) -> bool:
+        del io
+        return argv0.rpartition("/")[2] in PROGRAMS
 
     def mount_rootfs(self, cid: str, disk_serial: str) -> str:
         del cid
