@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cpuplug.errors import CpuplugError
 from cpuplug.runtime.process import ProcessIdentity
@@ -264,11 +263,3 @@ class Store:
             return False
         except OciError:
             return True
-
-    def stored(self, cid: str) -> dict[str, Any] | None:
-        """The raw state file (for a listing that must not fail on one bad file)."""
-        try:
-            raw = json.loads((self.dir(cid) / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return raw if isinstance(raw, dict) else None
