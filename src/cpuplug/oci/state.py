@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +30,7 @@ from pathlib import Path
 
 from cpuplug.errors import CpuplugError
 from cpuplug.runtime.process import ProcessIdentity
+from cpuplug.runtime.state import flock_until
 
 STATE_VERSION = 1
 LOCK_TIMEOUT = 60.0
@@ -234,22 +233,11 @@ class Store:
         except OSError as exc:
             raise OciError(f"cannot open {d / 'lock'}: {exc.strerror}") from None
         try:
-            deadline = time.monotonic() + timeout
-            delay = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                if time.monotonic() >= deadline:
-                    raise OciError(
-                        f"container {cid} is busy: another command held it for more than "
-                        f"{timeout:g}s"
-                    )
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+            if not flock_until(fd, time.monotonic() + timeout):
+                raise OciError(
+                    f"container {cid} is busy: another command held it for more than "
+                    f"{timeout:g}s"
+                )
             yield
         finally:
             os.close(fd)

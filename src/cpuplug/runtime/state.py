@@ -405,35 +405,44 @@ class StateStore:
         fd = _lock_fd(d)
         try:
             deadline = time.monotonic() + timeout
-            delay = 0.005
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    if _same_file(fd, d):
-                        break
-                    # The directory was removed (and perhaps made again for a new
-                    # sandbox of the same name) while we waited: the lock we hold is
-                    # the old sandbox's. Start over on the current one.
-                    os.close(fd)
-                    fd = -1
-                    if not d.is_dir() or not self.is_sandbox(d):
-                        raise SandboxNotFound(name)
-                    fd = _lock_fd(d)
-                    continue
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                if time.monotonic() >= deadline:
+                if not flock_until(fd, deadline):
                     raise LockTimeout(
                         f"sandbox {name} is busy: another cpuplug command held its lock "
                         f"for more than {timeout:g}s"
                     )
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                if _same_file(fd, d):
+                    break
+                # The directory was removed (and perhaps made again for a new sandbox
+                # of the same name) while we waited: the lock we hold is the old
+                # sandbox's. Start over on the current one.
+                os.close(fd)
+                fd = -1
+                if not d.is_dir() or not self.is_sandbox(d):
+                    raise SandboxNotFound(name)
+                fd = _lock_fd(d)
             yield
         finally:
             if fd >= 0:
                 os.close(fd)
+
+
+def flock_until(fd: int, deadline: float) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` before ``time.monotonic()`` reaches
+    ``deadline``; False if it could not. ``flock`` has no timed wait, so a
+    non-blocking attempt is retried with a short, growing back-off."""
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _same_file(fd: int, d: Path) -> bool:
