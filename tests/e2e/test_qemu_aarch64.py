@@ -11,25 +11,18 @@ cache's own (``cpuplug.image.apt_private``): the host's dpkg and apt are not tou
 With CI=true a missing QEMU or apt fails these tests instead of skipping them.
 
 The decision itself (a QEMU that *does* answer ``query-hotpluggable-cpus`` on ``virt``
-gets ACPI mode) is tested with a stand-in for the QEMU binary: a small Python program
-answering QMP on stdio, so no real QEMU is needed and no special case either.
+gets ACPI mode) is tested with a stand-in QEMU in tests/runtime/test_qemu_hotplug_decision.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cpuplug.cpuhp_abi import HotplugMode
-from cpuplug.runtime.hypervisor import VmSpec
-from cpuplug.runtime.hypervisors.qemu import QemuBackend
 from tests.conftest import require_tool
 from tests.harness.cli import Cli, private_cli
 
@@ -181,94 +174,3 @@ def test_cpus_offlined_inside_the_guest_come_back_cpu0_too(web: Booted) -> None:
     assert online(c) == "0-2" and c.nproc("web") == 3
     c.ok("update", "--cpus", "1", "web")
     assert online(c) == "0-1"
-
-
-# ------------------------------------------------------------------ the mode decision
-
-
-FAKE_QEMU = """\
-import json, sys
-answer = {answer!r}
-with open({log!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-print(json.dumps({{"QMP": {{"version": {{"qemu": {{"major": 9, "minor": 2, "micro": 0}}}},
-                          "capabilities": []}}}}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    name, reply = cmd["execute"], {{"return": {{}}}}
-    if name == "query-version":
-        reply = {{"return": {{"qemu": {{"major": 9, "minor": 2, "micro": 0}}, "package": ""}}}}
-    if name == "query-hotpluggable-cpus":
-        if answer:
-            reply = {{"return": [
-                {{"props": {{"core-id": i, "thread-id": 0, "socket-id": 0, "cluster-id": 0}},
-                 "vcpus-count": 1, "type": "max-arm-cpu",
-                 **({{"qom-path": f"/machine/unattached/device[{{i}}]"}} if i == 0 else {{}})}}
-                for i in range(2)]}}
-        else:
-            reply = {{"error": {{"class": "GenericError",
-                      "desc": "The feature 'query-hotpluggable-cpus' is not enabled"}}}}
-    if "id" in cmd:
-        reply["id"] = cmd["id"]
-    print(json.dumps(reply), flush=True)
-    if name == "quit":
-        break
-"""
-
-
-def fake_qemu(tmp_path: Path, *, answers: bool) -> tuple[Path, Path]:
-    """A stand-in ``qemu-system-aarch64``: QMP on stdio, ``query-hotpluggable-cpus``
-    answered (the arm64 hotplug RFC's QEMU) or "not enabled" (Debian's 7.2); it logs
-    its argv."""
-    log = tmp_path / "argv.jsonl"
-    exe = tmp_path / "qemu-system-aarch64"
-    body = FAKE_QEMU.format(answer=answers, log=str(log))
-    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
-    exe.chmod(0o755)
-    return exe, log
-
-
-def prepared(tmp_path: Path, qemu: Path) -> VmSpec:
-    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
-    kernel.write_bytes(b"k")
-    initrd.write_bytes(b"i")
-    spec = VmSpec(
-        name="a", boot_vcpus=2, maxcpus=4, mode=HotplugMode.ACPI,
-        qmp_path=tmp_path / "qmp.sock", agent_path=tmp_path / "agent.sock",
-        sandbox_dir=tmp_path,
-        extra={"arch": "aarch64", "qemu": str(qemu), "accel": "tcg",
-               "kernel": str(kernel), "initrd": str(initrd)},
-    )  # fmt: skip
-
-    def no_image(*_a: object, **_k: object) -> None:
-        raise AssertionError("kernel and initrd are given: no image is needed")
-
-    return QemuBackend(ensure_image=no_image).prepare(spec, lambda _m: None)
-
-
-def test_a_qemu_that_answers_the_probe_on_virt_gets_acpi_mode(tmp_path: Path) -> None:
-    qemu, log = fake_qemu(tmp_path, answers=True)
-    spec = prepared(tmp_path, qemu)
-    assert spec.mode is HotplugMode.ACPI
-    assert (spec.boot_vcpus, spec.maxcpus) == (2, 4)
-    assert "mode_reason" not in spec.extra
-    argv = json.loads(log.read_text().splitlines()[-1])
-    assert argv[:6] == ["-M", "virt,gic-version=3", "-accel", "tcg", "-cpu",
-                        "max,pauth-impdef=on"]  # fmt: skip
-    assert "-S" in argv and argv[argv.index("-qmp") + 1] == "stdio"
-    # the VM is then started with the same machine and all four possible vCPUs
-    cmd = QemuBackend().command(spec)
-    boot, _, possible = cmd[cmd.index("-smp") + 1].partition(",maxcpus=")
-    assert boot == "2" and int(possible) >= 4
-    assert cmd[cmd.index("-M") + 1] == "virt,gic-version=3"
-
-
-def test_a_qemu_without_hotplug_on_virt_gets_online_offline_mode(tmp_path: Path) -> None:
-    qemu, _ = fake_qemu(tmp_path, answers=False)
-    spec = prepared(tmp_path, qemu)
-    assert spec.mode is HotplugMode.ONLINE_OFFLINE
-    assert (spec.boot_vcpus, spec.maxcpus) == (4, 4), "every vCPU plugged at boot"
-    assert NOT_ENABLED in spec.extra["mode_reason"]
-    assert str(qemu) in spec.extra["mode_reason"]
-    cmd = QemuBackend().command(spec)
-    assert cmd[cmd.index("-smp") + 1] == "4,maxcpus=4"

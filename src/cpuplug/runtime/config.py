@@ -41,7 +41,7 @@ _KEYS = {
 }
 _QEMU_KEYS = {"path": "qemu_path", "kernel": "kernel", "initrd": "initrd",
               "default_memory": "default_memory", "arch": "arch",
-              "extra_vcpu_slots": "extra_vcpu_slots"}  # fmt: skip
+              "extra_vcpu_slots": "extra_vcpu_slots", "firmware": "firmware"}  # fmt: skip
 """Keys read only from ``[hypervisor.qemu]`` (Kata's names; ``arch`` and
 ``extra_vcpu_slots`` are cpuplug's), with the field each sets."""
 HYPERVISORS = ("builtin", "qemu")
@@ -72,6 +72,9 @@ class RuntimeConfig:
     qemu_path: str | None = None
     kernel: str | None = None
     initrd: str | None = None
+    firmware: str | None = None
+    """UEFI firmware for ``-bios`` (Kata's key); the image's own when unset (aarch64:
+    Debian's QEMU_EFI.fd, which arm64 ACPI and so vCPU hotplug need)."""
     default_memory: int = 512
     """Guest RAM in MiB (QEMU backend)."""
     arch: str | None = None
@@ -84,7 +87,8 @@ class RuntimeConfig:
         """The hypervisor backend's options from this config (runtime.hypervisor.VmSpec)."""
         opts: dict[str, Any] = {"memory": str(self.default_memory)}
         for key, value in (("qemu", self.qemu_path), ("kernel", self.kernel),
-                           ("initrd", self.initrd), ("arch", self.arch)):  # fmt: skip
+                           ("initrd", self.initrd), ("arch", self.arch),
+                           ("firmware", self.firmware)):  # fmt: skip
             if value is not None:
                 opts[key] = value
         if self.extra_vcpu_slots is not None:
@@ -244,7 +248,7 @@ def _from_values(values: dict[str, Any], source: str) -> RuntimeConfig:
             if isinstance(val, bool) or not isinstance(val, int):
                 raise ConfigError(f"{source}: default_memory must be MiB (an integer), got {val!r}")
             kw[key] = val
-        elif key in ("hypervisor", "qemu_path", "kernel", "initrd", "arch"):
+        elif key in ("hypervisor", "qemu_path", "kernel", "initrd", "arch", "firmware"):
             if not isinstance(val, str) or not val:
                 raise ConfigError(f"{source}: {key} must be a non-empty string, got {val!r}")
             kw[key] = val

@@ -74,6 +74,9 @@ class Capabilities:
     max_plugs: int | None
     """Hot-adds a VM's whole life allows (None: unbounded)."""
     completion: Completion
+    remove_note: str = ""
+    """Why ``hot_remove`` is off when the VMM could remove but should not (said by
+    ``inspect``; e.g. a QEMU build whose vCPU unplug is known to crash)."""
 
     def plugs_left(self, plugs_used: int) -> int | None:
         """Hot-adds still possible in this VM's life (None: unbounded)."""

@@ -1045,7 +1045,8 @@ def _shrink_policy(caps: Capabilities, st: SandboxState) -> tuple[str, str]:
     """How a shrink of this sandbox is done now, and why (``inspect``): ``unplug``,
     ``offline`` (vCPUs kept plugged) or ``unplug+offline``, and the reason in words."""
     if not caps.hot_remove:
-        return "offline", "offline in the guest (this VMM cannot hot-remove vCPUs)"
+        why = caps.remove_note or "this VMM cannot hot-remove vCPUs"
+        return "offline", f"offline in the guest, vCPUs kept plugged ({why})"
     if not caps.replug:
         return "offline", (
             "offline in the guest, vCPUs kept plugged "

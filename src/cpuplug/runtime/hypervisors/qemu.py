@@ -21,8 +21,15 @@ What QEMU can do is asked of QEMU, not assumed (docs/real-backends.md):
   while the plugs left let the VM grow back to its maximum (docs/runtime.md).
 * aarch64 ``virt`` on Debian's QEMU has no vCPU hotplug (``query-hotpluggable-cpus``
   is "not enabled"): the sandbox runs in online/offline mode, all vCPUs plugged at
-  boot, with a warning naming why.  A QEMU that answers the query on ``virt`` (the
-  arm64 hotplug RFC) gets ACPI mode.
+  boot, with a warning naming why.  A QEMU that answers the query on ``virt`` with a
+  free slot (the arm64 hotplug RFC, built by scripts/build-qemu-arm64-hotplug) gets
+  ACPI mode when the rest of the chain can do it too: MTTCG (``-accel
+  tcg,thread=multi``) and GICv3, without which the RFC silently clamps ``maxcpus`` to
+  the boot vCPUs (seen by the probe as no free slot); UEFI firmware (arm64 ACPI tables
+  reach the guest only through it); a guest kernel of at least 6.11.  Its ``device_del``
+  crashes QEMU under TCG unless this repository's fixes are in
+  (docs/qemu-arm64-hotplug.md); the build script marks a fixed build in QMP's
+  ``query-version`` package, and an unmarked one shrinks by offlining.
 * KVM where it works, TCG otherwise: ``/dev/kvm`` here is PVM (nested, no ``vmx``),
   under which a stock kernel crawls and then stops with ``internal-error``; KVM is
   chosen only when the host CPU advertises ``vmx``/``svm`` (or is arm64 with KVM)
@@ -65,6 +72,11 @@ ARCHES = ("x86_64", "aarch64")
 REPLUG_SINCE = (10, 0)
 """First QEMU version measured to plug a vCPU after an unplug under TCG (7.2 crashes;
 8.x and 9.x were not measured, so they are treated as 7.2 was)."""
+ARM64_HOTPLUG_KERNEL = (6, 11)
+"""First Linux with arm64 ACPI vCPU hotplug (the guest side of the RFC)."""
+UNPLUG_FIXED_MARK = "cpuplug-unplug-fixes"
+"""In ``query-version``'s package string of an arm64 hotplug QEMU built with this
+repository's unplug fixes (scripts/build-qemu-arm64-hotplug)."""
 MAX_VCPU_SLOTS = 255
 """Most possible vCPUs given for headroom: APIC ids above 254 need x2APIC and interrupt
 remapping on q35."""
@@ -157,16 +169,20 @@ class QemuBackend:
             opts["kernel"], opts["initrd"] = str(image.kernel), str(image.initrd)
             opts["kernel_version"] = image.kernel_version
             opts["cmdline"] = image.cmdline
-        for key in ("kernel", "initrd"):
-            if not Path(opts[key]).is_file():
+            firmware = getattr(image, "firmware", None)
+            if firmware is not None:
+                opts["firmware"] = str(firmware)
+        for key in ("kernel", "initrd", "firmware"):
+            if key in opts and not Path(opts[key]).is_file():
                 raise HypervisorError(f"guest {key} {opts[key]} does not exist")
         mode = spec.mode
-        if mode is HotplugMode.ACPI and not self._can_hotplug(opts):
-            mode = HotplugMode.ONLINE_OFFLINE
-            opts["mode_reason"] = (
-                f"{qemu} has no vCPU hotplug on this machine (query-hotpluggable-cpus "
-                "is not enabled): online/offline mode, all vCPUs plugged at boot"
-            )
+        if mode is HotplugMode.ACPI:
+            why_not = self._why_no_hotplug(opts)
+            if why_not is not None:
+                mode = HotplugMode.ONLINE_OFFLINE
+                opts["mode_reason"] = (
+                    f"{why_not}: online/offline mode, all vCPUs plugged at boot"
+                )
         if mode is HotplugMode.ACPI:
             opts["vcpu_slots"] = str(vcpu_slots(spec.maxcpus, opts))
         return VmSpec(
@@ -189,9 +205,38 @@ class QemuBackend:
             arch, progress=lambda p: progress(f"image [{p.step}/{p.steps}] {p.message}")
         )
 
+    def _why_no_hotplug(self, opts: dict[str, str]) -> str | None:
+        """Why this VM cannot hot-plug vCPUs over ACPI, or None when it can."""
+        if not self._can_hotplug(opts):
+            if "hotplug feature has been disabled" in opts.pop("probe_stderr", ""):
+                return (
+                    f"{opts['qemu']} disabled vCPU hotplug on this machine (it needs "
+                    "MTTCG and GICv3)"
+                )
+            return (
+                f"{opts['qemu']} has no vCPU hotplug on this machine "
+                "(query-hotpluggable-cpus is not enabled or offers no free slot)"
+            )
+        opts.pop("probe_stderr", None)
+        if opts["arch"] != "aarch64":
+            return None
+        if not opts.get("firmware"):
+            return (
+                "arm64 ACPI vCPU hotplug needs the guest booted through UEFI, and no "
+                "firmware is set (firmware under [hypervisor.qemu], or the image's)"
+            )
+        kernel = _release(opts.get("kernel_version", ""))
+        if kernel is not None and kernel < ARM64_HOTPLUG_KERNEL:
+            return (
+                f"the guest kernel {opts['kernel_version']} predates arm64 ACPI vCPU "
+                "hotplug (Linux 6.11)"
+            )
+        return None
+
     def _can_hotplug(self, opts: dict[str, str]) -> bool:
-        """Ask a paused, kernel-less QEMU of the same machine (about 50 ms); its version
-        goes to ``opts["qemu_version"]``."""
+        """Ask a paused, kernel-less QEMU of the same machine (about 50 ms) for its
+        hotpluggable CPUs: it can hot-plug when it answers with a free slot.  Its
+        version goes to ``opts["qemu_version"]``, its warnings to ``probe_stderr``."""
         argv = [opts["qemu"], *self._machine_args(opts), "-smp", "1,maxcpus=2", "-S",
                 "-display", "none", "-nodefaults", "-qmp", "stdio"]  # fmt: skip
         script = "\n".join(
@@ -204,12 +249,14 @@ class QemuBackend:
             )
         )
         try:
-            out = subprocess.run(
+            proc = subprocess.run(
                 argv, input=script + "\n", capture_output=True, text=True,
                 timeout=PROBE_TIMEOUT, check=False,
-            ).stdout  # fmt: skip
+            )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HypervisorError(f"cannot run {opts['qemu']}: {exc}") from None
+        out = proc.stdout
+        opts["probe_stderr"] = proc.stderr.strip()[-500:]
         for line in out.splitlines():
             try:
                 msg = json.loads(line)
@@ -219,7 +266,10 @@ class QemuBackend:
                 q = msg.get("return", {}).get("qemu", {})
                 opts["qemu_version"] = f"{q.get('major', 0)}.{q.get('minor', 0)}"
             if isinstance(msg, dict) and msg.get("id") == "probe":
-                return "return" in msg
+                entries = msg.get("return")
+                return isinstance(entries, list) and any(
+                    isinstance(e, dict) and "qom-path" not in e for e in entries
+                )
         raise HypervisorError(f"{opts['qemu']} did not answer QMP: {out.strip()[-200:]}")
 
     # ------------------------------------------------------------------ starting
@@ -229,8 +279,13 @@ class QemuBackend:
         accel = opts.get("accel", "tcg")
         if opts["arch"] == "x86_64":
             return ["-M", "q35", "-accel", accel]
-        cpu = "host" if accel == "kvm" else "max,pauth-impdef=on"
-        return ["-M", "virt,gic-version=3", "-accel", accel, "-cpu", cpu]
+        if accel == "kvm":
+            return ["-M", "virt,gic-version=3", "-accel", "kvm", "-cpu", "host"]
+        # MTTCG said explicitly: the arm64 hotplug RFC needs it (it is the default on
+        # x86_64 hosts, but a QEMU that falls back to one thread would silently lose
+        # hotplug); pauth-impdef: the architected pointer-auth hash is ~2x slower.
+        return ["-M", "virt,gic-version=3", "-accel", "tcg,thread=multi",
+                "-cpu", "max,pauth-impdef=on"]  # fmt: skip
 
     def command(self, spec: VmSpec) -> list[str]:
         """QEMU's command line for ``spec`` (after :meth:`prepare`)."""
@@ -242,6 +297,7 @@ class QemuBackend:
             o["qemu"], *self._machine_args(o),
             "-smp", f"{spec.boot_vcpus},maxcpus={o.get('vcpu_slots', spec.maxcpus)}",
             "-m", o["memory"],
+            *(["-bios", o["firmware"]] if o.get("firmware") else []),
             "-kernel", o["kernel"], "-initrd", o["initrd"],
             "-append", cmdline,
             "-display", "none", "-nodefaults", "-no-reboot",
@@ -299,9 +355,33 @@ class QemuBackend:
             qmp.execute("query-hotpluggable-cpus")
         except QmpCommandError:
             return Capabilities(False, False, False, 0, Completion.SLOT_STATE)
-        ver = qmp.execute("query-version").get("qemu", {})
+        answer = qmp.execute("query-version")
+        ver = answer.get("qemu", {})
         version = (int(ver.get("major", 0)), int(ver.get("minor", 0)))
         tcg = spec.extra.get("accel", "tcg") == "tcg"
+        completion = (
+            Completion.INSERT_OST
+            | Completion.EJECT_OST
+            | Completion.DELETED_CHILD_PATH
+            | Completion.SLOT_STATE
+        )
+        if spec.extra.get("arch") == "aarch64":
+            # The arm64 hotplug RFC: it plugs again after an unplug and, with the
+            # repository's fix to tcg_unregister_thread, gives a leaving vCPU's TCG
+            # context back (no plug bound).  As published, its unplug crashes QEMU
+            # under TCG within a few device_dels: such a build shrinks by offlining.
+            fixed = UNPLUG_FIXED_MARK in str(answer.get("package", ""))
+            return Capabilities(
+                hot_add=True,
+                hot_remove=fixed or not tcg,
+                replug=True,
+                max_plugs=None,
+                completion=completion | Completion.DELETED_BY_ID,
+                remove_note="" if fixed or not tcg else (
+                    "this QEMU's vCPU unplug crashes under TCG: build it with "
+                    "scripts/build-qemu-arm64-hotplug, whose patches fix it"
+                ),
+            )
         return Capabilities(
             hot_add=True,
             hot_remove=True,
@@ -309,10 +389,7 @@ class QemuBackend:
             max_plugs=int(spec.extra.get("vcpu_slots", spec.maxcpus)) - spec.boot_vcpus
             if tcg
             else None,
-            completion=Completion.INSERT_OST
-            | Completion.EJECT_OST
-            | Completion.DELETED_CHILD_PATH
-            | Completion.SLOT_STATE,
+            completion=completion,
         )
 
     def describe(self, spec: VmSpec) -> dict[str, Any]:
@@ -335,6 +412,15 @@ class QemuBackend:
     def request_quit(self, qmp_path: Path) -> None:
         with QmpConnection(qmp_path, timeout=QUIT_TIMEOUT) as qmp:
             qmp.execute("quit")
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a kernel release such as ``6.12.95+deb12-arm64``."""
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1].split("-")[0].split("+")[0])
+    except (IndexError, ValueError):
+        return None
 
 
 class _BootVcpusOnly(QmpHypervisor):
