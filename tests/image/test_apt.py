@@ -18,8 +18,8 @@ from cpuplug.image.apt import (
     apt_state,
     parse_config,
     parse_relations,
-    parse_stanzas,
 )
+from cpuplug.image.deb822 import parse_stanzas
 from cpuplug.image.errors import ImageError
 
 SHOW = """\

@@ -16,11 +16,11 @@ import pytest
 
 from cpuplug import cli
 from cpuplug.image.apt import Package
+from cpuplug.image.apt_private import debian_source
 from cpuplug.image.errors import ImageError
 from cpuplug.image.qemu import (
     _install,
     compare_versions,
-    debian_source,
     resolve,
     satisfies,
     upstream_of,

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from cpuplug.image import apt_private
+from cpuplug.image.deb822 import parse_stanzas
 from cpuplug.image.errors import ImageError
 
 TOOLS = ("apt-get", "apt-cache", "apt-config", "dpkg", "dpkg-deb")
@@ -55,28 +56,6 @@ class Package:
         return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
 
 
-def parse_stanzas(text: str) -> list[dict[str, str]]:
-    """deb822 paragraphs (``apt-cache show`` output) -> one dict each; continuation lines
-    are joined to their field."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    key = ""
-    for line in text.splitlines():
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, key = {}, ""
-        elif line[0] in " \t":
-            if key:
-                current[key] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            current[key] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
 _RELATION = re.compile(
     r"^\s*([a-z0-9][a-z0-9.+-]*)(?::[a-z0-9-]+)?\s*(?:\(\s*([<>=]+)\s*([^)\s]+)\s*\))?"
 )
@@ -104,10 +83,15 @@ class AptUnavailable(ImageError):
 class Apt:
     """The host's apt, asked about packages of one Debian architecture."""
 
-    def __init__(self, deb_arch: str, private_dir: Path | None = None) -> None:
+    def __init__(
+        self, deb_arch: str, private_dir: Path | None = None, kernel_suite: str = ""
+    ) -> None:
         """``private_dir``: where to keep an apt state of our own for ``deb_arch`` when
-        the host's apt is not configured for it (:mod:`cpuplug.image.apt_private`);
-        without one such an architecture is an error naming what to run."""
+        the host's apt is not configured for it, or has no lists of the kernel's suite
+        (:mod:`cpuplug.image.apt_private`); without one that is an error naming what to
+        run.  ``kernel_suite``: ``""`` takes the kernel at apt's candidate (the host's
+        release), ``"backports"`` from ``<codename>-backports``
+        (:attr:`cpuplug.image.arch.Arch.kernel_suite`)."""
         missing = [t for t in TOOLS if shutil.which(t) is None]
         if missing:
             raise AptUnavailable(
@@ -119,18 +103,35 @@ class Apt:
         """Given to every apt-get, apt-cache and apt-config call (``-c`` private.conf)."""
         self.private_dir: Path | None = None
         self.config = parse_config(self._run(["apt-config", "dump"]))
+        self.kernel_suite: str | None = None
+        """The suite the kernel is taken from (``bookworm-backports``); None: apt's
+        candidate."""
+        if kernel_suite == "backports":
+            self.kernel_suite = apt_private.backports(apt_private.host_codename(self.config))
+        elif kernel_suite:
+            raise ImageError(f"unknown kernel suite {kernel_suite!r} (expected '' or 'backports')")
+        suites = [self.kernel_suite] if self.kernel_suite else []
         if deb_arch not in self.architectures():
             if private_dir is None:
                 raise ImageError(
                     f"apt is not configured for {deb_arch} packages: run "
                     f"'dpkg --add-architecture {deb_arch} && apt-get update' as root"
                 )
-            self._use_private(private_dir)
+            self._use_private(private_dir, suites)
+        elif any(
+            not apt_private.has_suite(Path(self.state_paths()[0]), s, deb_arch) for s in suites
+        ):
+            if private_dir is None:
+                raise ImageError(
+                    f"apt has no {deb_arch} package lists of {', '.join(suites)}: add it to "
+                    "apt's sources and run 'apt-get update' as root"
+                )
+            self._use_private(private_dir, suites)
 
-    def _use_private(self, directory: Path) -> None:
+    def _use_private(self, directory: Path, suites: Sequence[str]) -> None:
         host_lists = self.state_paths()[0]
         try:
-            conf = apt_private.write_config(directory, self.deb_arch)
+            conf = apt_private.write_config(directory, self.deb_arch, self.config, suites)
         except OSError as exc:
             raise ImageError(
                 f"cannot keep apt's {self.deb_arch} package lists in {directory}: "
@@ -138,7 +139,7 @@ class Apt:
             ) from None
         self.options, self.private_dir = ["-c", str(conf)], directory
         self.config = parse_config(self._run(["apt-config", "dump"]))
-        if apt_private.needs_update(directory, host_lists):
+        if apt_private.needs_update(directory, host_lists, suites):
             self.update_private()
 
     def update_private(self) -> None:
@@ -193,16 +194,26 @@ class Apt:
 
     # ------------------------------------------------------------------ resolve
 
-    def candidates(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
-        """``apt-cache show`` of the version apt would install of each name."""
-        proc = self._call(
-            ["apt-cache", "show", "--no-all-versions", *(self._qualified(n) for n in names)]
-        )
+    def candidates(
+        self, names: Sequence[str], arch_all: Sequence[str] = (), kernel: str | None = None
+    ) -> dict[str, dict[str, str]]:
+        """``apt-cache show`` of the version apt would install of each name, by name.
+
+        ``arch_all`` names ``Architecture: all`` packages, asked for unqualified (on a host
+        whose native architecture is another, ``name:<deb_arch>`` does not name them);
+        ``kernel``, if given, is one more query as it is (``name:arch=version``).
+        """
+        queries = [self._qualified(n) for n in names] + list(arch_all)
+        wanted = [*names, *arch_all]
+        if kernel is not None:
+            queries.insert(0, kernel)
+            wanted.insert(0, kernel.split(":", 1)[0].split("=", 1)[0])
+        proc = self._call(["apt-cache", "show", "--no-all-versions", *queries])
         found: dict[str, dict[str, str]] = {}
         for stanza in parse_stanzas(proc.stdout):
             if stanza.get("Architecture") in (self.deb_arch, "all"):
                 found.setdefault(stanza.get("Package", ""), stanza)
-        missing = [n for n in names if n not in found]
+        missing = [n for n in wanted if n not in found]
         if missing:
             raise AptUnavailable(
                 f"apt knows no {self.deb_arch} package {', '.join(missing)}: run "
@@ -210,15 +221,42 @@ class Apt:
             )
         return found
 
-    def resolve(self, kernel_metapackage: str, names: Sequence[str]) -> list[Package]:
-        """Exact versions: the real kernel package behind ``kernel_metapackage`` (first),
-        then ``names``, from one ``apt-cache show``."""
-        shown = self.candidates([kernel_metapackage, *names])
+    def suite_version(self, name: str, suite: str) -> str:
+        """The newest version of ``name`` that apt has from ``suite`` (``apt-cache
+        policy``, which lists each version with the suites offering it, newest first).
+        Raises :class:`AptUnavailable` when there is none."""
+        proc = self._call(["apt-cache", "policy", self._qualified(name)])
+        for version, suites in parse_policy(proc.stdout).get(name, []):
+            if suite in suites:
+                return version
+        where = f" (kept apart from the host's in {self.private_dir})" if self.private_dir else ""
+        raise AptUnavailable(
+            f"apt's {self.deb_arch} package lists{where} have no {name} from {suite}: "
+            f"is {suite} reachable on the host's Debian mirror? run 'apt-get update'"
+        )
+
+    def resolve(
+        self, kernel_metapackage: str, names: Sequence[str], arch_all: Sequence[str] = ()
+    ) -> list[Package]:
+        """Exact versions: the real kernel package behind ``kernel_metapackage`` (first;
+        from :attr:`kernel_suite` when there is one, else apt's candidate), then
+        ``names`` and ``arch_all`` (:meth:`candidates`) at apt's candidates, from one
+        ``apt-cache show`` (and an ``apt-cache policy`` for a kernel suite)."""
+        if self.kernel_suite is None:
+            shown = self.candidates([kernel_metapackage, *names], arch_all)
+        else:
+            version = self.suite_version(kernel_metapackage, self.kernel_suite)
+            query = f"{self._qualified(kernel_metapackage)}={version}"
+            shown = self.candidates(names, arch_all, kernel=query)
+            got = shown[kernel_metapackage].get("Version")
+            if got != version:
+                raise ImageError(f"apt-cache show {query} showed version {got}")
         kernel = self._kernel(shown[kernel_metapackage], kernel_metapackage)
-        return [kernel, *(self._package(shown[n]) for n in names)]
+        return [kernel, *(self._package(shown[n]) for n in [*names, *arch_all])]
 
     def resolve_memo(
-        self, kernel_metapackage: str, names: Sequence[str], memo: Path
+        self, kernel_metapackage: str, names: Sequence[str], memo: Path,
+        arch_all: Sequence[str] = (),
     ) -> list[Package]:
         """:meth:`resolve`, remembered in the file ``memo`` for as long as apt's state
         (:func:`apt_state`) is unchanged.
@@ -227,7 +265,8 @@ class Apt:
         no binary cache), and an image lookup that costs more than a second is paid by
         every sandbox start; the memo makes a cached image's lookup a few ``stat`` calls.
         """
-        query = {"arch": self.deb_arch, "kernel": kernel_metapackage, "names": list(names)}
+        query = {"arch": self.deb_arch, "kernel": kernel_metapackage, "names": list(names),
+                 "kernel_suite": self.kernel_suite, "arch_all": list(arch_all)}
         state = apt_state(self.state_paths())
         if state is not None:
             try:
@@ -236,7 +275,7 @@ class Apt:
                     return [Package(*p) for p in saved["packages"]]
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-        packages = self.resolve(kernel_metapackage, names)
+        packages = self.resolve(kernel_metapackage, names, arch_all)
         if state is not None:
             record = {"query": query, "state": state,
                       "packages": [[p.name, p.version, p.arch] for p in packages]}
@@ -339,6 +378,31 @@ def parse_config(dump: str) -> dict[str, list[str]]:
         if len(value) >= 2 and value[0] == value[-1] == '"':
             config.setdefault(key, []).append(value[1:-1])
     return config
+
+
+_POLICY_VERSION = re.compile(r"^\s+(?:\*\*\*\s+)?(\S+)\s+(-?\d+)$")
+_POLICY_SOURCE = re.compile(r"^\s+-?\d+\s+\S+\s+(\S+)\s+\S+\s+Packages$")
+
+
+def parse_policy(text: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """``apt-cache policy`` -> {package: [(version, (suite, ...)), ...]} in apt's order
+    (newest first); a suite is the ``bookworm-backports`` of a source line
+    ``100 http://deb.debian.org/debian bookworm-backports/main arm64 Packages``.  The
+    package name loses any ``:arch`` apt prints after it."""
+    out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    name, in_table = "", False
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            name, in_table = line[:-1].split(":", 1)[0], False
+            out.setdefault(name, [])
+        elif line.strip() == "Version table:":
+            in_table = True
+        elif in_table and name and (m := _POLICY_SOURCE.match(line)):
+            version, suites = out[name][-1]
+            out[name][-1] = (version, (*suites, m.group(1).split("/", 1)[0]))
+        elif in_table and name and (m := _POLICY_VERSION.match(line)):
+            out[name].append((m.group(1), ()))
+    return out
 
 
 def apt_state(paths: Sequence[str]) -> str | None:

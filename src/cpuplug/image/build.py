@@ -91,14 +91,18 @@ def ensure_image(
     })
     report(BuildProgress(1, len(STEPS), f"resolving {target.deb_arch} packages with apt-cache"))
     try:
-        apt = Apt(target.deb_arch, private_dir=store.root / "apt" / target.deb_arch)
+        apt = Apt(
+            target.deb_arch, private_dir=store.root / "apt" / target.deb_arch,
+            kernel_suite=target.kernel_suite,
+        )  # fmt: skip
     except AptUnavailable:
         cached = store.latest(target.name, recipe_id)
         if cached is not None and not rebuild:
             return cached
         raise
     packages = apt.resolve_memo(
-        target.kernel_package, recipe.USERLAND_PACKAGES, store.resolved(target.deb_arch)
+        target.kernel_package, recipe.USERLAND_PACKAGES, store.resolved(target.deb_arch),
+        arch_all=(target.firmware.package,) if target.firmware else (),
     )
     key = image_key({"recipe": recipe_id, "packages": sorted(p.spec for p in packages)})
     if not rebuild and (image := store.get(key)) is not None:
@@ -148,6 +152,13 @@ def _build(
     if not kernel.is_file():
         raise ImageError(f"{packages[0].name} has no /boot/vmlinuz-{modules.release}")
     shutil.copyfile(kernel, out / KERNEL)
+    firmware = None
+    if target.firmware is not None:
+        found = root / target.firmware.path
+        if not found.is_file():
+            raise ImageError(f"{target.firmware.package} has no /{target.firmware.path}")
+        firmware = out / target.firmware.name
+        shutil.copyfile(found, firmware)
     order = modules.load_order(recipe.KERNEL_MODULES)
     module_paths = [f"/lib/modules/{modules.release}/{m.relpath}" for m in order]
     for m, guest in zip(order, module_paths, strict=True):
@@ -181,6 +192,7 @@ def _build(
     return Image(
         out / KERNEL, out / INITRD, modules.release, target.name, "", target.cmdline,
         tuple(f"{p.name}={p.version}" for p in packages), tuple(m.name for m in order),
+        firmware=firmware,
     )
 
 

@@ -76,6 +76,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"  kernel   {image.kernel}\n"
         f"  initrd   {image.initrd}\n"
         f"  cmdline  {image.cmdline}\n"
+        f"  firmware {image.firmware or '-'}\n"
         f"  modules  {' '.join(image.modules)}"
     )
     return 0
@@ -111,11 +112,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _out().print(f"no images in {store.root} (cpuplug image build makes one)")
         return 0
     table = Table(box=None, header_style="bold")
-    for col in ("KEY", "ARCH", "KERNEL", "SIZE", "BUILT", "PATH"):
+    for col in ("KEY", "ARCH", "KERNEL", "FIRMWARE", "SIZE", "BUILT", "PATH"):
         table.add_column(col)
     for i in images:
         table.add_row(
-            i.key, i.arch, i.kernel_version, _mb(i.size), _age(i), str(i.directory)
+            i.key, i.arch, i.kernel_version, i.firmware.name if i.firmware else "-",
+            _mb(i.size), _age(i), str(i.directory),
         )
     _out().print(table)
     return 0

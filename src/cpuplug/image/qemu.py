@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cpuplug.image import apt_private
 from cpuplug.image.apt import (
     Package,
     _hint,
@@ -70,9 +71,9 @@ from cpuplug.image.apt import (
     apt_state,
     parse_config,
     parse_relations,
-    parse_stanzas,
 )
 from cpuplug.image.arch import arch_named
+from cpuplug.image.deb822 import parse_stanzas
 from cpuplug.image.errors import ImageError
 from cpuplug.image.store import cache_dir
 
@@ -80,16 +81,6 @@ SYSTEM_PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 """The Debian package of ``qemu-system-<arch>`` for each guest architecture."""
 RECORD = "qemu.json"
 _TIMEOUT = 600.0
-_CLEARED_HOOKS = (
-    "APT::Update::Pre-Invoke",
-    "APT::Update::Post-Invoke",
-    "APT::Update::Post-Invoke-Success",
-    "DPkg::Pre-Invoke",
-    "DPkg::Post-Invoke",
-)
-"""Commands the host's apt configuration runs around an update (they act on the host's
-state, not on this apt's)."""
-
 Progress = Callable[[str], None]
 
 
@@ -200,38 +191,6 @@ def version_matches(version: str, prefix: str | None) -> bool:
 # --------------------------------------------------------------------------- the private apt
 
 
-def debian_source(sources: Iterable[Path], codename: str) -> tuple[str, str | None]:
-    """The host's Debian mirror (the URI serving ``codename`` itself) and its keyring.
-
-    Reads deb822 ``.sources`` and one-line ``.list`` files; falls back to
-    ``http://deb.debian.org/debian``.
-    """
-    for path in sources:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if path.suffix == ".sources":
-            for stanza in parse_stanzas(text):
-                if stanza.get("Enabled", "yes").lower() == "no":
-                    continue
-                if "deb" not in stanza.get("Types", "").split():
-                    continue
-                if codename in stanza.get("Suites", "").split():
-                    uris = stanza.get("URIs", "").split()
-                    if uris:
-                        return uris[0].rstrip("/"), stanza.get("Signed-By")
-        else:
-            for line in text.splitlines():
-                m = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
-                if m and m.group(3) == codename:
-                    options = dict(
-                        o.split("=", 1) for o in (m.group(1) or "").split() if "=" in o
-                    )
-                    return m.group(2).rstrip("/"), options.get("signed-by")
-    return "http://deb.debian.org/debian", None
-
-
 class AptLike(Protocol):
     """What resolving and unpacking need of an apt (:class:`PrivateApt`)."""
 
@@ -262,10 +221,12 @@ class PrivateApt:
         self.progress = progress
         self.deb_arch = self._run(["dpkg", "--print-architecture"]).strip()
         host = parse_config(self._run(["apt-config", "dump"], private=False))
-        self.codename = _codename(host)
-        self.backports = f"{self.codename}-backports"
-        self.host_lists = _conf_path(host, "Dir::State::lists", "lists/", "state")
-        self.host_status = _conf_path(host, "Dir::State::status", "/var/lib/dpkg/status", "state")
+        self.codename = apt_private.host_codename(host)
+        self.backports = apt_private.backports(self.codename)
+        self.host_lists = apt_private.conf_path(host, "Dir::State::lists", "lists/", "state")
+        self.host_status = apt_private.conf_path(
+            host, "Dir::State::status", "/var/lib/dpkg/status", "state"
+        )
         self.conf = self._write_config(host)
 
     # ------------------------------------------------------------------ setup
@@ -273,38 +234,10 @@ class PrivateApt:
     def _write_config(self, host: dict[str, list[str]]) -> Path:
         d = self.dir
         try:
-            for sub in ("lists/partial", "cache/archives/partial", "sources.list.d"):
+            for sub in ("lists/partial", "cache/archives/partial"):
                 (d / sub).mkdir(parents=True, exist_ok=True)
-            parts = d / "sources.list.d"
-            host_parts = _conf_path(host, "Dir::Etc::sourceparts", "sources.list.d", "etc")
-            host_list = _conf_path(host, "Dir::Etc::sourcelist", "sources.list", "etc")
-            host_files = sorted(
-                p for p in host_parts.glob("*") if p.suffix in (".list", ".sources")
-            )
-            sources = [host_list, *host_files]
-            wanted: dict[str, Path | str] = {f"host-{p.name}": p for p in host_files}
-            uri, signed_by = debian_source(sources, self.codename)
-            stanza = [
-                "# written by cpuplug image qemu: the host's Debian mirror, backports suite",
-                "Types: deb",
-                f"URIs: {uri}",
-                f"Suites: {self.backports}",
-                "Components: main",
-            ]
-            if signed_by:
-                stanza.append(f"Signed-By: {signed_by}")
-            wanted["cpuplug-backports.sources"] = "\n".join(stanza) + "\n"
-            for old in parts.iterdir():
-                if old.name not in wanted:
-                    old.unlink()
-            for name, what in wanted.items():
-                target = parts / name
-                if isinstance(what, Path):
-                    if not (target.is_symlink() and os.readlink(target) == str(what)):
-                        target.unlink(missing_ok=True)
-                        target.symlink_to(what)
-                else:
-                    _write_if_changed(target, what)
+            parts = d / apt_private.SOURCES
+            host_list = apt_private.write_sources(parts, host, self.codename, [self.backports])
             lines = [
                 "// written by cpuplug image qemu: the host's sources plus "
                 f"{self.backports}; lists and cache of its own",
@@ -315,10 +248,10 @@ class PrivateApt:
                 f'Dir::Cache::archives "{d}/cache/archives/";',
                 'Dir::Cache::pkgcache "";',
                 'Dir::Cache::srcpkgcache "";',
-                *(f"#clear {hook};" for hook in _CLEARED_HOOKS),
+                *(f"#clear {hook};" for hook in apt_private.CLEARED_HOOKS),
             ]
             conf = d / "apt.conf"
-            _write_if_changed(conf, "\n".join(lines) + "\n")
+            apt_private.write_if_changed(conf, "\n".join(lines) + "\n")
             return conf
         except OSError as exc:
             raise ImageError(
@@ -327,7 +260,7 @@ class PrivateApt:
             ) from None
 
     def has_backports(self) -> bool:
-        return any((self.dir / "lists").glob(f"*_dists_{self.backports}_*Packages*"))
+        return apt_private.has_suite(self.dir / "lists", self.backports)
 
     def update(self) -> None:
         """``apt-get update`` of the private lists (seeded from the host's the first time,
@@ -446,49 +379,6 @@ class PrivateApt:
                 f"{what or argv[0]} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}"
             )
         return proc
-
-
-def _codename(host: dict[str, list[str]]) -> str:
-    """The host's Debian release codename (``bookworm``), from /etc/os-release."""
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("VERSION_CODENAME="):
-                name = line.split("=", 1)[1].strip().strip('"')
-                if name:
-                    return name
-    except OSError:
-        pass
-    release = (host.get("APT::Default-Release") or [""])[-1]
-    if release:
-        return release
-    raise ImageError("cannot tell this host's Debian release (no VERSION_CODENAME in "
-                     "/etc/os-release)")
-
-
-def _conf_path(host: dict[str, list[str]], key: str, default: str, under: str) -> Path:
-    """An apt ``Dir::...`` setting as an absolute path, the way apt composes it
-    (``under``: ``state`` or ``etc``, the directory a relative value is in)."""
-
-    def conf(k: str, d: str) -> str:
-        return (host.get(k) or [d])[-1]
-
-    value = conf(key, default)
-    if value.startswith("/"):
-        return Path(value)
-    root = conf("Dir", "/")
-    base = conf("Dir::State", "var/lib/apt") if under == "state" else conf("Dir::Etc", "etc/apt")
-    return Path(root) / base / value
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    try:
-        if path.read_text() == text:
-            return
-    except OSError:
-        pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- resolving
@@ -632,7 +522,7 @@ def _resolve_memo(apt: PrivateApt, arch: str, version: str | None, memo: Path) -
     packages = resolve(apt, arch, version)
     if state is not None:
         with contextlib.suppress(OSError):
-            _write_if_changed(memo, json.dumps({
+            apt_private.write_if_changed(memo, json.dumps({
                 "state": state, "packages": [[p.name, p.version, p.arch] for p in packages],
             }))  # fmt: skip
     return packages

@@ -8,6 +8,7 @@ for anyone else)::
                               rebuild after a cpuplug edit needs no network)
     images/<key>/vmlinuz      the kernel
     images/<key>/initrd.img   the initramfs (gzip'd newc cpio)
+    images/<key>/QEMU_EFI.fd  the firmware to boot through, if the architecture has one
     images/<key>/image.json   the record (written last: a directory without one is
                               not an image)
     resolved/<deb-arch>.json  the package versions apt resolved, and apt's state then
@@ -82,6 +83,10 @@ class Image:
     built: float = 0.0
     """When it was built (Unix time)."""
     build_seconds: float = 0.0
+    firmware: Path | None = None
+    """The firmware to boot it through (QEMU's ``-bios``): ``QEMU_EFI.fd`` in the image
+    directory on aarch64 (arm64 ACPI, and so vCPU hotplug, needs UEFI); None on x86_64
+    (QEMU's own SeaBIOS and a direct kernel boot)."""
 
     @property
     def directory(self) -> Path:
@@ -89,8 +94,9 @@ class Image:
 
     @property
     def size(self) -> int:
-        """Bytes on disk: kernel plus initramfs."""
-        return self.kernel.stat().st_size + self.initrd.stat().st_size
+        """Bytes on disk: kernel, initramfs and firmware."""
+        files = (self.kernel, self.initrd, *([self.firmware] if self.firmware else []))
+        return sum(f.stat().st_size for f in files)
 
     def record(self) -> dict[str, Any]:
         """What ``image.json`` holds (paths relative to nothing: the directory is the key)."""
@@ -99,6 +105,7 @@ class Image:
             "arch": self.arch,
             "kernel_version": self.kernel_version,
             "cmdline": self.cmdline,
+            "firmware": self.firmware.name if self.firmware else None,
             "packages": list(self.packages),
             "modules": list(self.modules),
             "recipe": self.recipe,
@@ -112,8 +119,10 @@ class Image:
             **self.record(),
             "kernel": str(self.kernel),
             "initrd": str(self.initrd),
+            "firmware": str(self.firmware) if self.firmware else None,
             "kernel_size": self.kernel.stat().st_size,
             "initrd_size": self.initrd.stat().st_size,
+            "firmware_size": self.firmware.stat().st_size if self.firmware else None,
             "path": str(self.directory),
         }
 
@@ -171,7 +180,10 @@ class ImageStore:
     def install(self, staged: Path, image: Image) -> Image:
         """Move a staged image directory into place under its key and write its record."""
         final = self.images / image.key
-        moved = dataclasses.replace(image, kernel=final / KERNEL, initrd=final / INITRD)
+        moved = dataclasses.replace(
+            image, kernel=final / KERNEL, initrd=final / INITRD,
+            firmware=final / image.firmware.name if image.firmware else None,
+        )  # fmt: skip
         (staged / MANIFEST).write_text(json.dumps(moved.record(), indent=2) + "\n")
         self.images.mkdir(parents=True, exist_ok=True)
         _remove(final)  # a rebuild of the same key
@@ -181,16 +193,19 @@ class ImageStore:
     def _load(self, directory: Path) -> Image | None:
         try:
             raw = json.loads((directory / MANIFEST).read_text())
+            firmware = raw.get("firmware")
             image = Image(
                 directory / KERNEL, directory / INITRD, str(raw["kernel_version"]),
                 str(raw["arch"]), str(raw["key"]), str(raw["cmdline"]),
                 tuple(raw.get("packages", ())), tuple(raw.get("modules", ())),
                 str(raw.get("recipe", "")), float(raw.get("built", 0.0)),
                 float(raw.get("build_seconds", 0.0)),
+                directory / Path(str(firmware)).name if firmware else None,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not (image.kernel.is_file() and image.initrd.is_file()):
+        files = (image.kernel, image.initrd, *([image.firmware] if image.firmware else []))
+        if not all(f.is_file() for f in files):
             return None
         return image
 
