@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from cpuplug.image import apt_private
 from cpuplug.image.apt import (
     Apt,
     AptUnavailable,
     Package,
     apt_state,
     parse_config,
+    parse_policy,
     parse_relations,
 )
 from cpuplug.image.deb822 import parse_stanzas
@@ -249,13 +251,31 @@ def test_apt_state_sees_new_and_changed_files(tmp_path: Path) -> None:
 
 
 def _fake_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, update: str = "ok",
-                  stale: bool = False) -> tuple[Path, Path, Path]:
-    """apt and dpkg for a host configured for amd64 only, whose apt honours ``-c FILE``
-    the way the real one does for what the builder reads: ``Dir::*`` and the
-    architecture.  Every call is logged; returns (calls log, host lists, private dir)."""
+                  stale: bool = False, host_arm64: bool = False) -> tuple[Path, Path, Path]:
+    """apt and dpkg for a host configured for amd64 only (``host_arm64``: and arm64),
+    whose apt honours ``-c FILE`` the way the real one does for what the builder reads:
+    ``Dir::*`` and the architecture; a bookworm host whose sources (in ``etc/``) name
+    ``http://mirror.example/debian``.  ``apt-cache policy`` offers bookworm's 6.1 and
+    backports' 6.12 kernel, ``apt-cache show`` the version asked for.  An update fetches
+    the index of each suite in the private sources.  Every call is logged; returns
+    (calls log, host lists, private dir)."""
     log, host_lists, private = tmp_path / "calls.log", tmp_path / "host" / "lists", tmp_path / "p"
     host_lists.mkdir(parents=True)
-    (tmp_path / "show.txt").write_text(SHOW.replace("amd64", "arm64"))
+    foreign = """echo 'APT::Architectures:: "arm64";'""" if host_arm64 else ""
+    etc = tmp_path / "etc"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\nSigned-By: /k.gpg\n")
+    (etc / "sources.list.d" / "old.list.disabled").write_text("deb http://x/ bookworm main\n")
+    os_release = tmp_path / "os-release"
+    os_release.write_text('PRETTY_NAME="Debian GNU/Linux 12"\nVERSION_CODENAME=bookworm\n')
+    monkeypatch.setattr(apt_private, "OS_RELEASE", os_release)
+    kernel_61 = ("Package: linux-image-arm64\nVersion: 6.1.176-1\nArchitecture: arm64\n"
+                 "Depends: linux-image-6.1.0-99-arm64 (= 6.1.176-1)\n\n")
+    (tmp_path / "show.txt").write_text(kernel_61 + SHOW.replace("amd64", "arm64"))
+    (tmp_path / "show-612.txt").write_text(SHOW_612)
+    (tmp_path / "policy.txt").write_text(POLICY)
     if stale:
         (tmp_path / "stale").write_text("")
     conf = 'conf=""; [ "$1" = -c ] && conf=$2'
@@ -270,16 +290,28 @@ def _fake_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, update: st
             else
               echo 'APT::Architecture "amd64";'
               echo 'APT::Architectures:: "amd64";'
+              {foreign}
               echo 'Dir::State "{tmp_path}/host";'
               echo 'Dir::State::lists "lists/";'
+              echo 'Dir::Etc "{etc}";'
             fi""",
-        "apt-cache": f"cat {tmp_path}/show.txt",
+        "apt-cache": f"""
+            case "$*" in
+              *policy*) cat {tmp_path}/policy.txt;;
+              *linux-image-arm64:arm64=6.12*) cat {tmp_path}/show-612.txt;;
+              *) cat {tmp_path}/show.txt;;
+            esac""",
         "apt-get": f"""
             {lists}
             case "$*" in
               *update*)
                 if [ {update} = ok ]; then
                   touch "$lists/deb.debian.org_bookworm_main_binary-arm64_Packages"
+                  parts=$(sed -n 's/^Dir::Etc::sourceparts "\\(.*\\)";/\\1/p' "$conf")
+                  for f in "$parts"/cpuplug-*.sources; do [ -e "$f" ] || continue
+                    suite=$(sed -n 's/^Suites: //p' "$f")
+                    touch "$lists/m_debian_dists_${{suite}}_main_binary-arm64_Packages"
+                  done
                   rm -f {tmp_path}/stale
                 else
                   echo "W: Failed to fetch http://deb.debian.org/x  Temporary failure \\
@@ -380,3 +412,113 @@ def test_a_package_gone_from_the_archive_refreshes_the_private_lists(
     debs = apt.download([Package("zlib1g", "1:1", "arm64")], tmp_path / "debs")
     assert [p.name for p in debs.values()] == ["zlib1g_1%3a1_arm64.deb"]
     assert sum(" update" in c for c in log.read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------ the kernel's suite
+
+POLICY = """\
+linux-image-arm64:
+  Installed: (none)
+  Candidate: 6.1.176-1
+  Version table:
+     6.12.95-1~bpo12+1 100
+        100 http://deb.debian.org/debian bookworm-backports/main arm64 Packages
+ *** 6.1.176-1 500
+        500 http://deb.debian.org/debian bookworm/main arm64 Packages
+        100 /var/lib/dpkg/status
+"""
+
+SHOW_612 = """\
+Package: linux-image-arm64
+Version: 6.12.95-1~bpo12+1
+Architecture: arm64
+Depends: linux-image-6.12.95+deb12-arm64 (= 6.12.95-1~bpo12+1)
+
+Package: busybox-static
+Version: 1:1.35.0-4+deb12u1+b1
+Architecture: arm64
+
+Package: qemu-efi-aarch64
+Version: 2022.11-6+deb12u2
+Architecture: all
+"""
+
+
+def test_policy_gives_each_version_with_its_suites() -> None:
+    assert parse_policy(POLICY) == {"linux-image-arm64": [
+        ("6.12.95-1~bpo12+1", ("bookworm-backports",)), ("6.1.176-1", ("bookworm",))]}
+    assert parse_policy("linux-image-arm64:arm64:\n  Installed: (none)\n  Candidate: (none)\n"
+                        "  Version table:\n") == {"linux-image-arm64": []}
+
+
+def test_the_kernel_comes_from_its_suite_and_the_rest_at_apts_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aarch64's kernel is backports' (apt's candidate would be bookworm's 6.1); busybox
+    and the firmware (Architecture: all, asked for unqualified) stay bookworm's."""
+    log, _, private = _fake_private(tmp_path, monkeypatch)
+    apt = Apt("arm64", private_dir=private, kernel_suite="backports")
+    assert apt.kernel_suite == "bookworm-backports"
+    packages = apt.resolve("linux-image-arm64", ["busybox-static"], ["qemu-efi-aarch64"])
+    assert packages == [
+        Package("linux-image-6.12.95+deb12-arm64", "6.12.95-1~bpo12+1", "arm64"),
+        Package("busybox-static", "1:1.35.0-4+deb12u1+b1", "arm64"),
+        Package("qemu-efi-aarch64", "2022.11-6+deb12u2", "all"),
+    ]
+    calls = [c for c in log.read_text().splitlines() if c.startswith("apt-cache")]
+    assert calls[0].endswith(" policy linux-image-arm64:arm64")
+    assert calls[1].endswith(" show --no-all-versions linux-image-arm64:arm64=6.12.95-1~bpo12+1 "
+                             "busybox-static:arm64 qemu-efi-aarch64")
+    # Without a suite: apt's candidate, bookworm's 6.1 (the image of before).
+    plain = Apt("arm64", private_dir=private).resolve("linux-image-arm64", ["busybox-static"])
+    assert plain[0] == Package("linux-image-6.1.0-99-arm64", "6.1.176-1", "arm64")
+
+
+def test_no_kernel_in_the_suite_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, private = _fake_private(tmp_path, monkeypatch)
+    (tmp_path / "policy.txt").write_text(POLICY.replace("bookworm-backports/", "bookworm/"))
+    with pytest.raises(AptUnavailable) as exc:
+        Apt("arm64", private_dir=private, kernel_suite="backports").resolve(
+            "linux-image-arm64", [])
+    assert str(exc.value) == (
+        f"apt's arm64 package lists (kept apart from the host's in {private}) have no "
+        "linux-image-arm64 from bookworm-backports: is bookworm-backports reachable on the "
+        "host's Debian mirror? run 'apt-get update'")
+
+
+def test_the_private_apt_sees_the_hosts_sources_plus_backports_on_its_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A private state made before (bookworm's lists only) is updated once more, for the
+    backports index; the sources are the host's files (symlinks) and one of ours."""
+    log, _, private = _fake_private(tmp_path, monkeypatch)
+    Apt("arm64", private_dir=private)  # the state of before: no backports
+    assert not any("backports" in f.name for f in (private / "state" / "lists").iterdir())
+    Apt("arm64", private_dir=private, kernel_suite="backports")
+    Apt("arm64", private_dir=private, kernel_suite="backports")
+    assert sum(" update" in c for c in log.read_text().splitlines()) == 2
+    parts = private / "sources.list.d"
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "cpuplug-bookworm-backports.sources", "host-debian.sources"]
+    assert os.readlink(parts / "host-debian.sources") == str(tmp_path / "etc" / "sources.list.d"
+                                                              / "debian.sources")
+    assert (parts / "cpuplug-bookworm-backports.sources").read_text().splitlines()[1:] == [
+        "Types: deb", "URIs: http://mirror.example/debian", "Suites: bookworm-backports",
+        "Components: main", "Signed-By: /k.gpg"]
+    conf = (private / "apt.conf").read_text()
+    assert f'Dir::Etc::sourceparts "{parts}";' in conf
+    assert f'Dir::Etc::sourcelist "{tmp_path}/etc/sources.list";' in conf
+
+
+def test_a_host_apt_with_arm64_but_no_backports_is_not_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, host_lists, private = _fake_private(tmp_path, monkeypatch, host_arm64=True)
+    assert Apt("arm64").private_dir is None, "the host's apt as it is"
+    with pytest.raises(ImageError, match="apt has no arm64 package lists of bookworm-backports"):
+        Apt("arm64", kernel_suite="backports")
+    assert Apt("arm64", private_dir=private, kernel_suite="backports").private_dir == private
+    (host_lists / "m_debian_dists_bookworm-backports_main_binary-arm64_Packages").write_text("")
+    assert Apt("arm64", private_dir=private, kernel_suite="backports").private_dir is None

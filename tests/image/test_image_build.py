@@ -258,27 +258,53 @@ def built_arm64() -> Built:
 
 
 def test_aarch64_image(built_arm64: Built) -> None:
+    """bookworm-backports' 6.12 (arm64 ACPI vCPU hotplug), booted through UEFI."""
     image = built_arm64.image
-    assert image.cmdline == "console=ttyAMA0 quiet panic=-1"
-    assert re.fullmatch(r"6\.1\.0-\d+-arm64", image.kernel_version), image.kernel_version
-    # The generic arm64 kernel has virtio and virtio_ring built in.
-    assert {"virtio_pci", "virtio_console", "virtio_blk", "virtio_rng"} <= set(image.modules)
+    assert image.cmdline == "console=ttyAMA0 quiet panic=-1 acpi=force"
+    assert re.fullmatch(r"6\.12\.\d+\+deb12-arm64", image.kernel_version), image.kernel_version
+    kernel_package = image.packages[0]
+    assert kernel_package.startswith(f"linux-image-{image.kernel_version}=6.12.")
+    assert "~bpo12+" in kernel_package, kernel_package
+    # the userland stays bookworm's
+    assert "python3.11-minimal=3.11.2-6+deb12u" in " ".join(image.packages)
+    assert not [p for p in image.packages[1:] if "~bpo" in p], image.packages
+    # an uncompressed arm64 Image: "ARM\x64" magic at 0x38, a PE header for the EFI stub
+    head = image.kernel.read_bytes()[:0x40]
+    assert head[0x38:0x3C] == b"ARM\x64" and head[:2] == b"MZ"
+    # UEFI: QEMU's EDK2 build from qemu-efi-aarch64, in the image directory
+    assert image.firmware == image.directory / "QEMU_EFI.fd"
+    assert image.firmware.stat().st_size >= 1_000_000
+    assert any(p.startswith("qemu-efi-aarch64=") for p in image.packages)
+    assert b"EFI" in image.firmware.read_bytes()
+    # On 6.12 virtio, virtio_ring, virtio_pci and virtio_console are built in; the
+    # modules it ships are xz-compressed and go into the initramfs decompressed.
+    assert image.modules == ("virtio_blk", "virtio_rng")
+    kos = sorted(p for p in built_arm64.entries if ".ko" in p)
+    assert [Path(p).name for p in kos] == ["virtio_blk.ko", "virtio-rng.ko"]
+    assert all(bytes(built_arm64.entries[p].data).startswith(b"\x7fELF") for p in kos)
     assert "bin/busybox" in built_arm64.entries
     assert "bin/sh" not in built_arm64.entries or "aarch64" in os.uname().machine
     elf = Elf(bytes(_entry(built_arm64, "usr/bin/python3.11").data))
     assert elf.machine == 183  # EM_AARCH64
 
 
-def test_aarch64_boots_to_the_agent_in_qemu(built_arm64: Built, tmp_path: Path) -> None:
+def test_aarch64_boots_to_the_agent_in_qemu_through_uefi(
+    built_arm64: Built, tmp_path: Path
+) -> None:
     qemu = shutil.which("qemu-system-aarch64")
     if qemu is None:
         pytest.skip("qemu-system-aarch64 not installed")
+    image = built_arm64.image
+    assert image.firmware is not None
     argv = [
         qemu, "-M", "virt,gic-version=3", "-cpu", "max,pauth-impdef=on", "-m", "512",
-        "-nographic", "-no-reboot",
-        "-kernel", str(built_arm64.image.kernel), "-initrd", str(built_arm64.image.initrd),
-        "-append", f"console=ttyAMA0 panic=-1 {SELFTEST}", *_devices(tmp_path),
+        "-nographic", "-no-reboot", "-bios", str(image.firmware),
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-append", f"console=ttyAMA0 panic=-1 acpi=force {SELFTEST}", *_devices(tmp_path),
     ]
     with _qemu(argv, tmp_path / "console.log") as log:
         lines = _console_until(log, f"{MARKER} starting the agent", BOOT_TIMEOUT)
-    _check_console(lines, built_arm64.image.modules)
+    _check_console(lines, image.modules)
+    tail = "\n".join(lines[-40:])
+    assert any("EFI stub: Booting Linux Kernel" in ln for ln in lines), tail
+    assert any("ACPI: Interpreter enabled" in ln for ln in lines), tail

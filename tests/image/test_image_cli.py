@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from cpuplug import cli
+from cpuplug.image.store import Image, ImageStore
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -56,3 +58,23 @@ def test_build_without_apt_says_so(
     assert rc == 1 and out == ""
     assert err.startswith("cpuplug: error: building an image needs Debian's apt and dpkg")
     assert err.count("\n") == 1
+
+
+def test_ls_names_each_images_firmware(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ImageStore(tmp_path)
+    for key, arch, fw in (("a" * 16, "x86_64", None), ("b" * 16, "aarch64", "QEMU_EFI.fd")):
+        staged = tmp_path / f"stage-{key}"
+        staged.mkdir()
+        for name in ("vmlinuz", "initrd.img", *([fw] if fw else [])):
+            (staged / name).write_bytes(b"x")
+        store.install(staged, Image(staged / "vmlinuz", staged / "initrd.img", "6", arch, key,
+                                    "c", built=time.time(),
+                                    firmware=staged / fw if fw else None))  # fmt: skip
+    rc, out, _ = _run(["image", "ls", "--cache", str(tmp_path)], capsys)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split()[:4] == ["KEY", "ARCH", "KERNEL", "FIRMWARE"]
+    assert {tuple(ln.split()[:4]) for ln in lines[1:]} == {
+        ("a" * 16, "x86_64", "6", "-"), ("b" * 16, "aarch64", "6", "QEMU_EFI.fd")}
+    rc, out, _ = _run(["image", "ls", "--cache", str(tmp_path), "--json"], capsys)
+    assert {i["key"]: i["firmware"] for i in json.loads(out)} == {
+        "a" * 16: None, "b" * 16: str(tmp_path / "images" / ("b" * 16) / "QEMU_EFI.fd")}

@@ -141,3 +141,33 @@ def test_corrupt_compressed_module_is_one_line(tmp_path: Path) -> None:
     bad.write_bytes(b"not xz")
     with pytest.raises(ImageError, match="cannot decompress"):
         decompressed(bad)
+
+
+def test_a_612_tree_xz_modules_and_built_in_drivers(tmp_path: Path) -> None:
+    """Debian's arm64 6.12: every module is ``.ko.xz`` (CONFIG_MODULE_COMPRESS_XZ), and
+    virtio, virtio_ring, virtio_pci and virtio_console are built in (in modules.builtin,
+    no file): of recipe.KERNEL_MODULES only virtio_blk and virtio_rng are loaded, each
+    decompressed to the ELF busybox's insmod hands the kernel."""
+    from cpuplug.image import recipe
+
+    d = tmp_path / "lib" / "modules" / "6.12.95+deb12-arm64"
+    for rel, module in {
+        "kernel/drivers/block/virtio_blk.ko.xz": make_module("virtio_blk", ["virtio"]),
+        "kernel/drivers/char/hw_random/virtio-rng.ko.xz": make_module("virtio_rng"),
+    }.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(lzma.compress(module))
+    (d / "modules.builtin").write_text(
+        "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko\nkernel/drivers/char/virtio_console.ko\n"
+        "kernel/drivers/char/hw_random/rng-core.ko\n")
+    order = ModuleTree.in_root(tmp_path).load_order(recipe.KERNEL_MODULES)
+    assert [m.name for m in order] == ["virtio_blk", "virtio_rng"]
+    assert [m.relpath for m in order] == [
+        "kernel/drivers/block/virtio_blk.ko", "kernel/drivers/char/hw_random/virtio-rng.ko"]
+    assert order[0].elf == make_module("virtio_blk", ["virtio"])
+    assert order[1].path.name == "virtio-rng.ko.xz"
+    # Without modules.builtin a built-in driver cannot be told from a missing one.
+    (d / "modules.builtin").unlink()
+    with pytest.raises(ImageError, match=r"has no module virtio$"):
+        ModuleTree.in_root(tmp_path).load_order(recipe.KERNEL_MODULES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,3 +92,31 @@ def test_an_unusable_cache_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as exc, ImageStore(tmp_path / "file" / "cache").building():
         pass
     assert "cannot use image cache" in str(exc.value) and "--cache" in str(exc.value)
+
+
+def test_the_firmware_is_part_of_the_image_and_its_record(tmp_path: Path) -> None:
+    """aarch64 boots through UEFI: QEMU_EFI.fd moves with the image, is named in
+    image.json and ls --json, counts in its size; an image without its firmware file is
+    incomplete.  x86_64 has none (null)."""
+    store = ImageStore(tmp_path)
+    staged = tmp_path / "stage"
+    staged.mkdir()
+    for name, size in (("vmlinuz", 10), ("initrd.img", 5), ("QEMU_EFI.fd", 100)):
+        (staged / name).write_bytes(b"x" * size)
+    image = store.install(staged, Image(
+        staged / "vmlinuz", staged / "initrd.img", "6.12.95+deb12-arm64", "aarch64", "f" * 16,
+        "console=ttyAMA0 quiet panic=-1 acpi=force", firmware=staged / "QEMU_EFI.fd",
+    ))  # fmt: skip
+    final = tmp_path / "images" / ("f" * 16)
+    assert image.firmware == final / "QEMU_EFI.fd" and image.firmware.is_file()
+    assert store.get("f" * 16) == image
+    record = json.loads((final / "image.json").read_text())
+    assert record["firmware"] == "QEMU_EFI.fd"
+    assert image.size == 115
+    assert image.to_json()["firmware"] == str(final / "QEMU_EFI.fd")
+    assert image.to_json()["firmware_size"] == 100
+    x86 = _stage(store, "a" * 16)
+    assert x86.firmware is None and store.get("a" * 16) == x86
+    assert x86.record()["firmware"] is None and x86.to_json()["firmware_size"] is None
+    (final / "QEMU_EFI.fd").unlink()
+    assert store.get("f" * 16) is None
