@@ -169,9 +169,8 @@ class QemuBackend:
             opts["kernel"], opts["initrd"] = str(image.kernel), str(image.initrd)
             opts["kernel_version"] = image.kernel_version
             opts["cmdline"] = image.cmdline
-            firmware = getattr(image, "firmware", None)
-            if firmware is not None:
-                opts["firmware"] = str(firmware)
+            if image.firmware is not None:
+                opts["firmware"] = str(image.firmware)
         for key in ("kernel", "initrd", "firmware"):
             if key in opts and not Path(opts[key]).is_file():
                 raise HypervisorError(f"guest {key} {opts[key]} does not exist")
