@@ -119,6 +119,7 @@ def test_the_rfc_gets_acpi_mode_with_mttcg_gicv3_and_uefi(tmp_path: Path) -> Non
     assert cmd[cmd.index("-bios") + 1] == str(tmp_path / "firmware")
     assert cmd[cmd.index("-smp") + 1] == "2,maxcpus=4", "no extra slots: the RFC has no plug bound"
     assert "acpi=force" in cmd[cmd.index("-append") + 1]
+    assert cmd[cmd.index("-name") + 1] == "cpuplug-a,debug-threads=on", "threads 'CPU n/TCG'"
     assert "probe_stderr" not in spec.extra, "the probe's output is not kept in the state"
 
 

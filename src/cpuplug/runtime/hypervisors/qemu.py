@@ -299,6 +299,8 @@ class QemuBackend:
             *(["-bios", o["firmware"]] if o.get("firmware") else []),
             "-kernel", o["kernel"], "-initrd", o["initrd"],
             "-append", cmdline,
+            # threads named "CPU n/TCG" (or /KVM): a vCPU's thread is found by name
+            "-name", f"{_opt('cpuplug-' + spec.name)},debug-threads=on",
             "-display", "none", "-nodefaults", "-no-reboot",
             "-serial", f"file:{_opt(spec.sandbox_dir / 'console.log')}",
             "-qmp", f"unix:{_opt(spec.qmp_path)},server=on,wait=off",
