@@ -59,7 +59,16 @@ cached, as an installed cpuplug would (this host sets ``PYTHONDONTWRITEBYTECODE`
 bench_runtime.py); an untimed warm-up iteration fills that cache and the page cache.
 Every VM is removed at the end, and no ``qemu-system`` of this run is left (checked).
 
-Run: ``.venv/bin/python bench/bench_real.py [--iterations N] [--quick]``
+**arm64** (``--arm64 QEMU``, QEMU being the arm64 vCPU-hotplug RFC's
+``qemu-system-aarch64`` from scripts/build-qemu-arm64-hotplug).  The seed's system on
+real parts against the built-in machine, through the same ``Runtime.update``: N cycles
+of +1 vCPU (2 -> 3 online) and -1 on one sandbox of each, each update's own steps saying
+where the time went (``device_add`` answered, the guest's insert ``_OST``, ``device_add``
+to the vCPU online in the guest, ``device_del`` to ``DEVICE_DELETED``); then the
+density of an idle arm64 sandbox on the RFC's QEMU in ACPI mode and in online/offline
+mode (the talk's density argument, measured on the real thing).
+
+Run: ``.venv/bin/python bench/bench_real.py [--iterations N] [--quick] [--arm64 QEMU]``
 """
 
 from __future__ import annotations
@@ -566,34 +575,7 @@ class Bench:
             cfg = dataclasses.replace(self.cfg, default_maxvcpus=DENSITY_MAXCPUS,
                                       hotplug_mode=mode)  # fmt: skip
             rt = Runtime(self.rt.store.root, cfg)
-            name = f"d{next(self._names)}"
-            t0 = time.perf_counter()
-            st = rt.run(RunRequest(CMD, Resources(), name=name))
-            t_run = time.perf_counter() - t0
-            try:
-                time.sleep(2 * SETTLE)
-                info = rt.inspect(name)
-                online = sum(1 for v in info.vcpus if v.online)
-                plugged = sum(1 for v in info.vcpus if v.plugged)
-                qemu = process.socket_peer(rt.store.socket_path(name, "qmp"))
-                assert qemu is not None and st.vmm_pid is not None
-                before = {p: cpu_ticks(p) for p in (qemu.pid, st.vmm_pid)}
-                time.sleep(window)
-                after = {p: cpu_ticks(p) for p in (qemu.pid, st.vmm_pid)}
-                hz = os.sysconf("SC_CLK_TCK")
-                out[mode.value] = {
-                    "run s": t_run,
-                    "vCPUs online": online,
-                    "vCPUs plugged": plugged,
-                    "qemu threads": len(os.listdir(f"/proc/{qemu.pid}/task")),
-                    "qemu RSS MiB": rss_kib(qemu.pid) / 1024,
-                    "qemu idle CPU %": 100 * (after[qemu.pid] - before[qemu.pid]) / hz / window,
-                    "proxy RSS MiB": rss_kib(st.vmm_pid) / 1024,
-                    "proxy idle CPU %": 100 * (after[st.vmm_pid] - before[st.vmm_pid]) / hz
-                    / window,
-                }  # fmt: skip
-            finally:
-                rt.rm(name, force=True)
+            out[mode.value] = idle_footprint(rt, f"d{next(self._names)}", window)
         return out
 
     def close(self) -> None:
@@ -603,6 +585,37 @@ class Bench:
         for name in self.rt.store.names():
             with contextlib.suppress(Exception):
                 self.rt.rm(name, force=True)
+
+
+def idle_footprint(rt: Runtime, name: str, window: float) -> dict[str, float]:
+    """Run an idle sandbox (1 vCPU online, no limits) and measure what it costs the host:
+    its ``qemu-system`` process's threads, RSS and idle CPU, and the VMM proxy's."""
+    t0 = time.perf_counter()
+    st = rt.run(RunRequest(CMD, Resources(), name=name))
+    t_run = time.perf_counter() - t0
+    try:
+        time.sleep(2 * SETTLE)
+        info = rt.inspect(name)
+        online = sum(1 for v in info.vcpus if v.online)
+        plugged = sum(1 for v in info.vcpus if v.plugged)
+        qemu = process.socket_peer(rt.store.socket_path(name, "qmp"))
+        assert qemu is not None and st.vmm_pid is not None
+        before = {p: cpu_ticks(p) for p in (qemu.pid, st.vmm_pid)}
+        time.sleep(window)
+        after = {p: cpu_ticks(p) for p in (qemu.pid, st.vmm_pid)}
+        hz = os.sysconf("SC_CLK_TCK")
+        return {
+            "run s": t_run,
+            "vCPUs online": online,
+            "vCPUs plugged": plugged,
+            "qemu threads": len(os.listdir(f"/proc/{qemu.pid}/task")),
+            "qemu RSS MiB": rss_kib(qemu.pid) / 1024,
+            "qemu idle CPU %": 100 * (after[qemu.pid] - before[qemu.pid]) / hz / window,
+            "proxy RSS MiB": rss_kib(st.vmm_pid) / 1024,
+            "proxy idle CPU %": 100 * (after[st.vmm_pid] - before[st.vmm_pid]) / hz / window,
+        }
+    finally:
+        rt.rm(name, force=True)
 
 
 def cpu_ticks(pid: int) -> int:
@@ -629,6 +642,16 @@ def our_qemus(root: Path) -> Iterator[int]:
         exe = Path(argv[0].decode(errors="replace")).name
         if exe.startswith("qemu-system") and any(str(root).encode() in a for a in argv):
             yield int(entry.name)
+
+
+def clean_up(root: Path) -> None:
+    """Kill any ``qemu-system`` of this run still there (saying which), remove ``root``."""
+    left = list(our_qemus(root))
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    print(f"qemu-system processes of this run left: {left or 'none'}")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def installed_like_env(cache: Path) -> dict[str, str]:
@@ -715,7 +738,12 @@ def print_report(b: Bench, density: dict[str, dict[str, float]], versions: dict[
         print(f"  {key:<14}{total} {text}")
     if not density:
         return
-    print(f"\ndensity: an idle sandbox with 1 of {DENSITY_MAXCPUS} vCPUs online")
+    print_density(f"an idle sandbox with 1 of {DENSITY_MAXCPUS} vCPUs online", density)
+
+
+def print_density(title: str, density: dict[str, dict[str, float]]) -> None:
+    """One column per hotplug mode, and online/offline over ACPI."""
+    print(f"\ndensity: {title}")
     modes = list(density)
     print(f"  {'':<18}" + "".join(f"{m:>16}" for m in modes) + f"{'o-o / acpi':>12}")
     for metric in density[modes[0]]:
@@ -740,13 +768,97 @@ def versions(b: Bench, image: Any) -> dict[str, str]:
     }
 
 
+# --------------------------------------------------------------------------- arm64
+
+ARM_MAXCPUS = 4
+ADD_STEPS = ("device_add", "insert_ost", "online_cpu_mem")
+"""An update's steps from ``device_add`` sent to the vCPU online in the guest."""
+
+
+def arm64_hotplug(root: Path, hypervisor: str, qemu: str | None, cycles: int,
+                  env_root: Path) -> dict[str, list[float]]:  # fmt: skip
+    """``cycles`` of +1 vCPU (2 -> 3) and -1 (3 -> 2) through ``Runtime.update`` on one
+    arm64 sandbox; each update's own step timings say where the time went."""
+    extra: dict[str, Any] = {"arch": "aarch64", "qemu_path": qemu} if qemu else {}
+    cfg = RuntimeConfig(default_maxvcpus=ARM_MAXCPUS, hypervisor=hypervisor, **extra)
+    rt = Runtime(env_root / hypervisor, cfg)
+    name = f"p{hypervisor[0]}"
+    out: dict[str, list[float]] = collections.defaultdict(list)
+    rt.run(RunRequest(CMD, cpus(1), name=name))
+    try:
+        for _ in range(cycles):
+            for n, sign in ((2, "+1"), (1, "-1")):
+                time.sleep(SETTLE)
+                t0 = time.perf_counter()
+                r = rt.update(name, cpus(n))
+                t = time.perf_counter() - t0
+                steps = {st["step"]: st["ms"] / 1000 for st in r.steps}
+                if sign == "+1":
+                    assert len(r.added) == 1, r
+                    out["+1: update (API)"].append(t)
+                    out["+1: device_add answered"].append(steps["device_add"])
+                    out["+1: -> insert _OST"].append(steps["insert_ost"])
+                    out["+1: device_add -> online"].append(sum(steps[k] for k in ADD_STEPS))
+                else:
+                    assert len(r.removed) == 1, r
+                    out["-1: update (API)"].append(t)
+                    out["-1: device_del -> deleted"].append(steps["device_del"])
+    finally:
+        rt.rm(name, force=True)
+    return out
+
+
+def arm64_main(qemu: str, cycles: int, window: float) -> int:
+    """The arm64 RFC's QEMU against the built-in machine, and its density in both modes."""
+    from cpuplug.image import ensure_image
+
+    image = ensure_image("aarch64", progress=lambda p: print(f"image: {p.message}", flush=True))
+    root = Path(tempfile.mkdtemp(prefix="cpba", dir="/tmp"))
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(root / "pyc")
+    rows: dict[str, dict[str, list[float]]] = {}
+    density: dict[str, dict[str, float]] = {}
+    try:
+        for hypervisor, binary in (("qemu", qemu), ("builtin", None)):
+            print(f"{hypervisor}: {cycles} cycles of +1/-1 vCPU ...", flush=True)
+            rows[hypervisor] = arm64_hotplug(root, hypervisor, binary, cycles, root)
+        for mode in (HotplugMode.ACPI, HotplugMode.ONLINE_OFFLINE):
+            print(f"density, {mode.value} ...", flush=True)
+            cfg = RuntimeConfig(default_maxvcpus=DENSITY_MAXCPUS, hypervisor="qemu",
+                                arch="aarch64", qemu_path=qemu, hotplug_mode=mode)  # fmt: skip
+            density[mode.value] = idle_footprint(Runtime(root / "d", cfg), "d", window)
+    finally:
+        clean_up(root)
+    version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
+    print(f"\nQEMU          {version.splitlines()[0]}")
+    print(f"guest kernel  {image.kernel_version} (image {image.key}), UEFI {image.firmware}")
+    print(f"host          Linux {platform.release()}, {os.cpu_count()} CPUs\n")
+    print(f"{'arm64 vCPU hotplug, medians':<32}{'RFC QEMU ms':>13}{'built-in ms':>13}"
+          f"{'RFC / built-in':>16}")  # fmt: skip
+    for key in rows["qemu"]:
+        q, b = median(rows["qemu"][key]), median(rows["builtin"].get(key, [math.nan]))
+        print(f"  {key:<30}{ms(q):>13.1f}{ms(b):>13.1f}{q / b:>15.2f}x")
+    print_density(
+        f"an idle arm64 sandbox with 1 of {DENSITY_MAXCPUS} vCPUs online, RFC QEMU", density
+    )
+    return 0
+
+
 def main() -> int:
     ap_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap_.add_argument("--iterations", type=int, help="VMs per method (default 6, --quick 2)")
     ap_.add_argument("--quick", action="store_true", help="2 iterations, a short idle window")
+    ap_.add_argument(
+        "--arm64",
+        metavar="QEMU",
+        help="instead: arm64 vCPU hotplug on this qemu-system-aarch64 (the RFC's, "
+        "scripts/build-qemu-arm64-hotplug) vs the built-in machine, and density",
+    )
     opts = ap_.parse_args()
     n = opts.iterations or (2 if opts.quick else 6)
     window = 3.0 if opts.quick else 8.0
+    if opts.arm64:
+        return arm64_main(opts.arm64, n, window)
 
     from cpuplug.image import ensure_image  # heavy, and only the bench's own set-up uses it
 
@@ -769,12 +881,7 @@ def main() -> int:
         density = b.density(window)
     finally:
         b.close()
-        left = list(our_qemus(root))
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        print(f"qemu-system processes of this run left: {left or 'none'}")
-        shutil.rmtree(root, ignore_errors=True)
+        clean_up(root)
     print_report(b, density, versions(b, image))
     return 0
 
