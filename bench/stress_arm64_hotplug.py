@@ -79,6 +79,9 @@ class RunResult:
     cycles_done: int
     plugs: int
     unplugs: int
+    tb_flushes: int | None
+    """TB flushes QEMU had done at the last ``x-query-jit`` (each walks every TCG context);
+    None without ``x-query-jit``."""
     seconds: float
     where: str = ""
     """The operation in flight when the run ended early."""
@@ -173,12 +176,13 @@ class Cycler:
         self.unplugs = 0
         self.where = ""
         self.ops: list[str] = []
+        self.tb_flushes: int | None = None
 
-    def qmp_call(self, command: str, args: dict[str, Any]) -> None:
+    def qmp_call(self, command: str, args: dict[str, Any]) -> Any:
         self.where = f"{command} {json.dumps(args)}"
         self.ops.append(f"{time.monotonic():.3f} {self.where}")
         try:
-            self.qmp.execute(command, args, timeout=30)
+            return self.qmp.execute(command, args, timeout=30)
         except QmpCommandError as exc:
             self.ops.append(f"  refused: {exc}")
             raise
@@ -202,11 +206,19 @@ class Cycler:
             self.plugs += 1
         self.where = f"OnlineCPUMem({1 + len(self.plugged)})"
         try:
-            agent.online_cpu_mem(1 + len(self.plugged))
+            online = agent.online_cpu_mem(1 + len(self.plugged))
+            self.ops.append(f"  online {online}")
         except Exception as exc:  # the guest may lag (TCG); QEMU's health is what counts
             self.ops.append(f"  OnlineCPUMem: {exc}")
             if not self.qmp.alive:
                 raise RunEnded("QMP gone") from None
+
+    def query_jit(self) -> None:
+        text = str(self.qmp_call("x-query-jit", {}).get("human-readable-text", ""))
+        m = re.search(r"TB flush count\s+(\d+)", text)
+        if m:
+            self.tb_flushes = int(m.group(1))
+            self.ops.append(f"  TB flush count {self.tb_flushes}")
 
     def unplug(self) -> None:
         devs = list(self.plugged)
@@ -268,7 +280,7 @@ def one_run(opt: Options, run: int, seed: int, rundir: Path) -> RunResult:
                 raise RunEnded("QMP gone")
             cycler.unplug()
             if opt.query_jit:
-                cycler.qmp_call("x-query-jit", {})
+                cycler.query_jit()
             cycles_done += 1
         cycler.where = "end of run"
         cycler.qmp_call("query-status", {})
@@ -293,6 +305,7 @@ def one_run(opt: Options, run: int, seed: int, rundir: Path) -> RunResult:
     return RunResult(
         run, seed, crashed, outcome, cycles_done,
         cycler.plugs if cycler else 0, cycler.unplugs if cycler else 0,
+        cycler.tb_flushes if cycler else None,
         round(time.monotonic() - started, 1),
         cycler.where if cycler and outcome != "ok" else "", asan_report(rundir),
     )  # fmt: skip
@@ -361,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
             r = one_run(opt, run, args.seed, rundir)
             results.append(r)
             where = f" during {r.where}" if r.where else ""
+            flushes = "?" if r.tb_flushes is None else r.tb_flushes
             print(
                 f"run {run}: {r.outcome}{where}; {r.cycles_done}/{args.cycles} cycles, "
-                f"{r.plugs} plugs, {r.unplugs} unplugs, {r.seconds:.0f} s",
+                f"{r.plugs} plugs, {r.unplugs} unplugs, {flushes} TB flushes, "
+                f"{r.seconds:.0f} s",
                 flush=True,
             )
             for line in r.asan[:8]:
