@@ -20,41 +20,9 @@ from cpuplug.acpi.dsdt import build_dsdt
 from cpuplug.acpi.interp import Interpreter
 from cpuplug.vmm.cpuhp import CpuHotplugBlock, OstInfo
 from cpuplug.vmm.ged import GenericEventDevice
+from tests.harness.region_bus import RegionBus
 
 X86_CPUHP_BASE = 0x0CD8
-
-
-class Port:
-    """Region handler that routes [base, base+size) to a device's read/write(offset, size).
-
-    Accesses outside every mapped window (QEMU's debug port, say) read 0 and are
-    dropped, as an empty bus does. Every access is logged as (op, addr, bits, value).
-    """
-
-    def __init__(self) -> None:
-        self.windows: list[tuple[int, int, object]] = []
-        self.log: list[tuple[str, int, int, int]] = []
-
-    def add(self, base: int, size: int, device: object) -> None:
-        self.windows.append((base, size, device))
-
-    def _find(self, addr: int) -> tuple[int, object] | None:
-        for base, size, device in self.windows:
-            if base <= addr < base + size:
-                return addr - base, device
-        return None
-
-    def read(self, addr: int, width_bits: int) -> int:
-        hit = self._find(addr)
-        value = hit[1].read(hit[0], width_bits // 8) if hit else 0  # type: ignore[attr-defined]
-        self.log.append(("r", addr, width_bits, value))
-        return int(value)
-
-    def write(self, addr: int, width_bits: int, value: int) -> None:
-        self.log.append(("w", addr, width_bits, value))
-        hit = self._find(addr)
-        if hit:
-            hit[1].write(hit[0], width_bits // 8, value)  # type: ignore[attr-defined]
 
 
 class Machine:
@@ -69,7 +37,7 @@ class Machine:
             on_ost=self.ost.append,
         )
         self.ged = GenericEventDevice(irq_pulse=lambda: None)
-        self.port = Port()
+        self.port = RegionBus()
         self.port.add(base, CpuHotplugBlock.SIZE, self.block)
         self.port.add(virt.GED_BASE, virt.GED_SIZE, self.ged)
         self.it = Interpreter()

@@ -18,7 +18,6 @@ import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
@@ -41,6 +40,7 @@ from cpuplug.cpuhp_abi import (
 )
 from cpuplug.vmm.cpuhp import CpuHotplugBlock, OstInfo
 from cpuplug.vmm.ged import GenericEventDevice
+from tests.harness.region_bus import RegionBus
 
 MAXCPUS = 4
 GED_GSI = 41
@@ -139,41 +139,6 @@ def test_madt_as_parsed(rfc: dict[str, bytes]) -> None:
 # ====================================================================== 2. the RFC's AML, run
 
 
-class Device(Protocol):
-    def read(self, offset: int, size: int) -> int: ...
-
-    def write(self, offset: int, size: int, value: int) -> None: ...
-
-
-class Bus:
-    """SystemMemory for the interpreter: devices at [base, base+size), every access logged."""
-
-    def __init__(self) -> None:
-        self.windows: list[tuple[int, int, Device]] = []
-        self.log: list[tuple[str, int, int, int]] = []
-
-    def add(self, base: int, size: int, device: Device) -> None:
-        self.windows.append((base, size, device))
-
-    def _find(self, addr: int) -> tuple[int, Device] | None:
-        for base, size, device in self.windows:
-            if base <= addr < base + size:
-                return addr - base, device
-        return None
-
-    def read(self, addr: int, width_bits: int) -> int:
-        hit = self._find(addr)
-        value = hit[1].read(hit[0], width_bits // 8) if hit else 0
-        self.log.append(("r", addr, width_bits, value))
-        return value
-
-    def write(self, addr: int, width_bits: int, value: int) -> None:
-        self.log.append(("w", addr, width_bits, value))
-        hit = self._find(addr)
-        if hit:
-            hit[1].write(hit[0], width_bits // 8, value)
-
-
 class Guest:
     """An interpreter holding one DSDT, wired to the VMM's CPU hotplug block and GED."""
 
@@ -187,7 +152,7 @@ class Guest:
         )
         self.block.plug(0, None, hotplugged=False)
         self.ged = GenericEventDevice(irq_pulse=lambda: None)
-        self.bus = Bus()
+        self.bus = RegionBus()
         self.bus.add(cpuhp_base, CpuHotplugBlock.SIZE, self.block)
         self.bus.add(ged_base, GenericEventDevice.SIZE, self.ged)
         self.it = Interpreter()
@@ -346,7 +311,7 @@ class FlagsRegister:
 def _csta(dsdt: bytes, flags: int) -> int:
     it = Interpreter()
     it.load(dsdt)
-    bus = Bus()
+    bus = RegionBus()
     bus.add(virt.CPUHP_BASE, CpuHotplugBlock.SIZE, FlagsRegister(flags))
     it.map_region("SystemMemory", bus)
     value = it.evaluate("\\_SB.CPUS.CSTA", 1)
