@@ -81,7 +81,12 @@ def fake_qemu(tmp_path: Path, answer: str, warning: str = "") -> tuple[Path, Pat
 
 
 def prepared(
-    tmp_path: Path, qemu: Path, *, firmware: bool = True, kernel_version: str = RFC_KERNEL
+    tmp_path: Path,
+    qemu: Path,
+    *,
+    firmware: bool = True,
+    kernel_version: str = RFC_KERNEL,
+    extra: dict[str, str] | None = None,
 ) -> VmSpec:
     files = {}
     for key in ("kernel", "initrd", "firmware"):
@@ -99,7 +104,8 @@ def prepared(
     spec = VmSpec(
         name="a", boot_vcpus=2, maxcpus=4, mode=HotplugMode.ACPI,
         qmp_path=tmp_path / "qmp.sock", agent_path=tmp_path / "agent.sock",
-        sandbox_dir=tmp_path, extra={"arch": "aarch64", "qemu": str(qemu), "accel": "tcg"},
+        sandbox_dir=tmp_path,
+        extra={"arch": "aarch64", "qemu": str(qemu), "accel": "tcg", **(extra or {})},
     )  # fmt: skip
     return QemuBackend(ensure_image=lambda *_a, **_k: Img).prepare(spec, lambda _m: None)
 
@@ -215,3 +221,23 @@ def test_firmware_in_the_config_is_katas_key() -> None:
     assert "firmware" not in RuntimeConfig().vm_options(), "the image's, by default"
     with pytest.raises(ConfigError, match=r"^c.toml: firmware must be a non-empty string"):
         parse_config("[hypervisor.qemu]\nfirmware = 1\n", "c.toml")
+
+
+def test_a_configured_firmware_wins_over_the_images(tmp_path: Path) -> None:
+    from cpuplug.runtime.hypervisor import HypervisorError
+
+    qemu, _ = fake_qemu(tmp_path, "free")
+    mine = tmp_path / "AAVMF_CODE.fd"
+    mine.write_bytes(b"fw")
+    spec = prepared(tmp_path, qemu, extra={"firmware": str(mine)})
+    cmd = QemuBackend().command(spec)
+    assert cmd[cmd.index("-bios") + 1] == str(mine)
+    with pytest.raises(HypervisorError, match=r"guest firmware /nope.fd does not exist"):
+        prepared(tmp_path, qemu, extra={"firmware": "/nope.fd"})
+
+
+def test_a_binary_that_is_not_qemu_is_one_line(tmp_path: Path) -> None:
+    from cpuplug.runtime.hypervisor import HypervisorError
+
+    with pytest.raises(HypervisorError, match=r"/bin/true did not answer QMP: it exited with 0$"):
+        prepared(tmp_path, Path("/bin/true"))

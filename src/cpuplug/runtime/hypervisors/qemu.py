@@ -169,8 +169,8 @@ class QemuBackend:
             opts["kernel"], opts["initrd"] = str(image.kernel), str(image.initrd)
             opts["kernel_version"] = image.kernel_version
             opts["cmdline"] = image.cmdline
-            if image.firmware is not None:
-                opts["firmware"] = str(image.firmware)
+            if image.firmware is not None and not opts.get("firmware"):
+                opts["firmware"] = str(image.firmware)  # the configured one wins
         for key in ("kernel", "initrd", "firmware"):
             if key in opts and not Path(opts[key]).is_file():
                 raise HypervisorError(f"guest {key} {opts[key]} does not exist")
@@ -269,7 +269,8 @@ class QemuBackend:
                 return isinstance(entries, list) and any(
                     isinstance(e, dict) and "qom-path" not in e for e in entries
                 )
-        raise HypervisorError(f"{opts['qemu']} did not answer QMP: {out.strip()[-200:]}")
+        said = (out.strip() or proc.stderr.strip())[-200:] or f"it exited with {proc.returncode}"
+        raise HypervisorError(f"{opts['qemu']} did not answer QMP: {said}")
 
     # ------------------------------------------------------------------ starting
 
