@@ -8,6 +8,7 @@ exit status from it with ``waitpid``, as containerd does (tests/harness/runc.py)
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import select
@@ -24,6 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from cpuplug.oci.container import Containers, Stdio
+from cpuplug.oci.log import LogFormat, RuncLog
+from cpuplug.oci.spec import Process
+from cpuplug.runtime.config import load_config
 from tests.harness.runc import Runc, alive, runc_env
 
 pytestmark = pytest.mark.slow
@@ -276,6 +281,43 @@ def test_exec_detached_foreground_and_their_statuses(runc: Runc) -> None:
     runc.ok("kill", "ex", "9")
     assert runc.fails("exec", "ex", "true") == "cannot exec in a stopped container"
     runc.ok("delete", "ex")
+
+
+def test_an_exec_that_ends_before_the_command_leaves_its_status_to_the_subreaper(
+    runc: Runc,
+) -> None:
+    """An exec's shim can end before ``exec --detach`` itself does (a fast program on a
+    loaded host): its status must still be the subreaper's to take. Popen's finalizer
+    reaped such a shim when the command ended, so containerd-shim-runc-v2 never saw the
+    exec exit and ``docker exec`` hung after printing all of its output.
+
+    The interleaving is forced: ``exec`` runs in this process, the shim has exited (a
+    zombie of ours) before the command's objects go away, and only then do we, standing
+    for the subreaper it would be re-parented to, ask for its status."""
+    started(runc, "quick", ["sleep", "60"], cpu=QUOTA_1CPU)
+    config = load_config(runc.config).with_overrides(hypervisor="builtin")
+    containers = Containers(runc.root, config, RuncLog(runc.log, LogFormat.JSON))
+    pid_file = runc.base / "quick-exec.pid"
+    with (runc.base / "quick-exec.out").open("w") as out:
+        stdio = Stdio(stdin=subprocess.DEVNULL, stdout=out.fileno(), stderr=out.fileno())
+        process = Process(args=["sh", "-c", "echo done; exit 4"], env=["PATH=/bin"])
+        assert containers.exec("quick", process, detach=True, pid_file=pid_file,
+                               console_socket=None, stdio=stdio) == 0  # fmt: skip
+    shim = int(pid_file.read_text())
+    deadline = time.monotonic() + 30
+    while alive(shim) and time.monotonic() < deadline:  # until it is a zombie
+        time.sleep(0.01)
+    assert not alive(shim), "the exec's shim did not end"
+    del containers  # what the command's exit does to its objects
+    gc.collect()
+    try:
+        _, status = os.waitpid(shim, os.WNOHANG)
+    except ChildProcessError:
+        pytest.fail("cpuplug-runc reaped the exec's shim: its status is lost to the subreaper")
+    assert os.waitstatus_to_exitcode(status) == 4
+    assert (runc.base / "quick-exec.out").read_text() == "done\n"
+    runc.ok("kill", "quick", "9")
+    runc.ok("delete", "--force", "quick")
 
 
 # ------------------------------------------------------------------ pause

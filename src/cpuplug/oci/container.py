@@ -60,6 +60,24 @@ CREATE_HOOKS = ("prestart", "createRuntime", "createContainer")
 START_HOOKS = ("startContainer", "poststart")
 
 
+class _Shim(subprocess.Popen[bytes]):
+    """A shim this process started: waited for here only by ``run`` in the foreground and
+    when it never said it was ready; otherwise it is the caller's to reap.
+
+    containerd-shim-runc-v2 is a child subreaper: the shim that ``create`` or ``exec
+    --detach`` leaves behind is re-parented to it when this command exits, and it takes
+    the container's (or the exec's) exit status from that shim with ``waitpid``. Popen's
+    finalizer polls its child (``waitpid(WNOHANG)``) when the object goes away, which is
+    when the command returns; a shim that had already ended by then (a quick exec such as
+    ``nproc``, relayed whole while the command still ran, on a loaded host) was reaped
+    here, its status lost, and ``docker exec`` waited for an exit that never came. runc
+    leaves its ``runc init`` to the subreaper the same way.
+    """
+
+    def __del__(self) -> None:
+        pass  # never reap behind the subreaper's back (see the class doc)
+
+
 @dataclass(frozen=True)
 class Stdio:
     """The descriptors a shim or a foreground relay gets (None: inherit this process's)."""
@@ -84,8 +102,9 @@ class Containers:
         self.log = log
         self.sandbox_root = sandbox_root
         """Where new sandboxes go (None: the runtime's default, ``$CPUPLUG_ROOT``...)."""
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
-        """Shims this process started (``run`` waits for its own)."""
+        self._children: dict[int, _Shim] = {}
+        """Shims this process started (``run`` waits for its own; the rest are never
+        reaped here, see :class:`_Shim`)."""
 
     # ------------------------------------------------------------------ helpers
 
@@ -285,7 +304,7 @@ class Containers:
             argv.append("--tty")
             streams = (slave, slave, slave)
         try:
-            proc = subprocess.Popen(
+            proc = _Shim(
                 argv,
                 stdin=streams[0],
                 stdout=streams[1],
