@@ -25,12 +25,13 @@ from typing import Any
 
 import pytest
 
+from cpuplug.agent_protocol import AgentError
 from cpuplug.cli import build_parser, main
 from cpuplug.errors import UsageError
 from cpuplug.runtime.agent_client import AgentClient
 from cpuplug.runtime.config import RuntimeConfig
 from cpuplug.runtime.process import ProcessIdentity, process_alive
-from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime
+from cpuplug.runtime.sandbox import Resources, RunRequest, Runtime, SandboxError
 from cpuplug.runtime.state import (
     LockTimeout,
     SandboxState,
@@ -441,6 +442,31 @@ def test_d2_a_failing_update_says_what_it_changed_and_the_next_one_finishes(
     assert (r.after, world.m.online) == (4, {0, 1, 2, 3})
     assert world.agent.cgroups["b"] == {"quota": 300000, "period": 100000, "cpuset_cpus": "0-3"}
     assert rt.store.load("b").pending is None
+
+
+def test_d2_an_update_whose_vmm_dies_does_not_also_promise_the_next_command_finishes(
+    world: FakeWorld, tmp_path: Path
+) -> None:
+    """D2 (arm64 RFC, found by kill -9 of qemu-system-aarch64 mid-update): the agent's
+    connection drops first and the VMM is gone a moment later, so the error said both
+    "the next cpuplug update or inspect of a finishes it" and "the VMM exited ...;
+    cpuplug rm a cleans it up".  Only the second is true: the sandbox is dead."""
+    rt = fake_runtime(world, tmp_path, maxcpus=8)
+    rt.run(RunRequest(["true"], Resources(quota=100000, period=100000), name="a"))
+    online = world.agent.online_cpu_mem
+
+    def agent_drops_then_vmm_dies(nb_cpus: int) -> list[int]:
+        # as with QEMU killed: the agent's socket closes while the process still exits
+        threading.Timer(0.2, world.kill_vmm).start()
+        world.agent.online_cpu_mem = online  # type: ignore[method-assign]
+        raise AgentError("EIO", "connection closed by the agent before a message", None)
+
+    world.agent.online_cpu_mem = agent_drops_then_vmm_dies  # type: ignore[method-assign]
+    with pytest.raises(SandboxError) as caught:
+        rt.update("a", Resources(quota=300000, period=100000))
+    message = str(caught.value)
+    assert "the VMM exited during the update" in message and "cpuplug rm a" in message
+    assert "finishes it" not in message and "already done" not in message, message
 
 
 def test_d2_update_succeeds_while_execs_hold_the_agents_connections(cli: Cli) -> None:

@@ -93,6 +93,16 @@ class SandboxNotRunning(SandboxError):
     pass
 
 
+class UpdateUnfinished(SandboxError):
+    """An update failed part-way on a running sandbox; the message says what was done
+    and that the next command finishes it.  ``cause`` is the failure alone, for when
+    the VMM turns out to have exited (then nothing will finish it)."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 def fault_point(step: str, vmm_pid: int | None = None) -> None:
     """Die here (or kill the VMM here), uncleanly, if the test hook names this step."""
     fault = os.environ.get(FAULT_ENV)
@@ -595,9 +605,10 @@ class Runtime:
             done = progress.describe()
             finishable = st.status == SandboxStatus.RUNNING.value and self.alive(st)
             if done and finishable and not isinstance(exc, UsageError):
-                raise SandboxError(
+                raise UpdateUnfinished(
                     f"{exc} (already done: {done}; the next cpuplug update or inspect of "
-                    f"{st.name} finishes it)"
+                    f"{st.name} finishes it)",
+                    cause=str(exc),
                 ) from None
             raise
         st.pending = None
@@ -773,8 +784,11 @@ class Runtime:
                     and ident is not None
                     and process.wait_exit(ident, 1.0)
                 ):
+                    # a VMM that died just after the failure was still alive when
+                    # _apply offered "the next command finishes it": it will not
+                    cause = exc.cause if isinstance(exc, UpdateUnfinished) else str(exc)
                     raise SandboxError(
-                        f"sandbox {name}: the VMM exited during the update ({exc}); "
+                        f"sandbox {name}: the VMM exited during the update ({cause}); "
                         f"cpuplug rm {name} cleans it up"
                     ) from None
                 raise
