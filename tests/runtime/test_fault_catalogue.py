@@ -805,6 +805,28 @@ def test_vcpus_unplugged_by_hand_over_qmp_are_brought_back(cli: Cli) -> None:
         assert cli.nproc("x") == 3, command
 
 
+def test_a_vcpu_plugged_by_hand_under_another_id_is_unplugged_by_its_qom_path(cli: Cli) -> None:
+    """A ``device_add`` by hand whose id is not ``cpu-<core>`` (found on the arm64 RFC's
+    QEMU: ``"id": "other", "core-id": 2``): every shrink sent ``device_del cpu-2``, got
+    DeviceNotFound, and failed, and so did ``inspect`` (its reconcile shrinks too), so the
+    sandbox stayed above its target with no way back but rm -f.  Now such a vCPU is
+    removed by its QOM path, which device_del takes as QEMU does."""
+    from cpuplug.runtime.qmp_client import QmpConnection
+
+    cli.ok("run", "--name", "h", "--max-cpus", "4", "--cpus", "1", "--", "sleep", "100")
+    for command in (("inspect", "h"), ("update", "--cpus", "1", "h")):
+        with QmpConnection(cli.root / "h" / "qmp.sock") as qmp:
+            slot = next(s for s in qmp.execute("query-hotpluggable-cpus")
+                        if s["props"]["core-id"] == 2)  # fmt: skip
+            qmp.execute("device_add", {"driver": slot["type"], "id": "other", **slot["props"]})
+        cli.ok(*command)
+        info = cli.inspect("h")
+        assert [v["vcpu"] for v in info["vcpus"] if v["plugged"]] == [0, 1], command
+        assert info["pending"] is None and cli.nproc("h") == 2, command
+    history = [e for e in cli.inspect("h")["history"] if e.get("qmp")]
+    assert "device_del" in history[-1]["qmp"]
+
+
 def test_max_cpus_beyond_the_machine_names_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

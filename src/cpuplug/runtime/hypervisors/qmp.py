@@ -38,6 +38,9 @@ from cpuplug.runtime.resize import (
 POLL_SLICE = 0.25
 """Longest a removal wait goes without re-checking ``query-hotpluggable-cpus``."""
 
+PERIPHERAL = "/machine/peripheral/"
+"""Where QEMU (and the built-in VMM) put a device added with an id: ``PERIPHERAL + id``."""
+
 _FAILED_STATES = frozenset({"internal-error", "guest-panicked", "shutdown", "io-error"})
 """``query-status`` states in which the guest will not finish anything by itself."""
 
@@ -124,10 +127,16 @@ def hot_remove(
     timeout: float,
     log: StepLog,
 ) -> None:
-    """``device_del cpu-<core>`` and wait for completion, a refusal, or the timeout."""
+    """``device_del cpu-<core>`` and wait for completion, a refusal, or the timeout.
+
+    A vCPU plugged under another id (``device_add`` by another tool, or with no id)
+    is named by its QOM path, which ``device_del`` takes as well: ``cpu-<core>``
+    would be refused with DeviceNotFound, and the sandbox could never shrink again.
+    """
     dev = device_id(core)
     t0 = log.clock()
-    vmm.execute("device_del", {"id": dev})
+    own = qom_path is None or qom_path == PERIPHERAL + dev
+    vmm.execute("device_del", {"id": dev if own else qom_path})
     deadline = t0 + timeout
     last_status: int | None = None
     while True:
