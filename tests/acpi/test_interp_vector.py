@@ -17,35 +17,17 @@ import pytest
 
 from cpuplug.acpi import virt
 from cpuplug.acpi.dsdt import build_dsdt
-from cpuplug.acpi.interp import Interpreter
-from cpuplug.vmm.cpuhp import CpuHotplugBlock, OstInfo
-from cpuplug.vmm.ged import GenericEventDevice
-from tests.harness.region_bus import RegionBus
+from cpuplug.vmm.cpuhp import OstInfo
+from tests.harness.region_bus import WiredDsdt
 
 X86_CPUHP_BASE = 0x0CD8
 
 
-class Machine:
-    """An interpreter wired to a hotplug block (and a GED) the way a guest sees them."""
+class Machine(WiredDsdt):
+    """A DSDT wired to a hotplug block at ``base`` in ``space`` and the GED."""
 
     def __init__(self, dsdt: bytes, space: str, base: int, maxcpus: int) -> None:
-        self.ejected: list[int] = []
-        self.ost: list[OstInfo] = []
-        self.block = CpuHotplugBlock(
-            [virt.mpidr(i) for i in range(maxcpus)],
-            on_eject=self.ejected.append,
-            on_ost=self.ost.append,
-        )
-        self.ged = GenericEventDevice(irq_pulse=lambda: None)
-        self.port = RegionBus()
-        self.port.add(base, CpuHotplugBlock.SIZE, self.block)
-        self.port.add(virt.GED_BASE, virt.GED_SIZE, self.ged)
-        self.it = Interpreter()
-        self.it.load(dsdt)
-        self.it.map_region(space, self.port)
-        self.notes: list[tuple[str, int]] = []
-        self.it.on_notify(lambda path, value: self.notes.append((path, value)))
-        self.block.plug(0, None, hotplugged=False)
+        super().__init__(dsdt, space, base, virt.GED_BASE, maxcpus)
 
     def hotplug(self, *cpus: int) -> None:
         for i in cpus:
@@ -115,7 +97,7 @@ def test_qemu_cscn_pending_remove_gives_eject_request(qemu: Machine) -> None:
 def test_qemu_cscn_with_nothing_pending_does_exactly_these_accesses(qemu: Machine) -> None:
     qemu.it.evaluate("\\_SB.CPUS.CSCN")
     base = X86_CPUHP_BASE
-    assert qemu.port.log == [
+    assert qemu.bus.log == [
         ("w", base + 0, 32, 0),  # CSEL = Local3 (0)
         ("w", base + 5, 8, 0),  # CCMD = 0: search from the selector
         ("r", base + 8, 32, 0),  # If (CDAT < Local3)

@@ -39,8 +39,7 @@ from cpuplug.cpuhp_abi import (
     OFFSET_SELECTOR,
 )
 from cpuplug.vmm.cpuhp import CpuHotplugBlock, OstInfo
-from cpuplug.vmm.ged import GenericEventDevice
-from tests.harness.region_bus import RegionBus
+from tests.harness.region_bus import RegionBus, WiredDsdt
 
 MAXCPUS = 4
 GED_GSI = 41
@@ -139,27 +138,11 @@ def test_madt_as_parsed(rfc: dict[str, bytes]) -> None:
 # ====================================================================== 2. the RFC's AML, run
 
 
-class Guest:
-    """An interpreter holding one DSDT, wired to the VMM's CPU hotplug block and GED."""
+class Guest(WiredDsdt):
+    """The RFC's DSDT wired to the VMM's CPU hotplug block and GED at the RFC's addresses."""
 
     def __init__(self, dsdt: bytes, cpuhp_base: int, ged_base: int) -> None:
-        self.ejected: list[int] = []
-        self.ost: list[OstInfo] = []
-        self.block = CpuHotplugBlock(
-            [virt.mpidr(i) for i in range(MAXCPUS)],
-            on_eject=self.ejected.append,
-            on_ost=self.ost.append,
-        )
-        self.block.plug(0, None, hotplugged=False)
-        self.ged = GenericEventDevice(irq_pulse=lambda: None)
-        self.bus = RegionBus()
-        self.bus.add(cpuhp_base, CpuHotplugBlock.SIZE, self.block)
-        self.bus.add(ged_base, GenericEventDevice.SIZE, self.ged)
-        self.it = Interpreter()
-        self.it.load(dsdt)
-        self.it.map_region("SystemMemory", self.bus)
-        self.notes: list[tuple[str, int]] = []
-        self.it.on_notify(lambda path, value: self.notes.append((path, value)))
+        super().__init__(dsdt, "SystemMemory", cpuhp_base, ged_base, MAXCPUS)
 
     def device_add(self, index: int) -> None:
         self.block.plug(index, f"cpu{index}", hotplugged=True)
