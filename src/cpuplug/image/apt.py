@@ -347,26 +347,35 @@ class Apt:
         self, argv: list[str], cwd: Path | None = None, what: str | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
         if argv[0] in ("apt-get", "apt-cache", "apt-config"):
             argv = [argv[0], *self.options, *argv[1:]]
-        try:
-            proc = subprocess.run(
-                argv, cwd=cwd, env=env, capture_output=True, text=True,
-                timeout=_TIMEOUT, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise ImageError(
-                f"{what or argv[0]} took longer than {_TIMEOUT:.0f} s: is the Debian "
-                "archive reachable?"
-            ) from None
-        except OSError as exc:
-            raise ImageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        if proc.returncode != 0 and what is not None and check:
-            raise ImageError(f"{what} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}")
-        if proc.returncode != 0 and argv[0] != "apt-cache" and check:
-            raise ImageError(f"{' '.join(argv[:2])} failed: {_reason(proc.stderr)}")
-        return proc
+        # an unnamed apt-cache query may fail: its caller reads the answer (or its absence)
+        check = check and (what is not None or argv[0] != "apt-cache")
+        return run_tool(argv, cwd=cwd, what=what or " ".join(argv[:2]), check=check)
+
+
+def run_tool(
+    argv: list[str], *, cwd: Path | None = None, what: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run an apt or dpkg command in the C locale, non-interactive, for at most
+    ``_TIMEOUT`` s: a timeout, a missing program or (with ``check``) a failure is one
+    :class:`ImageError` line naming ``what`` (the program by default) and apt's reason."""
+    env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        proc = subprocess.run(
+            argv, cwd=cwd, env=env, capture_output=True, text=True,
+            timeout=_TIMEOUT, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ImageError(
+            f"{what or argv[0]} took longer than {_TIMEOUT:.0f} s: is the Debian "
+            "archive reachable?"
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    if proc.returncode != 0 and check:
+        raise ImageError(f"{what or argv[0]} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}")
+    return proc
 
 
 def parse_config(dump: str) -> dict[str, list[str]]:

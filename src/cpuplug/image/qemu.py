@@ -71,6 +71,7 @@ from cpuplug.image.apt import (
     apt_state,
     parse_config,
     parse_relations,
+    run_tool,
 )
 from cpuplug.image.arch import arch_named
 from cpuplug.image.deb822 import parse_stanzas
@@ -80,7 +81,6 @@ from cpuplug.image.store import cache_dir
 SYSTEM_PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
 """The Debian package of ``qemu-system-<arch>`` for each guest architecture."""
 RECORD = "qemu.json"
-_TIMEOUT = 600.0
 Progress = Callable[[str], None]
 
 
@@ -361,24 +361,7 @@ class PrivateApt:
     ) -> subprocess.CompletedProcess[str]:
         if private and argv[0] in ("apt-get", "apt-cache"):
             argv = [argv[0], "-c", str(self.conf), *argv[1:]]
-        env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-        try:
-            proc = subprocess.run(
-                argv, cwd=cwd, env=env, capture_output=True, text=True,
-                timeout=_TIMEOUT, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise ImageError(
-                f"{what or argv[0]} took longer than {_TIMEOUT:.0f} s: is the Debian "
-                "archive reachable?"
-            ) from None
-        except OSError as exc:
-            raise ImageError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        if proc.returncode != 0 and check:
-            raise ImageError(
-                f"{what or argv[0]} failed: {_reason(proc.stderr)}{_hint(proc.stderr)}"
-            )
-        return proc
+        return run_tool(argv, cwd=cwd, what=what, check=check)
 
 
 # --------------------------------------------------------------------------- resolving
