@@ -206,8 +206,9 @@ class QemuBackend:
 
     def _why_no_hotplug(self, opts: dict[str, str]) -> str | None:
         """Why this VM cannot hot-plug vCPUs over ACPI, or None when it can."""
-        if not self._can_hotplug(opts):
-            if "hotplug feature has been disabled" in opts.pop("probe_stderr", ""):
+        can, warnings = self._probe_hotplug(opts)
+        if not can:
+            if "hotplug feature has been disabled" in warnings:
                 return (
                     f"{opts['qemu']} disabled vCPU hotplug on this machine (it needs "
                     "MTTCG and GICv3)"
@@ -216,7 +217,6 @@ class QemuBackend:
                 f"{opts['qemu']} has no vCPU hotplug on this machine "
                 "(query-hotpluggable-cpus is not enabled or offers no free slot)"
             )
-        opts.pop("probe_stderr", None)
         if opts["arch"] != "aarch64":
             return None
         if not opts.get("firmware"):
@@ -232,10 +232,11 @@ class QemuBackend:
             )
         return None
 
-    def _can_hotplug(self, opts: dict[str, str]) -> bool:
+    def _probe_hotplug(self, opts: dict[str, str]) -> tuple[bool, str]:
         """Ask a paused, kernel-less QEMU of the same machine (about 50 ms) for its
-        hotpluggable CPUs: it can hot-plug when it answers with a free slot.  Its
-        version goes to ``opts["qemu_version"]``, its warnings to ``probe_stderr``."""
+        hotpluggable CPUs: whether it can hot-plug (it answers with a free slot), and
+        what it printed on stderr (its warnings).  Its version goes to
+        ``opts["qemu_version"]``."""
         argv = [opts["qemu"], *self._machine_args(opts), "-smp", "1,maxcpus=2", "-S",
                 "-display", "none", "-nodefaults", "-qmp", "stdio"]  # fmt: skip
         script = "\n".join(
@@ -255,7 +256,6 @@ class QemuBackend:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HypervisorError(f"cannot run {opts['qemu']}: {exc}") from None
         out = proc.stdout
-        opts["probe_stderr"] = proc.stderr.strip()[-500:]
         for line in out.splitlines():
             try:
                 msg = json.loads(line)
@@ -266,9 +266,10 @@ class QemuBackend:
                 opts["qemu_version"] = f"{q.get('major', 0)}.{q.get('minor', 0)}"
             if isinstance(msg, dict) and msg.get("id") == "probe":
                 entries = msg.get("return")
-                return isinstance(entries, list) and any(
+                can = isinstance(entries, list) and any(
                     isinstance(e, dict) and "qom-path" not in e for e in entries
                 )
+                return can, proc.stderr
         said = (out.strip() or proc.stderr.strip())[-200:] or f"it exited with {proc.returncode}"
         raise HypervisorError(f"{opts['qemu']} did not answer QMP: {said}")
 
